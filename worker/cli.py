@@ -1,0 +1,147 @@
+"""The `llm4rerank` command line. Exit codes: 0 success, 1 some inputs failed, 2 usage or
+configuration error (one line naming the fix)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .config import Settings
+from .errors import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="LLM4Rerank: goal-steered LLM reranking as a streaming service.")
+T = TypeVar("T")
+
+
+class PolicyName(StrEnum):
+    llm = "llm"
+    heuristic = "heuristic"
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except Exception as exc:  # pydantic's ValidationError names the variable
+        raise fail(f"bad configuration: {exc}".splitlines()[0] + f" ({_first_error(exc)})") from None
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        err = errors()[0]
+        return f"LLM4RERANK_{str(err['loc'][0]).upper()}: {err['msg']}"
+    return str(exc)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def rerank(
+    file: Annotated[str, typer.Argument(help="JSONL requests, or - for standard input")] = "-",
+    out: Annotated[Path | None, typer.Option(help="JSONL results (default: stdout)")] = None,
+    trace: Annotated[Path | None, typer.Option(help="write every step as JSONL")] = None,
+    policy: Annotated[PolicyName, typer.Option(help="llm or heuristic (no LLM)")] = PolicyName.llm,
+    concurrency: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Offline: rerank JSONL requests without Kafka; invalid lines give error records."""
+    from .offline import rerank_lines
+    from .policies.chat import OpenAIChat
+    from .service import Reranker
+
+    settings = settings_or_exit()
+
+    async def main() -> int:
+        chat = None
+        if policy is PolicyName.llm:
+            chat = OpenAIChat(settings)
+            await chat.check()
+        reranker = Reranker(settings, chat, policy=policy.value)
+        source = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: ASYNC230
+        sink = open(out, "wb") if out else sys.stdout.buffer  # noqa: ASYNC230
+        trace_sink = open(trace, "wb") if trace else None  # noqa: ASYNC230
+        try:
+            stats = await rerank_lines(reranker, source, sink, trace_sink,
+                                       concurrency or min(settings.concurrency, 64))
+        finally:
+            for handle in (source, sink, trace_sink):
+                if handle not in (None, sys.stdin.buffer, sys.stdout.buffer):
+                    handle.close()
+            if chat is not None:
+                await chat.close()
+        typer.echo(f"ok {stats.ok}, degraded {stats.degraded}, failed {stats.failed}, "
+                   f"invalid {stats.invalid}", err=True)
+        return stats.exit_code
+
+    if file != "-" and not Path(file).is_file():
+        raise fail(f"no such file: {file}")
+    raise typer.Exit(run(main()))
+
+
+@app.command("sim-llm")
+def sim_llm(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    seed: int = 0,
+    latency_ms: Annotated[float, typer.Option(min=0)] = 0.0,
+    latency_jitter_ms: Annotated[float, typer.Option(min=0)] = 0.0,
+    max_concurrent: Annotated[int, typer.Option(min=1)] = 64,
+    error_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    rate_limit_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    malformed_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    timeout_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    timeout_s: Annotated[float, typer.Option(min=0.001)] = 120.0,
+) -> None:
+    """A SIMULATED OpenAI-compatible LLM (heuristic answers), for development and tests only."""
+    import uvicorn
+
+    from .simllm import SIMULATED_MODEL
+    from .simllm.faults import Faults
+    from .simllm.server import SimState, create_app
+
+    settings = settings_or_exit()
+    faults = Faults(latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms,
+                    error_rate=error_rate, rate_limit_rate=rate_limit_rate,
+                    malformed_rate=malformed_rate, timeout_rate=timeout_rate, timeout_s=timeout_s)
+    state = SimState(settings.prompts_dir, faults, seed, max_concurrent)
+    typer.echo(f"sim-llm: SIMULATED LLM (heuristic answers, not a model) serving model "
+               f"{SIMULATED_MODEL!r} at http://{host}:{port}/v1 with seed {seed}; "
+               "for development and tests only", err=True)
+    uvicorn.run(create_app(state), host=host, port=port, log_level="warning",
+                timeout_keep_alive=30, backlog=4096)
+
+
+@app.command("schemas")
+def export_schemas(
+    out: Annotated[Path, typer.Option(help="folder for the JSON Schema files")] = Path("schemas"),
+) -> None:
+    """Write the messages' JSON Schemas (the contract for producers in any language)."""
+    import orjson
+
+    from .schemas import json_schemas
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / f"{name}.schema.json").write_bytes(
+            orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+        typer.echo(f"wrote {out / f'{name}.schema.json'}")
+
+
+if __name__ == "__main__":
+    app()

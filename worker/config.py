@@ -1,0 +1,69 @@
+"""Deployment configuration: one settings class, read from LLM4RERANK_* variables and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the contract's names are the field names with the prefix."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLM4RERANK_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/llm4rerank"
+    reader_database_url: str | None = None
+
+    llm_base_url: str | None = None
+    llm_model: str = "meta-llama/Llama-2-13b-chat-hf"
+    llm_api_key: str | None = None
+    llm_structured: Literal["json_schema", "none"] = "json_schema"
+    llm_timeout_s: float = Field(60.0, gt=0)
+    llm_max_inflight: int = Field(64, ge=1)
+    llm_max_tokens: int = Field(512, ge=16)
+    llm_temperature: float = Field(0.0, ge=0)
+    llm_reasks: int = Field(1, ge=0, le=3)
+    llm_retry_max_wait_s: float = Field(5.0, gt=0)
+
+    request_topic: str = "rerank.requests"
+    result_topic: str = "rerank.results"
+    dlq_topic: str = "rerank.requests.dlq"
+    consumer_group: str = "llm4rerank"
+
+    max_steps: int = Field(5, ge=1, le=50)
+    deadline_ms: int = Field(30_000, ge=100)
+    concurrency: int = Field(64, ge=1)
+    prompts: str = "default"
+    prompts_dir: Path = REPO_PROMPTS
+
+    max_candidates: int = Field(100, ge=2)
+    max_history: int = Field(200, ge=0)
+    max_features: int = Field(64, ge=1)
+    max_payload_bytes: int = Field(1_000_000, ge=1024)
+
+    aspects: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="deployment defaults per aspect node, e.g. "
+        '{"diversity": {"attribute": "genre"}, "novelty": {"attribute": "genre"}}',
+    )
+
+    audit_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    audit_host: str = "127.0.0.1"
+    audit_port: int = 8080
+    metrics_port: int = 9464
+    lease_s: float = Field(60.0, gt=1)
+
+    @field_validator("audit_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [token.strip() for token in value.split(",") if token.strip()]
+        return value

@@ -1,0 +1,1 @@
+"""The paper's method: nodes, prompts, answer parsing, heuristics and the walk itself."""

@@ -1,0 +1,206 @@
+"""Turn what a model said into a permutation of the candidates and a next node, noting every repair.
+
+Tolerates what real models emit: prose around the answer, a reasoning section closed by
+`</think>`, full-width or other Unicode digits, item_ids instead of aliases, duplicates, unknown
+ids, missing ids, a node name in another case or with punctuation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+MIN_KNOWN_SHARE = 0.5
+_TOKEN = re.compile(r"[^\s,;\[\]\"'`()]+")
+_LIST = re.compile(r"\[([^\[\]]*)\]")
+_WORD = re.compile(r"[a-z_]+")
+
+
+@dataclass
+class Parsed:
+    """A parsed answer: `ranking` is a full permutation, or None when the answer was unusable."""
+
+    ranking: list[str] | None
+    next_node: str | None
+    notes: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+
+def normalise(text: str) -> str:
+    """Drop a reasoning section and map every Unicode digit and full-width sign to ASCII."""
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() and not ch.isascii() else ch
+                   for ch in text)
+
+
+def parse_answer(
+    raw: str,
+    *,
+    candidates: list[str],
+    previous: list[str],
+    offered: tuple[str, ...],
+    expect_ranking: bool,
+    aliases: bool,
+) -> Parsed:
+    """Parse one answer. `previous` is the list that missing items are appended from."""
+    text = normalise(raw or "")
+    notes: list[str] = []
+    obj = _find_json(text)
+    if obj is not None:
+        tokens = _json_tokens(obj)
+        node_text = _json_node(obj)
+        if tokens is None and expect_ranking:
+            notes.append("json answer without a ranking")
+    else:
+        tokens, node_text = _text_tokens(text, candidates, aliases)
+    next_node = match_node(node_text, offered, notes) if node_text is not None else None
+    if next_node is None and expect_ranking is False:
+        next_node = _node_anywhere(text, offered, notes)
+    if not expect_ranking:
+        if next_node is None:
+            return Parsed(None, None, notes, problem="no next node named")
+        return Parsed(None, next_node, notes)
+    if next_node is None and tokens is not None:
+        next_node = _node_anywhere(_after_list(text), offered, notes)
+    if tokens is None:
+        return Parsed(None, next_node, notes, problem="no list of candidates found")
+    ranking, known = repair(tokens, candidates, previous, aliases, notes)
+    if known < max(1, int(len(candidates) * MIN_KNOWN_SHARE + 0.5)):
+        return Parsed(None, next_node, notes,
+                      problem=f"only {known} of {len(candidates)} candidates recognised")
+    return Parsed(ranking, next_node, notes)
+
+
+def repair(
+    tokens: list[str], candidates: list[str], previous: list[str], aliases: bool, notes: list[str]
+) -> tuple[list[str], int]:
+    """Keep known ids once in their order, drop unknown ones, append missing in previous order."""
+    by_id = {c: c for c in candidates}
+    by_folded = {c.casefold(): c for c in candidates}
+    out: list[str] = []
+    seen: set[str] = set()
+    unknown: list[str] = []
+    duplicates: list[str] = []
+    for token in tokens:
+        item = _resolve(token, candidates, by_id, by_folded, aliases)
+        if item is None:
+            unknown.append(token)
+        elif item in seen:
+            duplicates.append(token)
+        else:
+            seen.add(item)
+            out.append(item)
+    known = len(out)
+    missing = [c for c in previous if c not in seen]
+    if unknown:
+        notes.append(f"dropped {len(unknown)} unknown id(s): {', '.join(unknown[:10])}")
+    if duplicates:
+        notes.append(f"dropped {len(duplicates)} duplicate(s): {', '.join(duplicates[:10])}")
+    if missing:
+        notes.append(f"appended {len(missing)} missing item(s) in the previous order")
+    return out + missing, known
+
+
+def _resolve(
+    token: str,
+    candidates: list[str],
+    by_id: dict[str, str],
+    by_folded: dict[str, str],
+    aliases: bool,
+) -> str | None:
+    token = token.strip(".:#*")
+    if aliases and token.isdigit():
+        index = int(token)
+        if 1 <= index <= len(candidates):
+            return candidates[index - 1]
+    if token in by_id:
+        return by_id[token]
+    return by_folded.get(token.casefold())
+
+
+def match_node(text: str, offered: tuple[str, ...], notes: list[str]) -> str | None:
+    """Match a node name in any case, with punctuation or a ' node' suffix around it."""
+    words = _WORD.findall(text.casefold().replace("-", "_"))
+    for word in words:
+        if word in offered:
+            if word != text.strip():
+                notes.append(f"next node {text.strip()!r} read as {word!r}")
+            return word
+    for word in words:
+        if word in {"backward", "stop", "accuracy", "diversity", "fairness", "novelty"}:
+            notes.append(f"next node {word!r} is not on offer")
+            return None
+    return None
+
+
+def _node_anywhere(text: str, offered: tuple[str, ...], notes: list[str]) -> str | None:
+    """The last offered node name mentioned anywhere (models often end with their choice)."""
+    folded = text.casefold()
+    best, best_at = None, -1
+    for node in offered:
+        at = folded.rfind(node)
+        if at > best_at:
+            best, best_at = node, at
+    if best is not None:
+        notes.append(f"next node {best!r} found in prose")
+    return best
+
+
+def _find_json(text: str) -> dict | None:
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            obj, _ = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and ({"ranking", "next_node", "next"} & set(obj)):
+            return obj
+    return None
+
+
+def _json_tokens(obj: dict) -> list[str] | None:
+    for key in ("ranking", "ranked", "list", "items"):
+        value = obj.get(key)
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        if isinstance(value, str):
+            return _TOKEN.findall(value)
+    return None
+
+
+def _json_node(obj: dict) -> str | None:
+    for key in ("next_node", "next", "node"):
+        value = obj.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _text_tokens(
+    text: str, candidates: list[str], aliases: bool
+) -> tuple[list[str] | None, str | None]:
+    """The bracketed list with the most recognisable ids, and what follows it up to a line end."""
+    known = set(candidates) | {c.casefold() for c in candidates}
+    best: tuple[int, list[str], int] | None = None
+    for match in _LIST.finditer(text):
+        tokens = [t.strip(".:#*") for t in _TOKEN.findall(match.group(1))]
+        score = sum(
+            1 for t in tokens
+            if (aliases and t.isdigit() and 1 <= int(t) <= len(candidates))
+            or t in known or t.casefold() in known
+        )
+        if score and (best is None or score > best[0]):
+            best = (score, tokens, match.end())
+    if best is None:
+        return None, None
+    tail = text[best[2]:].lstrip(" ;:,-")
+    return best[1], tail.split("\n", 1)[0] if tail.strip() else None
+
+
+def _after_list(text: str) -> str:
+    end = text.rfind("]")
+    return text[end + 1:] if end >= 0 else text

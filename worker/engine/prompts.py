@@ -1,0 +1,210 @@
+"""Prompt templates from `prompts/<set>/`, laid out for vLLM's automatic prefix caching.
+
+Everything constant within a session (instructions, goal, user, candidates, output format) is
+rendered into the first message and stays byte-identical across steps; the pool, the node's
+focus and the offered next nodes come last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import orjson
+
+from ..errors import ConfigError
+from ..schemas import AspectConfig, RerankRequest
+from .nodes import FUNCTIONAL, WalkPlan
+
+HISTORY_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """One directory of templates; `version` hashes every file so results name what produced them."""
+
+    name: str
+    texts: dict[str, str]
+    manifest: dict[str, Any]
+    version: str
+
+    @classmethod
+    def load(cls, root: Path, name: str) -> PromptSet:
+        folder = root / name
+        if not folder.is_dir():
+            known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            raise ConfigError(
+                f"prompt set {name!r} not found in {root}; set LLM4RERANK_PROMPTS to one of {known}"
+            )
+        texts = {
+            str(p.relative_to(folder).with_suffix("")): p.read_text("utf-8").rstrip("\n")
+            for p in sorted(folder.rglob("*.txt"))
+        }
+        manifest_text = (folder / "manifest.json").read_text("utf-8")
+        digest = hashlib.sha256(manifest_text.encode())
+        for key in sorted(texts):
+            digest.update(f"\0{key}\0{texts[key]}".encode())
+        return cls(name, texts, orjson.loads(manifest_text), f"{name}-{digest.hexdigest()[:12]}")
+
+    @property
+    def uses_aliases(self) -> bool:
+        return self.manifest.get("id_style", "alias") == "alias"
+
+    def has_node(self, node: str) -> bool:
+        return f"nodes/{node}" in self.texts
+
+    def render(self, key: str, **values: Any) -> str:
+        return Template(self.texts[key]).substitute(values)
+
+
+@dataclass
+class SessionPrompts:
+    """Renders one session's prompts; the constant part is rendered once and reused."""
+
+    prompts: PromptSet
+    request: RerankRequest
+    plan: WalkPlan
+    structured: bool
+    _prefix: str = field(init=False, default="")
+    _values: dict[str, str] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ps, req = self.prompts, self.request
+        feature_style = ps.manifest.get("feature_style", "compact")
+        lines = [
+            ps.render(
+                "candidate",
+                alias=i + 1,
+                item_id=c.item_id,
+                features=render_features({"score": c.score, **c.features}, feature_style),
+            )
+            for i, c in enumerate(req.candidates)
+        ]
+        self._values = {
+            "goal": req.goal.strip(),
+            "user": render_user(req, feature_style),
+            "candidates": "\n".join(lines),
+            "nodes": ", ".join(self.plan.aspect_names),
+            "format": ps.render("format_json" if self.structured else "format_text"),
+        }
+        self._prefix = ps.render("system", **self._values)
+
+    def label(self, item_id: str) -> str:
+        """How an item is named in prompts: its alias (1..N) or its item_id."""
+        if self.prompts.uses_aliases:
+            return str(self.alias_of[item_id])
+        return item_id
+
+    @property
+    def alias_of(self) -> dict[str, int]:
+        return {c.item_id: i + 1 for i, c in enumerate(self.request.candidates)}
+
+    def messages(
+        self, node: str, pool: list[tuple[str, list[str]]], offered: tuple[str, ...]
+    ) -> list[dict[str, str]]:
+        ps = self.prompts
+        pool_text = "\n".join(
+            ps.render("pool_line", step=i + 1, node=n, ranking=self._ranking_text(r))
+            for i, (n, r) in enumerate(pool)
+        ) or ps.manifest.get("pool_empty", "(empty)")
+        step = ps.render(
+            "step",
+            **self._values,
+            pool=pool_text,
+            node=node,
+            focus=self.focus(node),
+            offered=", ".join(offered),
+        )
+        out = [{"role": "system", "content": self._prefix}] if self._prefix else []
+        out.append({"role": "user", "content": step})
+        return out
+
+    def reask(self, problem: str) -> dict[str, str]:
+        return {
+            "role": "user",
+            "content": self.prompts.render("reask", problem=problem, n=len(self.request.candidates)),
+        }
+
+    def focus(self, node: str) -> str:
+        if node in FUNCTIONAL:
+            return self.prompts.render(f"nodes/{node}")
+        aspect = self.plan.aspects.get(node)
+        if not self.prompts.has_node(node):
+            raise ConfigError(f"prompt set {self.prompts.name!r} has no template nodes/{node}.txt")
+        values: dict[str, str] = {}
+        if aspect is not None:
+            values = {
+                "attribute": aspect.attribute,
+                "groups": describe_groups(self.request, aspect),
+                "seen": ", ".join(sorted(history_values(self.request, aspect.attribute))) or "none",
+            }
+        return self.prompts.render(f"nodes/{node}", **values)
+
+    def _ranking_text(self, ranking: list[str]) -> str:
+        labels = [self.label(i) for i in ranking]
+        return ",".join(labels) if self.prompts.uses_aliases else "[" + ", ".join(labels) + "]"
+
+
+def render_features(features: dict[str, Any], style: str) -> str:
+    clean = {k: v for k, v in features.items() if v is not None}
+    if style == "json":
+        return orjson.dumps(clean).decode()
+    return "; ".join(f"{k}={_compact(v)}" for k, v in clean.items())
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, list):
+        return "|".join(_compact(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value).replace(";", ",").replace("\n", " ")
+
+
+def render_user(request: RerankRequest, style: str) -> str:
+    user = request.user
+    head = render_features({"user_id": user.user_id, **user.features}, style)
+    recent = user.history[-HISTORY_SHOWN:]
+    if not recent:
+        return head
+    if style == "json":
+        shown = [{"item_id": h.item_id, **h.features} for h in recent]
+        return f"{head}, recent history: {orjson.dumps(shown).decode()}"
+    return head + "\nRecent history (oldest first):\n" + "\n".join(
+        "- " + render_features(h.features or {"item_id": h.item_id}, style) for h in recent
+    )
+
+
+def group_of(value: Any, aspect: AspectConfig) -> str | None:
+    """The fairness group of one feature value: two numeric groups with split_at, else the value."""
+    if value is None:
+        return None
+    if aspect.split_at is not None:
+        try:
+            number = float(value[0] if isinstance(value, list) else value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return f"{aspect.attribute}>={aspect.split_at:g}" if number >= aspect.split_at else (
+            f"{aspect.attribute}<{aspect.split_at:g}"
+        )
+    return str(value[0] if isinstance(value, list) and value else value)
+
+
+def describe_groups(request: RerankRequest, aspect: AspectConfig) -> str:
+    if aspect.split_at is not None:
+        return f"below {aspect.split_at:g}; {aspect.split_at:g} and above"
+    values = {group_of(c.features.get(aspect.attribute), aspect) for c in request.candidates}
+    return ", ".join(sorted(v for v in values if v is not None))
+
+
+def history_values(request: RerankRequest, attribute: str) -> set[str]:
+    seen: set[str] = set()
+    for item in request.user.history:
+        value = item.features.get(attribute)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None:
+                seen.add(str(v))
+    return seen

@@ -1,0 +1,107 @@
+"""What the walk exchanges with a policy and hands to a journal, one record per node step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from ..schemas import RerankRequest
+from .nodes import WalkPlan
+
+
+class LLMCall(BaseModel):
+    """One chat completion: exactly what was sent and what came back."""
+
+    messages: list[dict[str, Any]]
+    response_format: dict[str, Any] | None = None
+    raw: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    retries: int = 0
+    error: str | None = None
+
+
+class StepRecord(BaseModel):
+    """One node step of the historical pool, as auditors and replays read it."""
+
+    step: int
+    node: str
+    policy: str
+    ranking: list[str] | None = Field(None, description="the list this step added to the pool")
+    removed: list[str] | None = Field(None, description="the list Backward dropped")
+    next_node: str | None = None
+    offered: list[str] = Field(default_factory=list)
+    pool_size: int = 0
+    calls: list[LLMCall] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    problem: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class NodeAsk:
+    """Everything a policy may look at to answer one node; nothing global."""
+
+    request: RerankRequest
+    plan: WalkPlan
+    node: str
+    step: int
+    pool: tuple[tuple[str, tuple[str, ...]], ...]
+    offered: tuple[str, ...]
+    visited: tuple[str, ...]
+    calls_left: int
+    deadline: float
+
+    @property
+    def previous(self) -> list[str]:
+        """The list a reranking starts from: the latest pool entry, else the upstream order."""
+        if self.pool:
+            return list(self.pool[-1][1])
+        return [c.item_id for c in self.request.candidates]
+
+
+@dataclass
+class NodeAnswer:
+    """A policy's answer: a full permutation (aspect nodes) or None, and the next node."""
+
+    ranking: list[str] | None
+    next_node: str | None
+    policy: str
+    calls: list[LLMCall] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+
+class Policy(Protocol):
+    """Answers node prompts: the LLM, the heuristic, or recorded answers."""
+
+    name: str
+
+    async def answer(self, ask: NodeAsk) -> NodeAnswer: ...
+
+
+class Journal(Protocol):
+    """Where steps go as they complete (JSONL, SQLite, PostgreSQL)."""
+
+    async def record(self, step: StepRecord) -> None: ...
+
+
+class NullJournal:
+    async def record(self, step: StepRecord) -> None:
+        return None
+
+
+class ListJournal:
+    """Keeps steps in memory, for tests and the offline CLI."""
+
+    def __init__(self) -> None:
+        self.steps: list[StepRecord] = []
+
+    async def record(self, step: StepRecord) -> None:
+        self.steps.append(step)

@@ -1,0 +1,27 @@
+"""Errors that cross module boundaries, each with a stable code for dead letters and exit codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RequestError(ValueError):
+    """A request that cannot be processed; `code` goes into the dead-letter record."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class ConfigError(RuntimeError):
+    """A deployment mistake: the message names the setting to fix (exit code 2)."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request's deadline passed; the walk ends with the best list so far."""
+
+
+class ReplayExhausted(RuntimeError):
+    """A recorded replay asked for more LLM answers than the session stored."""

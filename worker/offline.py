@@ -1,0 +1,85 @@
+"""`llm4rerank rerank`: JSONL requests in, JSONL results out, in input order, no Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+
+from .engine.steps import ListJournal
+from .errors import RequestError
+from .schemas import parse_request
+from .service import Reranker, limits_of
+
+
+@dataclass
+class RunStats:
+    ok: int = 0
+    degraded: int = 0
+    failed: int = 0
+    invalid: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.invalid or self.failed else 0
+
+
+def error_record(line_no: int, raw: bytes, error: RequestError) -> dict[str, Any]:
+    from .schemas import request_id_of
+
+    return {"line": line_no, "request_id": request_id_of(raw), "status": "invalid",
+            "error": {"code": error.code, "message": error.message, "details": error.details}}
+
+
+async def rerank_lines(
+    reranker: Reranker,
+    lines: Iterable[bytes],
+    out: IO[bytes],
+    trace: IO[bytes] | None = None,
+    concurrency: int = 16,
+) -> RunStats:
+    """Walk every request with at most `concurrency` in flight; memory stays bounded."""
+    stats = RunStats()
+    limits = limits_of(reranker.settings)
+    pending: deque[asyncio.Task[tuple[dict[str, Any], list[bytes]]]] = deque()
+
+    async def one(line_no: int, raw: bytes) -> tuple[dict[str, Any], list[bytes]]:
+        try:
+            request = parse_request(raw, limits)
+            reranker.plan(request)
+        except RequestError as exc:
+            stats.invalid += 1
+            return error_record(line_no, raw, exc), []
+        journal = ListJournal()
+        result, _ = await reranker.run(request, journal=journal)
+        setattr(stats, result.status, getattr(stats, result.status) + 1)
+        steps = [orjson.dumps({"request_id": request.request_id, **s.model_dump(mode="json")})
+                 for s in journal.steps]
+        return result.model_dump(mode="json"), steps
+
+    async def flush_head() -> None:
+        record, steps = await pending.popleft()
+        out.write(orjson.dumps(record) + b"\n")
+        if trace is not None:
+            for step in steps:
+                trace.write(step + b"\n")
+
+    async for line_no, raw in _numbered(lines):
+        if len(pending) >= concurrency:
+            await flush_head()
+        pending.append(asyncio.create_task(one(line_no, raw)))
+    while pending:
+        await flush_head()
+    out.flush()
+    return stats
+
+
+async def _numbered(lines: Iterable[bytes]) -> AsyncIterator[tuple[int, bytes]]:
+    for number, raw in enumerate(lines, start=1):
+        raw = raw.rstrip(b"\r\n")
+        if raw.strip():
+            yield number, raw

@@ -1,0 +1,1 @@
+"""Policies answer node prompts: the LLM over HTTP, the heuristic, or recorded answers."""

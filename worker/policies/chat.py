@@ -1,0 +1,194 @@
+"""Chat completions over an OpenAI-compatible endpoint (vLLM, TGI), or from a recording.
+
+The openai client's own retries are off; tenacity retries timeouts, connection errors, 429 and
+5xx with exponential backoff and jitter, never a 400, and never past the request's deadline.
+A per-process semaphore bounds the calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import openai
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+
+from ..config import Settings
+from ..engine.steps import LLMCall
+from ..errors import ConfigError, DeadlineExceeded, ReplayExhausted
+
+MAX_ATTEMPTS = 6
+
+
+class LLMUnavailable(RuntimeError):
+    """The endpoint kept failing with retryable errors until retries ran out."""
+
+
+class ChatTransport(Protocol):
+    async def complete(
+        self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
+        deadline: float,
+    ) -> LLMCall: ...
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | openai.RateLimitError):
+        return True
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+class OpenAIChat:
+    """One per process: the client, its connection pool and the in-flight limit are shared."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: openai.AsyncOpenAI | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not settings.llm_base_url:
+            raise ConfigError(
+                "no LLM endpoint: set LLM4RERANK_LLM_BASE_URL (e.g. http://127.0.0.1:8000/v1)"
+            )
+        self.settings = settings
+        self.model = settings.llm_model
+        self.client = client or openai.AsyncOpenAI(
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key or "EMPTY",
+            max_retries=0,
+            timeout=settings.llm_timeout_s,
+        )
+        self.limit = asyncio.Semaphore(settings.llm_max_inflight)
+        self.clock = clock
+        self.in_flight = 0
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def check(self) -> list[str]:
+        """The served model ids; raises ConfigError naming what to fix."""
+        try:
+            models = [m.id async for m in self.client.models.list()]
+        except openai.APIConnectionError as exc:
+            raise ConfigError(
+                f"LLM endpoint {self.settings.llm_base_url} unreachable ({exc.__cause__ or exc}); "
+                "start it or fix LLM4RERANK_LLM_BASE_URL"
+            ) from None
+        except openai.APIStatusError as exc:
+            raise ConfigError(
+                f"LLM endpoint answered {exc.status_code} to /models; check "
+                "LLM4RERANK_LLM_BASE_URL and LLM4RERANK_LLM_API_KEY"
+            ) from None
+        if self.model not in models:
+            raise ConfigError(
+                f"model {self.model!r} is not served by {self.settings.llm_base_url} "
+                f"(it serves {models}); set LLM4RERANK_LLM_MODEL"
+            )
+        return models
+
+    async def complete(
+        self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
+        deadline: float,
+    ) -> LLMCall:
+        started = self.clock()
+        retries = 0
+
+        def stop(state: RetryCallState) -> bool:
+            upcoming = state.upcoming_sleep or 0.0
+            return state.attempt_number >= MAX_ATTEMPTS or self.clock() + upcoming >= deadline
+
+        def count(state: RetryCallState) -> None:
+            nonlocal retries
+            retries = state.attempt_number
+
+        extra: dict[str, Any] = {}
+        if response_format is not None:
+            extra["response_format"] = response_format
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(is_retryable),
+                wait=wait_exponential_jitter(initial=0.2, max=self.settings.llm_retry_max_wait_s),
+                stop=stop,
+                before_sleep=count,
+                reraise=True,
+            ):
+                with attempt:
+                    response = await self._once(messages, extra, deadline)
+        except openai.APIStatusError as exc:
+            if is_retryable(exc):
+                raise self._gave_up(exc, deadline) from exc
+            return LLMCall(messages=messages, response_format=response_format,
+                           error=f"HTTP {exc.status_code}: {exc.message}", retries=retries,
+                           latency_ms=(self.clock() - started) * 1000)
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            raise self._gave_up(exc, deadline) from exc
+        usage = response.usage
+        return LLMCall(
+            messages=messages,
+            response_format=response_format,
+            raw=response.choices[0].message.content or "",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            latency_ms=round((self.clock() - started) * 1000, 3),
+            retries=retries,
+        )
+
+    async def _once(self, messages: list[dict[str, Any]], extra: dict[str, Any],
+                    deadline: float) -> Any:
+        left = deadline - self.clock()
+        if left <= 0:
+            raise DeadlineExceeded("deadline passed before the LLM call")
+        try:
+            async with asyncio.timeout(left):
+                await self.limit.acquire()
+        except TimeoutError:
+            raise DeadlineExceeded("deadline passed waiting for an LLM slot") from None
+        self.in_flight += 1
+        try:
+            timeout = min(self.settings.llm_timeout_s, max(deadline - self.clock(), 0.001))
+            return await self.client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=self.settings.llm_temperature,
+                max_tokens=self.settings.llm_max_tokens,
+                timeout=timeout,
+                **extra,
+            )
+        finally:
+            self.in_flight -= 1
+            self.limit.release()
+
+    def _gave_up(self, exc: BaseException, deadline: float) -> Exception:
+        if self.clock() >= deadline - 0.001:
+            return DeadlineExceeded(f"deadline passed while retrying: {exc}")
+        return LLMUnavailable(f"{type(exc).__name__}: {exc}")
+
+
+class RecordedChat:
+    """Serves stored answers in order; then hands over to `then` (resume) or stops (replay)."""
+
+    def __init__(self, calls: list[LLMCall], then: ChatTransport | None = None) -> None:
+        self.calls = list(calls)
+        self.then = then
+        self.served = 0
+
+    async def complete(
+        self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
+        deadline: float,
+    ) -> LLMCall:
+        if self.served < len(self.calls):
+            call = self.calls[self.served]
+            self.served += 1
+            return call.model_copy(update={"messages": messages})
+        if self.then is None:
+            raise ReplayExhausted(
+                f"the walk asked for LLM call {self.served + 1}, the session stored {len(self.calls)}"
+            )
+        return await self.then.complete(messages, response_format, deadline)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.served >= len(self.calls)

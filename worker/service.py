@@ -1,0 +1,99 @@
+"""Runs one request end to end: plan, policy, walk, result. Shared by every surface
+(offline `rerank`, the Kafka worker, replay, eval), which differ only in where requests come
+from and where the journal writes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import Settings
+from .engine.nodes import WalkPlan, plan_walk
+from .engine.prompts import PromptSet
+from .engine.steps import Journal, LLMCall, Policy
+from .engine.walk import WalkOutcome, walk
+from .policies.chat import ChatTransport, RecordedChat
+from .policies.heuristic import HeuristicPolicy
+from .policies.llm import LLMPolicy
+from .schemas import Limits, RerankRequest, RerankResult, utcnow
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(
+        max_candidates=settings.max_candidates,
+        max_history=settings.max_history,
+        max_features=settings.max_features,
+        max_payload_bytes=settings.max_payload_bytes,
+    )
+
+
+@dataclass
+class Reranker:
+    """Everything a walk needs that outlives one request."""
+
+    settings: Settings
+    chat: ChatTransport | None
+    policy: str = "llm"
+    on_unavailable: str = "degrade"
+    prompts: PromptSet | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompts is None:
+            self.prompts = PromptSet.load(self.settings.prompts_dir, self.settings.prompts)
+
+    @property
+    def model(self) -> str:
+        return self.settings.llm_model if self.policy == "llm" else "heuristic"
+
+    @property
+    def prompt_version(self) -> str:
+        assert self.prompts is not None
+        return self.prompts.version if self.policy == "llm" else "heuristic"
+
+    def plan(self, request: RerankRequest) -> WalkPlan:
+        return plan_walk(request, default_aspects=self.settings.aspects,
+                         max_steps=self.settings.max_steps, deadline_ms=self.settings.deadline_ms)
+
+    def make_policy(self, recorded: list[LLMCall] | None = None, live: bool = True) -> Policy:
+        if self.policy == "heuristic":
+            return HeuristicPolicy()
+        chat = self.chat
+        if recorded is not None:
+            chat = RecordedChat(recorded, then=chat if live else None)
+        assert chat is not None and self.prompts is not None
+        return LLMPolicy(chat, self.prompts, structured=self.settings.llm_structured == "json_schema",
+                         reasks=self.settings.llm_reasks, on_unavailable=self.on_unavailable)
+
+    async def run(
+        self,
+        request: RerankRequest,
+        *,
+        journal: Journal | None = None,
+        recorded: list[LLMCall] | None = None,
+        live: bool = True,
+        replay_of: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> tuple[RerankResult, WalkOutcome]:
+        """Walk one request; `recorded` answers are served first (resume, replay), then `live`."""
+        started = clock()
+        policy = self.make_policy(recorded, live)
+        fallback = HeuristicPolicy() if self.policy == "llm" else None
+        outcome = await walk(request, policy, self.plan(request), journal=journal,
+                             fallback=fallback, clock=clock)
+        result = RerankResult(
+            request_id=request.request_id,
+            status=outcome.status,  # type: ignore[arg-type]
+            ranking=outcome.ranking,
+            path=outcome.path,
+            llm_calls=outcome.llm_calls,
+            usage=outcome.usage,
+            model=self.model,
+            prompt_version=self.prompt_version,
+            latency_ms=round((clock() - started) * 1000),
+            reason=outcome.reason,
+            completed_at=utcnow(),
+            policy=outcome.policy,
+            replay_of=replay_of,
+        )
+        return result, outcome

@@ -1,0 +1,151 @@
+"""`llm4rerank sim-llm`: a SIMULATED OpenAI-compatible chat server (vLLM's routes), for
+development and tests only. It answers with the heuristic policy, never with a model."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..engine.steps import NodeAsk
+from ..policies.heuristic import HeuristicPolicy
+from . import SIMULATED_MODEL
+from .faults import Dice, Faults, malform
+from .reader import PromptReader, UnreadablePrompt, load_readers
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def count_tokens(text: str) -> int:
+    """Approximate token count (words and punctuation); a simulation, not a tokenizer."""
+    return len(_TOKEN.findall(text))
+
+
+class SimState:
+    def __init__(self, prompts_dir: Path, faults: Faults, seed: int, max_concurrent: int,
+                 model: str = SIMULATED_MODEL) -> None:
+        self.readers = load_readers(prompts_dir)
+        self.faults = faults
+        self.dice = Dice(seed)
+        self.slots = asyncio.Semaphore(max_concurrent)
+        self.model = model
+        self.served = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.policy = HeuristicPolicy()
+
+    def read(self, messages: list[dict[str, Any]]) -> tuple[NodeAsk, PromptReader]:
+        problems = []
+        for reader in self.readers:
+            try:
+                ask, _ = reader.read(messages)
+                return ask, reader
+            except (UnreadablePrompt, KeyError, ValueError) as exc:
+                problems.append(f"{reader.prompts.name}: {exc}")
+        raise UnreadablePrompt("; ".join(problems))
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"object": "error", "message": message, "type": kind, "code": status},
+                        status_code=status)
+
+
+def create_app(state: SimState) -> Starlette:
+    async def models(_: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{
+            "id": state.model, "object": "model", "created": 0, "owned_by": "sim-llm (simulated)",
+        }]})
+
+    async def completions(request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+            messages = body["messages"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return _error(400, "body must be JSON with messages", "BadRequestError")
+        if body.get("model") != state.model:
+            return _error(404, f"The model `{body.get('model')}` does not exist; this simulated "
+                          f"server serves `{state.model}`.", "NotFoundError")
+        prompt = orjson.dumps(messages).decode()
+        rng = state.dice.for_prompt(prompt)
+        f = state.faults
+        async with state.slots:
+            state.in_flight += 1
+            state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+            try:
+                delay = f.latency_ms + (rng.uniform(-1, 1) * f.latency_jitter_ms)
+                if delay > 0:
+                    await asyncio.sleep(delay / 1000)
+                roll = rng.random()
+                if roll < f.rate_limit_rate:
+                    return _error(429, "simulated rate limit", "RateLimitError")
+                if roll < f.rate_limit_rate + f.error_rate:
+                    return _error(500, "simulated server error", "InternalServerError")
+                if rng.random() < f.timeout_rate:
+                    await asyncio.sleep(f.timeout_s)
+                    return _error(504, "simulated timeout", "Timeout")
+                try:
+                    ask, reader = state.read(messages)
+                except UnreadablePrompt as exc:
+                    return _error(400, f"sim-llm could not read this prompt: {exc}",
+                                  "BadRequestError")
+                answer = state.policy.answer_now(ask)
+                structured = (body.get("response_format") or {}).get("type") == "json_schema"
+                content = render_answer(answer.ranking, answer.next_node, structured, reader)
+                if rng.random() < f.malformed_rate:
+                    content = malform(content, rng)
+                state.served += 1
+            finally:
+                state.in_flight -= 1
+        prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages)
+        return JSONResponse({
+            "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": state.model,
+            "system_fingerprint": "sim-llm-simulated",
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": count_tokens(content),
+                      "total_tokens": prompt_tokens + count_tokens(content)},
+        })
+
+    async def faults(request: Request) -> Response:
+        """Change faults at run time (tests make the endpoint fail, then recover)."""
+        if request.method == "POST":
+            update = orjson.loads(await request.body())
+            state.faults = Faults.model_validate({**state.faults.model_dump(), **update})
+        return JSONResponse({**state.faults.model_dump(), "served": state.served,
+                             "peak_in_flight": state.peak_in_flight})
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok", "simulated": True})
+
+    return Starlette(routes=[
+        Route("/v1/models", models),
+        Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/sim/faults", faults, methods=["GET", "POST"]),
+        Route("/health", health),
+    ])
+
+
+def render_answer(ranking: list[str] | None, next_node: str | None, structured: bool,
+                  reader: PromptReader) -> str:
+    aliases = reader.prompts.uses_aliases
+    if structured:
+        body: dict[str, Any] = {}
+        if ranking is not None:
+            body["ranking"] = [int(r) if aliases else r for r in ranking]
+        body["next_node"] = next_node
+        return orjson.dumps(body).decode()
+    if ranking is None:
+        return str(next_node)
+    return "[" + ", ".join(ranking) + f"]; {next_node}"
