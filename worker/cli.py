@@ -143,5 +143,19 @@ def export_schemas(
         typer.echo(f"wrote {out / f'{name}.schema.json'}")
 
 
+def _register_subsystems() -> None:
+    """Verbs whose modules live with their subsystem (evaluation, audit and replay)."""
+    from .audit.command import audit_api_command, export_command, replay_command, trace_app
+    from .evaluation.command import eval_command
+
+    app.add_typer(trace_app, name="trace")
+    app.command("replay")(replay_command)
+    app.command("audit-api")(audit_api_command)
+    app.command("export")(export_command)
+    app.command("eval")(eval_command)
+
+
+_register_subsystems()
+
 if __name__ == "__main__":
     app()

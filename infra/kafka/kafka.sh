@@ -18,6 +18,7 @@ HOST=127.0.0.1 PORT=9092 CPORT=9093
 VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/pom.xml")"
 
 say() { echo "kafka: $*"; }
+njars() { local f=("$LIBS"/*.jar); echo "${#f[@]}"; }
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 # PID from kafka.pid if that process is alive and really our broker (guards against PID reuse).
 our_pid() {
@@ -30,15 +31,17 @@ our_pid() {
 
 install() {
   if [[ -f "$LIBS/kafka_2.13-$VERSION.jar" ]]; then
-    say "libs present ($(ls "$LIBS" | wc -l) jars, kafka $VERSION), skipping install"
+    say "libs present ($(njars) jars, kafka $VERSION), skipping install"
     return
   fi
   mkdir -p "$KHOME"
   rm -rf "$LIBS" "$LIBS.tmp"
   # Download into a temp dir first so an interrupted install is not mistaken for a complete one.
-  mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies -DoutputDirectory="$LIBS.tmp"
+  # (sed strips the stray ANSI resets that Debian's Maven prints even in batch mode)
+  mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$LIBS.tmp" 2>&1 | sed 's/\x1b\[[0-9;]*m//g'
   mv "$LIBS.tmp" "$LIBS"
-  say "installed kafka $VERSION ($(ls "$LIBS" | wc -l) jars) into $LIBS"
+  say "installed kafka $VERSION ($(njars) jars) into $LIBS"
 }
 
 write_config() {
@@ -91,6 +94,7 @@ start() {
     say "formatted storage in $DATA (cluster id $cid)"
   fi
   cd "$KHOME"
+  if [[ -f "$LOG" && $(stat -c %s "$LOG") -gt 50000000 ]]; then mv "$LOG" "$LOG.1"; fi
   nohup java -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$HERE/log4j2.properties" -Dkafka.logs.dir="$KHOME" \
     -cp "$LIBS/*" kafka.Kafka "$CONF" >>"$LOG" 2>&1 </dev/null &
@@ -124,7 +128,7 @@ wait_ready() {
   fi
   if pid="$(our_pid)"; then args=(--pid "$pid"); fi
   "$py" "$HERE/wait_ready.py" --bootstrap "$HOST:$PORT" --timeout "${1:-90}" "${args[@]}" \
-    || { [[ -f "$LOG" ]] && tail -n 30 "$LOG" >&2; exit 1; }
+    || { [[ -n "${args[*]}" ]] && tail -n 30 "$LOG" >&2; exit 1; }
 }
 
 case "${1:-}" in

@@ -14,7 +14,7 @@ HOST=127.0.0.1 PORT=5432 DB=llm4rerank READER=llm4rerank_reader
 export PGCONNECT_TIMEOUT=5
 
 say() { echo "pg: $*"; }
-pgbin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+pgbin() { printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1; }
 as_pg() { (cd / && runuser -u postgres -- "$@"); }
 
 install() {

@@ -1,0 +1,1 @@
+"""The trace store: sessions and their node steps in PostgreSQL (or SQLite for offline runs)."""

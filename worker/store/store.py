@@ -1,0 +1,209 @@
+"""Trace store operations: the inbox, leases, steps, results and the outbox, on one async engine.
+
+Every write is idempotent (insert-or-ignore on request_id and on (session, step)), so a worker
+that crashed at any point can run again over the same messages without duplicating anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..engine.steps import StepRecord
+from ..schemas import RerankRequest, RerankResult, Source, utcnow
+from .tables import FINISHED, PENDING, RUNNING, sessions, steps
+
+
+@dataclass
+class Claim:
+    """A session this worker holds the lease on, with the steps already persisted."""
+
+    session_id: int
+    request: RerankRequest
+    attempts: int
+    steps: list[StepRecord]
+    replay_of: str | None = None
+
+
+def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        return create_async_engine(url, **kwargs)
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True,
+                               pool_recycle=300, **kwargs)
+
+
+class Store:
+    def __init__(self, url: str, engine: AsyncEngine | None = None) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url)
+        self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    # inbox -----------------------------------------------------------------------------------
+    async def receive(
+        self,
+        batch: Sequence[tuple[RerankRequest, Source | None]],
+        *,
+        replay_of: str | None = None,
+        replay_mode: str | None = None,
+    ) -> list[str]:
+        """Record requests durably before their offsets are committed; returns the request_ids
+        already finished (seen again), whose stored results are queued for publishing again."""
+        if not batch:
+            return []
+        now = utcnow()
+        rows = [{
+            "request_id": req.request_id, "user_id": req.user.user_id, "goal": req.goal,
+            "request": req.model_dump(mode="json", exclude_none=True), "status": PENDING,
+            "received_at": now, "attempts": 0, "replay_of": replay_of, "replay_mode": replay_mode,
+            "source_topic": src.topic if src else None,
+            "source_partition": src.partition if src else None,
+            "source_offset": src.offset if src else None,
+        } for req, src in batch]
+        ids = [r["request_id"] for r in rows]
+        async with self.engine.begin() as conn:
+            await conn.execute(self._insert(sessions).values(rows).on_conflict_do_nothing(
+                index_elements=["request_id"]))
+            seen = (await conn.execute(
+                update(sessions)
+                .where(sessions.c.request_id.in_(ids), sessions.c.status.in_(FINISHED),
+                       sessions.c.received_at < now)
+                .values(published_at=None)
+                .returning(sessions.c.request_id)
+            )).scalars().all()
+        return list(seen)
+
+    # leases ----------------------------------------------------------------------------------
+    async def claim(self, request_id: str, owner: str, lease_s: float) -> Claim | None:
+        """Take the session unless another live worker holds it (its lease not yet expired)."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(
+                update(sessions)
+                .where(sessions.c.request_id == request_id,
+                       sessions.c.status.in_((PENDING, RUNNING)),
+                       or_(sessions.c.lease_owner.is_(None), sessions.c.lease_owner == owner,
+                           sessions.c.lease_until < now))
+                .values(status=RUNNING, lease_owner=owner,
+                        lease_until=now + timedelta(seconds=lease_s),
+                        attempts=sessions.c.attempts + 1,
+                        started_at=func.coalesce(sessions.c.started_at, now))
+                .returning(sessions.c.id, sessions.c.request, sessions.c.attempts,
+                           sessions.c.replay_of)
+            )).first()
+            if row is None:
+                return None
+            stored = await self._steps(conn, row.id)
+        return Claim(row.id, RerankRequest.model_validate(row.request), row.attempts, stored,
+                     row.replay_of)
+
+    async def orphans(self, limit: int = 500) -> list[str]:
+        """Unfinished sessions nobody holds (a crashed worker's): to resume on start and rebalance."""
+        now = utcnow()
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(
+                select(sessions.c.request_id)
+                .where(sessions.c.status.in_((PENDING, RUNNING)),
+                       or_(sessions.c.lease_owner.is_(None), sessions.c.lease_until < now))
+                .order_by(sessions.c.received_at).limit(limit)
+            )).scalars())
+
+    async def renew(self, owner: str, lease_s: float) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(sessions)
+                .where(sessions.c.lease_owner == owner, sessions.c.status == RUNNING)
+                .values(lease_until=utcnow() + timedelta(seconds=lease_s)))
+        return result.rowcount
+
+    async def release(self, owner: str, request_ids: Iterable[str] | None = None) -> None:
+        """Give sessions back (shutdown): another worker may resume them at once."""
+        cond = [sessions.c.lease_owner == owner, sessions.c.status.in_((PENDING, RUNNING))]
+        if request_ids is not None:
+            cond.append(sessions.c.request_id.in_(list(request_ids)))
+        async with self.engine.begin() as conn:
+            await conn.execute(update(sessions).where(*cond)
+                               .values(lease_owner=None, lease_until=None))
+
+    # steps -----------------------------------------------------------------------------------
+    async def add_steps(self, batch: Sequence[tuple[int, StepRecord]]) -> None:
+        """Persist steps of many sessions in one transaction (group commit)."""
+        if not batch:
+            return
+        now = utcnow()
+        rows = [{**step.model_dump(mode="json"), "session_id": sid, "created_at": now}
+                for sid, step in batch]
+        async with self.engine.begin() as conn:
+            await conn.execute(self._insert(steps).values(rows).on_conflict_do_nothing(
+                index_elements=["session_id", "step"]))
+
+    async def _steps(self, conn: AsyncConnection, session_id: int) -> list[StepRecord]:
+        rows = (await conn.execute(
+            select(steps).where(steps.c.session_id == session_id).order_by(steps.c.step)
+        )).mappings().all()
+        fields = StepRecord.model_fields
+        return [StepRecord.model_validate({k: v for k, v in r.items() if k in fields})
+                for r in rows]
+
+    # results and the outbox ------------------------------------------------------------------
+    async def complete(self, session_id: int, owner: str, result: RerankResult) -> bool:
+        """Store the result and mark the session done in one transaction (the outbox entry)."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(sessions)
+                .where(sessions.c.id == session_id, sessions.c.lease_owner == owner,
+                       sessions.c.status == RUNNING)
+                .values(status=result.status, result=result.model_dump(mode="json"),
+                        final_ranking=result.ranking, path=result.path, reason=result.reason,
+                        model=result.model, prompt_version=result.prompt_version,
+                        policy=result.policy, llm_calls=result.llm_calls,
+                        prompt_tokens=result.usage.prompt_tokens,
+                        completion_tokens=result.usage.completion_tokens,
+                        latency_ms=result.latency_ms, completed_at=result.completed_at,
+                        lease_owner=None, lease_until=None, published_at=None))
+        return done.rowcount == 1
+
+    async def unpublished(self, limit: int = 500) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(
+                select(sessions.c.request_id, sessions.c.result)
+                .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None))
+                .order_by(sessions.c.completed_at).limit(limit)
+            )).mappings()]
+
+    async def mark_published(self, request_ids: Sequence[str], at: datetime | None = None) -> None:
+        if not request_ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(update(sessions)
+                               .where(sessions.c.request_id.in_(list(request_ids)),
+                                      sessions.c.published_at.is_(None))
+                               .values(published_at=at or utcnow()))
+
+    async def result_of(self, request_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(sessions.c.result).where(
+                sessions.c.request_id == request_id, sessions.c.status.in_(FINISHED)))).scalar()
+
+    async def counts(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(sessions.c.status, func.count()).group_by(
+                sessions.c.status))
+            return {status: n for status, n in rows.all()}
+
+    async def backlog(self) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.count()).where(
+                and_(sessions.c.status.in_((PENDING, RUNNING)))))).scalar_one()

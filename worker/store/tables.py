@@ -1,0 +1,93 @@
+"""SQLAlchemy tables. The unique key on (session_id, step) is what makes "no step executed twice"
+checkable; the indexes serve the auditors' questions."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+Json = JSON().with_variant(JSONB(), "postgresql")
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+PENDING, RUNNING, OK, DEGRADED, FAILED = "pending", "running", "ok", "degraded", "failed"
+FINISHED = (OK, DEGRADED, FAILED)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("request_id", String(256), nullable=False, unique=True),
+    Column("user_id", String(256), nullable=False),
+    Column("goal", Text, nullable=False),
+    Column("request", Json, nullable=False),
+    Column("status", String(16), nullable=False, default=PENDING),
+    Column("model", String(256)),
+    Column("prompt_version", String(64)),
+    Column("policy", String(64)),
+    Column("path", Json),
+    Column("final_ranking", Json),
+    Column("result", Json),
+    Column("reason", Text),
+    Column("llm_calls", Integer),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("latency_ms", Integer),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("published_at", DateTime(timezone=True)),
+    Column("lease_owner", String(128)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("source_topic", String(256)),
+    Column("source_partition", Integer),
+    Column("source_offset", BigInteger),
+    Column("replay_of", String(256)),
+    Column("replay_mode", String(16)),
+    Index("ix_sessions_user_time", "user_id", "received_at"),
+    Index("ix_sessions_time", "received_at"),
+    Index("ix_sessions_status_time", "status", "received_at"),
+    Index("ix_sessions_model_prompt", "model", "prompt_version"),
+    Index("ix_sessions_replay_of", "replay_of"),
+    Index("ix_sessions_unpublished", "completed_at", "published_at"),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("session_id", Id, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("node", String(32), nullable=False),
+    Column("policy", String(32), nullable=False),
+    Column("ranking", Json),
+    Column("removed", Json),
+    Column("next_node", String(32)),
+    Column("offered", Json),
+    Column("pool_size", Integer),
+    Column("calls", Json),
+    Column("notes", Json),
+    Column("problem", Text),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("latency_ms", Float),
+    Column("retries", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("session_id", "step", name="uq_steps_session_step"),
+    Index("ix_steps_node_session", "node", "session_id"),
+)

@@ -1,0 +1,1 @@
+"""The Kafka worker: inbox, bounded walk runner, outbox publisher, metrics."""
