@@ -59,6 +59,8 @@ def rerank(
     trace: Annotated[Path | None, typer.Option(help="write every step as JSONL")] = None,
     policy: Annotated[PolicyName, typer.Option(help="llm or heuristic (no LLM)")] = PolicyName.llm,
     concurrency: Annotated[int | None, typer.Option(min=1)] = None,
+    store: Annotated[str | None, typer.Option(
+        help="keep sessions and steps in this database, e.g. sqlite+aiosqlite:///traces.db")] = None,
 ) -> None:
     """Offline: rerank JSONL requests without Kafka; invalid lines give error records."""
     from .offline import rerank_lines
@@ -73,18 +75,27 @@ def rerank(
             chat = OpenAIChat(settings)
             await chat.check()
         reranker = Reranker(settings, chat, policy=policy.value)
+        trace_store = None
+        if store:
+            from .store.migrate import upgrade_async
+            from .store.store import Store
+
+            await upgrade_async(store)
+            trace_store = Store(store)
         source = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: ASYNC230
         sink = open(out, "wb") if out else sys.stdout.buffer  # noqa: ASYNC230
         trace_sink = open(trace, "wb") if trace else None  # noqa: ASYNC230
         try:
             stats = await rerank_lines(reranker, source, sink, trace_sink,
-                                       concurrency or min(settings.concurrency, 64))
+                                       concurrency or min(settings.concurrency, 64), trace_store)
         finally:
             for handle in (source, sink, trace_sink):
                 if handle not in (None, sys.stdin.buffer, sys.stdout.buffer):
                     handle.close()
             if chat is not None:
                 await chat.close()
+            if trace_store is not None:
+                await trace_store.close()
         typer.echo(f"ok {stats.ok}, degraded {stats.degraded}, failed {stats.failed}, "
                    f"invalid {stats.invalid}", err=True)
         return stats.exit_code
@@ -125,6 +136,27 @@ def sim_llm(
                "for development and tests only", err=True)
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning",
                 timeout_keep_alive=30, backlog=4096)
+
+
+db_app = typer.Typer(no_args_is_help=True, help="The trace store's schema.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    url: Annotated[str | None, typer.Option(help="database URL (default LLM4RERANK_DATABASE_URL)")] = None,
+    revision: str = "head",
+) -> None:
+    """Create or migrate the trace store's schema (idempotent)."""
+    from .store.migrate import upgrade
+
+    target = url or settings_or_exit().database_url
+    try:
+        upgrade(target, revision)
+    except (OSError, ConnectionError) as exc:
+        raise fail(f"cannot reach the database at {target} ({exc}); start it (make up) or fix "
+                   "LLM4RERANK_DATABASE_URL") from None
+    typer.echo(f"schema at {revision} in {target}")
 
 
 @app.command("schemas")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -12,8 +13,13 @@ import orjson
 
 from .engine.steps import ListJournal
 from .errors import RequestError
-from .schemas import parse_request
+from .schemas import RerankRequest, RerankResult, parse_request
 from .service import Reranker, limits_of
+from .sessions import run_session
+from .store.journal import GroupCommitWriter
+from .store.store import Store
+
+OWNER = f"offline-{os.getpid()}"
 
 
 @dataclass
@@ -41,8 +47,12 @@ async def rerank_lines(
     out: IO[bytes],
     trace: IO[bytes] | None = None,
     concurrency: int = 16,
+    store: Store | None = None,
 ) -> RunStats:
-    """Walk every request with at most `concurrency` in flight; memory stays bounded."""
+    """Walk every request with at most `concurrency` in flight; memory stays bounded.
+
+    With a `store`, sessions and steps are kept there (SQLite or PostgreSQL) and a request_id
+    already stored returns its stored result without new LLM calls."""
     stats = RunStats()
     limits = limits_of(reranker.settings)
     pending: deque[asyncio.Task[tuple[dict[str, Any], list[bytes]]]] = deque()
@@ -55,11 +65,28 @@ async def rerank_lines(
             stats.invalid += 1
             return error_record(line_no, raw, exc), []
         journal = ListJournal()
-        result, _ = await reranker.run(request, journal=journal)
+        if store is None:
+            result, _ = await reranker.run(request, journal=journal)
+        else:
+            result = await _stored(request, journal)
         setattr(stats, result.status, getattr(stats, result.status) + 1)
         steps = [orjson.dumps({"request_id": request.request_id, **s.model_dump(mode="json")})
                  for s in journal.steps]
         return result.model_dump(mode="json"), steps
+
+    writer = GroupCommitWriter(store) if store is not None else None
+
+    async def _stored(request: RerankRequest, journal: ListJournal) -> RerankResult:
+        assert store is not None and writer is not None
+        await store.receive([(request, None)])
+        done = await run_session(store, writer, reranker, request.request_id, OWNER, 300.0)
+        if done is not None:
+            journal.steps = done[1].steps
+            return done[0]
+        stored = await store.result_of(request.request_id)
+        if stored is None:
+            raise RuntimeError(f"{request.request_id} is held by another process; retry later")
+        return RerankResult.model_validate(stored)
 
     async def flush_head() -> None:
         record, steps = await pending.popleft()
@@ -75,6 +102,8 @@ async def rerank_lines(
     while pending:
         await flush_head()
     out.flush()
+    if writer is not None:
+        await writer.stop()
     return stats
 
 
