@@ -15,7 +15,7 @@ import typer
 from .config import Settings
 from .errors import ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LLM4Rerank: goal-steered LLM reranking as a streaming service.")
 T = TypeVar("T")
 
@@ -136,6 +136,49 @@ def sim_llm(
                "for development and tests only", err=True)
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning",
                 timeout_keep_alive=30, backlog=4096)
+
+
+@app.command()
+def worker(loglevel: str = "info") -> None:
+    """The Kafka worker: requests in, results and dead letters out, every step in PostgreSQL."""
+    from .stream.app import run_worker
+
+    settings = settings_or_exit()
+    if not settings.llm_base_url:
+        raise fail("no LLM endpoint: set LLM4RERANK_LLM_BASE_URL (e.g. http://127.0.0.1:8000/v1)")
+    try:
+        run_worker(settings, loglevel)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def submit(
+    file: Annotated[str, typer.Argument(help="JSONL requests, or - for standard input")] = "-",
+    wait: Annotated[bool, typer.Option(help="print results and dead letters as they arrive")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for answers")] = 120.0,
+) -> None:
+    """Produce rerank requests to Kafka (key = request_id)."""
+    from .stream.submit import submit as produce
+
+    settings = settings_or_exit()
+    if file != "-" and not Path(file).is_file():
+        raise fail(f"no such file: {file}")
+
+    async def main() -> int:
+        source = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: ASYNC230
+        try:
+            sent, answered = await produce(settings, source, wait=wait, timeout_s=timeout)
+        finally:
+            if source is not sys.stdin.buffer:
+                source.close()
+        return 1 if wait and answered < sent else 0
+
+    try:
+        raise typer.Exit(run(main()))
+    except (OSError, ConnectionError) as exc:
+        raise fail(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it (make up) "
+                   "or fix LLM4RERANK_KAFKA_BOOTSTRAP") from None
 
 
 db_app = typer.Typer(no_args_is_help=True, help="The trace store's schema.")

@@ -6,7 +6,7 @@ that crashed at any point can run again over the same messages without duplicati
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -174,6 +174,27 @@ class Store:
                         latency_ms=result.latency_ms, completed_at=result.completed_at,
                         lease_owner=None, lease_until=None, published_at=None))
         return done.rowcount == 1
+
+    async def publish_batch(
+        self, send: Callable[[list[dict[str, Any]]], Awaitable[None]], limit: int = 500
+    ) -> int:
+        """Outbox: lock a batch of unpublished results (skipping rows another worker has locked),
+        `send` them and wait for Kafka's acks, then mark them published in the same transaction.
+        A crash before the commit leaves them unpublished, to be sent again (at least once)."""
+        query = (select(sessions.c.request_id, sessions.c.result)
+                 .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None))
+                 .order_by(sessions.c.completed_at).limit(limit))
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        async with self.engine.begin() as conn:
+            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+            if not rows:
+                return 0
+            await send(rows)
+            await conn.execute(update(sessions)
+                               .where(sessions.c.request_id.in_([r["request_id"] for r in rows]))
+                               .values(published_at=utcnow()))
+        return len(rows)
 
     async def unpublished(self, limit: int = 500) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:

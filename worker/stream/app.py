@@ -1,0 +1,184 @@
+"""`llm4rerank worker`: a faust-streaming app on aiokafka.
+
+The agent only validates and records (concurrency 1, so faust's offset bookkeeping is never
+asked to track gaps); walks run in the Runner, results leave through the outbox. An offset is
+committed only after its message is in PostgreSQL or in the DLQ, and a session is finished only
+by a stored result, so a crash at any moment loses nothing and repeats no stored step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import faust
+from mode import Service
+from prometheus_client import start_http_server
+
+from ..config import Settings
+from ..errors import ConfigError
+from ..policies.chat import OpenAIChat
+from ..schemas import Source
+from ..service import Reranker, limits_of
+from ..store.journal import GroupCommitWriter
+from ..store.store import Store
+from . import metrics
+from .inbox import Inbox
+from .outbox import Publisher
+from .runner import DB_DOWN, Runner
+from .topics import ensure_topics
+
+log = logging.getLogger("llm4rerank.worker")
+SHUTDOWN_GRACE_S = 20.0
+
+
+def create_app(settings: Settings, datadir: Path) -> faust.App:
+    return faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        autodiscover=False,
+        web_enabled=False,
+        datadir=str(datadir),
+        topic_partitions=4,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        stream_buffer_maxsize=max(settings.concurrency, 64),
+        broker_max_poll_records=200,
+    )
+
+
+class WorkerService(Service):
+    """Owns the store, the walks, the outbox and the metrics endpoint for one worker process."""
+
+    def __init__(self, app: faust.App, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app, self.settings = app, settings
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.store = Store(settings.database_url)
+        self.writer = GroupCommitWriter(self.store)
+        self.chat = OpenAIChat(settings)
+        self.reranker = Reranker(settings, self.chat, on_unavailable="raise")
+        self.done = asyncio.Event()
+        self.rescan = asyncio.Event()
+        self.runner = Runner(self.store, self.writer, self.reranker, self.owner,
+                             settings.concurrency, settings.lease_s, self.done)
+        self.inbox = Inbox(self.store, self.runner, self.reranker, limits_of(settings),
+                           self._send_and_wait, settings.dlq_topic)
+        self.publisher = Publisher(self.store, self._send, settings.result_topic, self.done)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        producer = await self.app.maybe_start_producer()
+        return await producer.send(topic, key, value, None, None, None)
+
+    async def _send_and_wait(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        return await (await self._send(topic, key, value))
+
+    async def on_start(self) -> None:
+        start_http_server(self.settings.metrics_port)
+        await _wait_for(self.store.ping, "PostgreSQL at LLM4RERANK_DATABASE_URL")
+        await _wait_for(lambda: ensure_topics(self.settings), "Kafka at LLM4RERANK_KAFKA_BOOTSTRAP")
+        try:
+            await self.chat.check()
+        except ConfigError as exc:
+            if "unreachable" not in str(exc):
+                raise
+            log.warning("%s; sessions wait until it answers", exc)
+        self.runner.start()
+        self.writer.start()
+        self._tasks = [asyncio.create_task(self.publisher.run(), name="outbox"),
+                       asyncio.create_task(self._leases(), name="leases"),
+                       asyncio.create_task(self._orphans(), name="orphans")]
+        log.info("worker %s: %d walks at once, metrics on :%d, LLM %s (%s)", self.owner,
+                 self.settings.concurrency, self.settings.metrics_port, self.settings.llm_base_url,
+                 self.settings.llm_model)
+
+    async def on_stop(self) -> None:
+        log.info("stopping: finishing walks in flight (up to %.0fs)", SHUTDOWN_GRACE_S)
+        await self.runner.drain(SHUTDOWN_GRACE_S)
+        with suppress(Exception):
+            await asyncio.wait_for(self.writer.stop(), 10)
+        with suppress(Exception):
+            await asyncio.wait_for(self.publisher.publish_once(), 10)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.chat.close()
+        await self.store.close()
+        log.info("stopped cleanly")
+
+    async def _leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            with suppress(*DB_DOWN):
+                await self.store.renew(self.owner, self.settings.lease_s)
+
+    async def _orphans(self) -> None:
+        """Resume unfinished sessions nobody holds: at start, on rebalance, and periodically."""
+        while True:
+            with suppress(*DB_DOWN):
+                for request_id in await self.store.orphans():
+                    if not self.runner.accepting:
+                        return
+                    await self.runner.submit(request_id)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.rescan.wait(), timeout=self.settings.lease_s / 2)
+            self.rescan.clear()
+
+
+async def _wait_for(probe: Any, what: str, attempts: int = 30) -> None:
+    for attempt in range(attempts):
+        try:
+            await probe()
+            return
+        except Exception as exc:
+            if attempt == attempts - 1:
+                raise ConfigError(f"cannot reach {what} ({exc}); start it or fix the setting") from None
+            log.warning("waiting for %s (%s)", what, exc)
+            await asyncio.sleep(1.0)
+
+
+def build(settings: Settings, datadir: Path) -> tuple[faust.App, WorkerService]:
+    app = create_app(settings, datadir)
+    service = WorkerService(app, settings)
+    requests = app.topic(settings.request_topic, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(requests, concurrency=1)
+    async def inbox(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            tp = message.tp
+            await service.inbox.accept(
+                message.value,
+                Source(topic=message.topic, partition=message.partition, offset=message.offset),
+                [(k, v) for k, v in (message.headers or [])],
+            )
+            with suppress(Exception):
+                lag = app.consumer.highwater(tp) - message.offset - 1
+                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(lag, 0))
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: Any, **_: Any) -> None:
+        service.rescan.set()
+
+    return app, service
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    datadir = Path(os.environ.get("LLM4RERANK_STATE_DIR", ".local/worker")) / settings.consumer_group
+    datadir.mkdir(parents=True, exist_ok=True)
+    app, service = build(settings, datadir)
+    worker = faust.Worker(app, service, loglevel=loglevel, quiet=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    worker.execute_from_commandline()

@@ -1,0 +1,50 @@
+"""Publishes stored results to the results topic; re-publishes whatever Kafka did not acknowledge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from ..schemas import RerankResult
+from ..store.store import Store
+from . import metrics
+
+log = logging.getLogger(__name__)
+Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
+
+
+class Publisher:
+    def __init__(self, store: Store, send: Send, topic: str, wake: asyncio.Event) -> None:
+        self.store, self.send, self.topic, self.wake = store, send, topic, wake
+
+    async def _send_batch(self, rows: list[dict[str, Any]]) -> None:
+        acks = [await self.send(self.topic, row["request_id"].encode(), orjson.dumps(
+                    RerankResult.model_validate(row["result"]).model_dump(mode="json")))
+                for row in rows]
+        await asyncio.gather(*acks)
+
+    async def publish_once(self) -> int:
+        sent = 0
+        while (n := await self.store.publish_batch(self._send_batch)) > 0:
+            sent += n
+            metrics.PUBLISHED.inc(n)
+        return sent
+
+    async def run(self, interval_s: float = 0.5) -> None:
+        delay = interval_s
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            try:
+                await self.publish_once()
+                delay = interval_s
+            except Exception as exc:  # broker or database down: keep the outbox, retry
+                log.warning("publishing results failed (%s); retrying", exc)
+                delay = min(max(delay * 2, 0.5), 5.0)
