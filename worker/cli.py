@@ -118,6 +118,7 @@ def sim_llm(
     malformed_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
     timeout_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
     timeout_s: Annotated[float, typer.Option(min=0.001)] = 120.0,
+    call_log: Annotated[Path | None, typer.Option(help="append one JSON line per call received")] = None,
 ) -> None:
     """A SIMULATED OpenAI-compatible LLM (heuristic answers), for development and tests only."""
     import uvicorn
@@ -130,7 +131,7 @@ def sim_llm(
     faults = Faults(latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms,
                     error_rate=error_rate, rate_limit_rate=rate_limit_rate,
                     malformed_rate=malformed_rate, timeout_rate=timeout_rate, timeout_s=timeout_s)
-    state = SimState(settings.prompts_dir, faults, seed, max_concurrent)
+    state = SimState(settings.prompts_dir, faults, seed, max_concurrent, call_log=call_log)
     typer.echo(f"sim-llm: SIMULATED LLM (heuristic answers, not a model) serving model "
                f"{SIMULATED_MODEL!r} at http://{host}:{port}/v1 with seed {seed}; "
                "for development and tests only", err=True)

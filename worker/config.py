@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     result_topic: str = "rerank.results"
     dlq_topic: str = "rerank.requests.dlq"
     consumer_group: str = "llm4rerank"
+    kafka_session_timeout_s: float = Field(10.0, ge=3, description="how fast a dead worker's "
+                                           "partitions move to a live one")
 
     max_steps: int = Field(5, ge=1, le=50)
     deadline_ms: int = Field(30_000, ge=100)

@@ -132,8 +132,8 @@ def load_ml1m(folder: Path) -> Dataset:
     if (folder / "users.dat").is_file():
         for user_id, gender, age, occupation, _zip in _dat_rows(folder / "users.dat", 5):
             occ = int(occupation) if occupation.isdigit() else -1
-            users[user_id] = {"gender": gender, "age": ML_AGES.get(age, age),
-                              "occupation": ML_OCCUPATIONS[occ] if 0 <= occ < len(ML_OCCUPATIONS) else occupation}
+            job = ML_OCCUPATIONS[occ] if 0 <= occ < len(ML_OCCUPATIONS) else occupation
+            users[user_id] = {"gender": gender, "age": ML_AGES.get(age, age), "occupation": job}
     rows = _dat_rows(folder / "ratings.dat", 4)
     rows = [r for r in rows if r[1] in items]
     times = np.array([float(r[3]) for r in rows])
@@ -220,8 +220,8 @@ def load_kuairand(folder: Path) -> Dataset:
     logs = _one(folder, "log_standard*.csv", "interaction logs", required=False) or _one(
         folder, "log_*.csv", "interaction logs")
     video_files = _one(folder, "video_features_basic*.csv", "video features")
-    users_users: list[str] = []
-    users_items: list[str] = []
+    log_users: list[str] = []
+    log_items: list[str] = []
     times: list[Any] = []
     for log in logs:
         table = _read_csv(log, keep={"user_id", "video_id", "time_ms", "timestamp", "is_click", "click"})
@@ -230,10 +230,10 @@ def load_kuairand(folder: Path) -> Dataset:
         t = _column(table, log, "time_ms", "timestamp", required=False)
         c = _column(table, log, "is_click", "click", required=False)
         keep = [i for i in range(len(table[u])) if c is None or str(table[c][i]).strip() in ("1", "1.0")]
-        users_users += [table[u][i] for i in keep]
-        users_items += [table[v][i] for i in keep]
-        times += [table[t][i] for i in keep] if t else [float(i) for i in keep]
-    clicked = {str(v) for v in users_items}
+        log_users += [table[u][i] for i in keep]
+        log_items += [table[v][i] for i in keep]
+        times += [table[t][i] for i in keep] if t else [float(len(times) + j) for j in range(len(keep))]
+    clicked = {str(v) for v in log_items}
     items: dict[str, Features] = {}
     for path in video_files:
         table = _read_csv(path, keep={"video_id", "upload_type", "video_duration", "duration_ms",
@@ -255,10 +255,10 @@ def load_kuairand(folder: Path) -> Dataset:
             if tag and table[tag][i]:
                 features["tag"] = _split(table[tag][i], ",")
             items[str(video)] = features
-    rows = [i for i, item in enumerate(users_items) if str(item) in items]
-    inter = Interactions.from_columns([users_users[i] for i in rows], [users_items[i] for i in rows],
+    rows = [i for i, item in enumerate(log_items) if str(item) in items]
+    inter = Interactions.from_columns([log_users[i] for i in rows], [log_items[i] for i in rows],
                                       _time_key([times[i] for i in rows]))
-    durations = [f["video_duration"] for k, f in items.items() if f.get("video_duration") is not None]
+    durations = [f["video_duration"] for f in items.values() if f.get("video_duration") is not None]
     split = float(np.median(np.asarray(durations, dtype=float))) if durations else 0.0
     users: dict[str, Features] = {}
     for path in _one(folder, "user_features*.csv", "user features", required=False):

@@ -14,12 +14,12 @@ import numpy as np
 
 @dataclass
 class GMFConfig:
-    dim: int = 16
-    epochs: int = 20
+    dim: int = 8
+    epochs: int = 30
     negatives: int = 4
-    batch_size: int = 1024
-    lr: float = 0.01
-    l2: float = 1e-5
+    batch_size: int = 2048
+    lr: float = 0.02
+    l2: float = 1e-4
     seed: int = 0
 
 

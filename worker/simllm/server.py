@@ -4,6 +4,7 @@ development and tests only. It answers with the heuristic policy, never with a m
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 import uuid
@@ -32,7 +33,7 @@ def count_tokens(text: str) -> int:
 
 class SimState:
     def __init__(self, prompts_dir: Path, faults: Faults, seed: int, max_concurrent: int,
-                 model: str = SIMULATED_MODEL) -> None:
+                 model: str = SIMULATED_MODEL, call_log: Path | None = None) -> None:
         self.readers = load_readers(prompts_dir)
         self.faults = faults
         self.dice = Dice(seed)
@@ -42,6 +43,13 @@ class SimState:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.policy = HeuristicPolicy()
+        self.call_log = open(call_log, "ab", buffering=0) if call_log else None
+
+    def log_call(self, prompt: str) -> None:
+        """One line per call received: when, and a hash of exactly what was sent."""
+        if self.call_log is not None:
+            digest = hashlib.sha256(prompt.encode()).hexdigest()
+            self.call_log.write(orjson.dumps({"t": time.time(), "prompt": digest}) + b"\n")
 
     def read(self, messages: list[dict[str, Any]]) -> tuple[NodeAsk, PromptReader]:
         problems = []
@@ -75,6 +83,7 @@ def create_app(state: SimState) -> Starlette:
             return _error(404, f"The model `{body.get('model')}` does not exist; this simulated "
                           f"server serves `{state.model}`.", "NotFoundError")
         prompt = orjson.dumps(messages).decode()
+        state.log_call(prompt)
         rng = state.dice.for_prompt(prompt)
         f = state.faults
         async with state.slots:

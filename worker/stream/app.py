@@ -55,6 +55,9 @@ def create_app(settings: Settings, datadir: Path) -> faust.App:
         producer_acks=-1,
         stream_buffer_maxsize=max(settings.concurrency, 64),
         broker_max_poll_records=200,
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=max(settings.kafka_session_timeout_s / 5, 0.5),
+        broker_rebalance_timeout=max(settings.kafka_session_timeout_s * 2, 10.0),
     )
 
 

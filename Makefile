@@ -1,0 +1,58 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+LOCAL := .local
+SIM_PORT ?= 8000
+export LLM4RERANK_LLM_BASE_URL ?= http://127.0.0.1:$(SIM_PORT)/v1
+export LLM4RERANK_LLM_MODEL ?= sim-llm-simulated
+
+.PHONY: install up down demo demo-stop test lint bench eval-demo schemas clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+	bash scripts/install_system.sh
+	bash infra/kafka/kafka.sh install
+
+up: install
+	bash infra/up.sh
+	$(BIN)/llm4rerank db upgrade
+
+down:
+	-bash scripts/demo.sh stop
+	bash infra/down.sh
+
+demo: up
+	bash scripts/demo.sh run
+
+demo-stop:
+	bash scripts/demo.sh stop
+
+test: install
+	bash scripts/install_system.sh --browser
+	bash infra/up.sh
+	$(BIN)/llm4rerank db upgrade
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+schemas: $(STAMP)
+	$(BIN)/llm4rerank schemas --out schemas
+
+bench: up
+	$(PY) benchmarks/engine_bench.py
+	$(PY) benchmarks/worker_bench.py
+
+eval-demo: install
+	bash scripts/eval_demo.sh
+
+clean: down
+	rm -rf $(LOCAL) $(VENV)

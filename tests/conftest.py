@@ -1,0 +1,197 @@
+"""Fixtures for tests against the real services: sim-llm as a process, a throwaway PostgreSQL
+database, unique Kafka topics and worker processes. `make test` starts Kafka and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = str(REPO / ".venv" / "bin" / "llm4rerank") if (REPO / ".venv").exists() else "llm4rerank"
+PG_ADMIN = os.environ.get("LLM4RERANK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+KAFKA = os.environ.get("LLM4RERANK_TEST_KAFKA", "127.0.0.1:9092")
+SIM_MODEL = "sim-llm-simulated"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class SimLLM:
+    """`llm4rerank sim-llm` as a child process on a free port."""
+
+    def __init__(self, *args: str, log: Path | None = None) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.args = args
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SimLLM:
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen([CLI, "sim-llm", "--port", str(self.port), *self.args],
+                                     stdout=out, stderr=out)
+        wait_http(f"{self.base_url}/models")
+        return self
+
+    def faults(self, **update: float) -> dict:
+        import orjson
+
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/sim/faults",
+                                         data=orjson.dumps(update), method="POST")
+        return orjson.loads(urllib.request.urlopen(request, timeout=5).read())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def sim_llm(tmp_path: Path) -> Iterator[type[SimLLM]]:
+    started: list[SimLLM] = []
+
+    def make(*args: str) -> SimLLM:
+        sim = SimLLM(*args, log=tmp_path / f"sim-{len(started)}.log").start()
+        started.append(sim)
+        return sim
+
+    yield make  # type: ignore[misc]
+    for sim in started:
+        sim.stop()
+
+
+def _pg(statement: str, database: str = "postgres") -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{database}")
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated database for this test session, dropped at the end."""
+    from worker.store.migrate import upgrade
+
+    name = f"llm4rerank_test_{uuid.uuid4().hex[:8]}"
+    try:
+        _pg(f'CREATE DATABASE "{name}"')
+    except OSError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN} ({exc}); run `make up`")
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    upgrade(url)
+    yield url
+    _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def kafka() -> str:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def probe() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA, request_timeout_ms=10000)
+        await admin.start()
+        await admin.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        pytest.fail(f"Kafka is not reachable at {KAFKA} ({exc}); run `make up`")
+    return KAFKA
+
+
+class WorkerProcess:
+    """`llm4rerank worker` as a child process with its own topics, group and metrics port."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen([CLI, "worker"], env=self.env, stdout=out, stderr=out,
+                                     start_new_session=True)
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(60)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def stream_env(tmp_path: Path, kafka: str, pg_url: str) -> dict[str, str]:
+    """Settings for one test's worker: unique topics and consumer group, the test database."""
+    tag = uuid.uuid4().hex[:8]
+    return {
+        **os.environ,
+        "LLM4RERANK_KAFKA_BOOTSTRAP": kafka,
+        "LLM4RERANK_DATABASE_URL": pg_url,
+        "LLM4RERANK_REQUEST_TOPIC": f"test.{tag}.requests",
+        "LLM4RERANK_RESULT_TOPIC": f"test.{tag}.results",
+        "LLM4RERANK_DLQ_TOPIC": f"test.{tag}.dlq",
+        "LLM4RERANK_CONSUMER_GROUP": f"test-{tag}",
+        "LLM4RERANK_METRICS_PORT": str(free_port()),
+        "LLM4RERANK_LLM_MODEL": SIM_MODEL,
+        "LLM4RERANK_STATE_DIR": str(tmp_path / "state"),
+        "LLM4RERANK_LEASE_S": "6",
+        "LLM4RERANK_KAFKA_SESSION_TIMEOUT_S": "6",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[type[WorkerProcess]]:
+    """Start a worker process with the given environment; all are killed at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str]) -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log").start()
+        started.append(worker)
+        return worker
+
+    yield start  # type: ignore[misc]
+    for worker in started:
+        if worker.alive():
+            worker.kill(signal.SIGKILL)
+
+
+def python() -> str:
+    return sys.executable

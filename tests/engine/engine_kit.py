@@ -1,0 +1,339 @@
+"""Helpers for the navigation engine's tests: requests, a scripted model, a fake clock,
+small HTTP servers and the simulated LLM as a process (fixtures are re-exported by conftest.py).
+
+Everything here is seeded and bounded in time; processes started here are stopped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.config import Settings
+from worker.engine.prompts import PromptSet
+from worker.engine.steps import LLMCall
+from worker.errors import DeadlineExceeded
+from worker.policies.llm import LLMPolicy
+from worker.schemas import RerankRequest, parse_request
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "llm4rerank")
+EXAMPLES = REPO / "examples" / "requests.jsonl"
+INVALID = REPO / "examples" / "invalid.jsonl"
+SIM_MODEL = "sim-llm-simulated"
+
+TITLES = ["Heat", "Fargo", "Alien", "Ghost", "Se7en", "Psycho", "Casino", "Brazil", "Twister",
+          "Sabrina", "Jumanji", "Toy Story", "Ran", "Clue", "Big", "Rocky"]
+GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Thriller", "Sci-Fi", "Animation",
+          "Documentary"]
+GOALS = [
+    "Mainly focus on accuracy, followed by diversity",
+    "Focus on diversity",
+    "Focus on fairness",
+    "Consider accuracy, diversity and fairness in a balanced way",
+    "Mainly focus on diversity, followed by fairness",
+    "Mainly focus on fairness, followed by diversity",
+    "Focus on accuracy",
+]
+
+
+def request_dict(rng: random.Random, n: int = 20, rid: str = "t-1", goal: str | None = None,
+                 aspects: dict[str, Any] | None = None, max_steps: int | None = 5) -> dict[str, Any]:
+    """A request shaped like examples/requests.jsonl, drawn from `rng`."""
+    history = [{"item_id": f"h{i}", "features": {"title": rng.choice(TITLES),
+                                                 "genre": [rng.choice(GENRES)]}}
+               for i in range(5)]
+    candidates = []
+    for i in range(n):
+        genres = rng.sample(GENRES, rng.choice([1, 1, 1, 2]))
+        candidates.append({"item_id": f"m{rng.randrange(1, 4000)}_{i}",
+                           "score": round(rng.random(), 4),
+                           "features": {"title": rng.choice(TITLES), "genre": genres,
+                                        "year": rng.randrange(1970, 2020)}})
+    out: dict[str, Any] = {
+        "request_id": rid,
+        "goal": goal or rng.choice(GOALS),
+        "user": {"user_id": f"u{rng.randrange(100)}",
+                 "features": {"gender": rng.choice("MF"), "age": rng.choice([18, 25, 35, 45])},
+                 "history": history},
+        "candidates": candidates,
+        "aspects": aspects if aspects is not None else {
+            "diversity": {"attribute": "genre"},
+            "fairness": {"attribute": "year", "split_at": 1996}},
+    }
+    if max_steps is not None:
+        out["options"] = {"max_steps": max_steps}
+    return out
+
+
+def make_request(seed: int = 0, **kwargs: Any) -> RerankRequest:
+    return parse_request(json.dumps(request_dict(random.Random(seed), **kwargs)))
+
+
+def example_requests() -> list[RerankRequest]:
+    return [parse_request(line) for line in EXAMPLES.read_bytes().splitlines() if line.strip()]
+
+
+def ids(request: RerankRequest) -> list[str]:
+    return [c.item_id for c in request.candidates]
+
+
+def is_permutation(ranking: list[str], request: RerankRequest) -> bool:
+    return sorted(ranking) == sorted(ids(request)) and len(set(ranking)) == len(ranking)
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class ScriptedChat:
+    """A ChatTransport that answers from a script: a string is a raw answer, an exception is
+    raised, a callable gets (messages, deadline) and returns either. Records every request."""
+
+    script: list[Any]
+    clock: FakeClock | None = None
+    step_seconds: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    async def complete(self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
+                       deadline: float) -> LLMCall:
+        self.requests.append({"messages": messages, "response_format": response_format,
+                              "deadline": deadline})
+        if self.clock is not None:
+            if self.clock() >= deadline:
+                raise DeadlineExceeded("fake deadline passed before the call")
+            self.clock.advance(self.step_seconds)
+        if not self.script:
+            raise AssertionError(f"the walk asked for call {len(self.requests)}, the script has no more")
+        item = self.script.pop(0)
+        if callable(item) and not isinstance(item, str):
+            item = item(messages, deadline)
+        if isinstance(item, BaseException):
+            raise item
+        return LLMCall(messages=messages, response_format=response_format, raw=item,
+                       prompt_tokens=10, completion_tokens=5, latency_ms=1.0)
+
+
+def default_prompts(name: str = "default") -> PromptSet:
+    return PromptSet.load(Settings().prompts_dir, name)
+
+
+def scripted_policy(script: list[Any], *, prompts: str = "default", structured: bool = True,
+                    reasks: int = 1, clock: FakeClock | None = None, step_seconds: float = 0.0,
+                    ) -> tuple[LLMPolicy, ScriptedChat]:
+    chat = ScriptedChat(list(script), clock=clock, step_seconds=step_seconds)
+    return LLMPolicy(chat, default_prompts(prompts), structured=structured, reasks=reasks), chat
+
+
+def js(ranking: list[int] | list[str] | None = None, node: str | None = None) -> str:
+    """A JSON answer as the default prompt set asks for it."""
+    body: dict[str, Any] = {}
+    if ranking is not None:
+        body["ranking"] = ranking
+    if node is not None:
+        body["next_node"] = node
+    return json.dumps(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# processes and ports
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any LLM4RERANK_* variable of the caller, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4RERANK_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class SimProcess:
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return clean_env(LLM4RERANK_LLM_BASE_URL=self.base_url, LLM4RERANK_LLM_MODEL=SIM_MODEL,
+                         LLM4RERANK_LLM_RETRY_MAX_WAIT_S="0.05", **extra)
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def start_sim(tmp: Path, *args: str, seed: int = 1) -> SimProcess:
+    """Start `llm4rerank sim-llm` on a free port and wait until GET /v1/models answers."""
+    for _ in range(3):
+        port = free_port()
+        log = tmp / f"sim-{port}.log"
+        proc = subprocess.Popen(
+            [CLI, "sim-llm", "--port", str(port), "--seed", str(seed), *args],
+            stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=clean_env(), cwd=tmp)
+        sim = SimProcess(port, proc, log)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                sim.get("/v1/models")
+                return sim
+            except OSError:
+                time.sleep(0.05)
+        sim.stop()  # port taken between free_port() and bind, or a slow start: try another port
+    raise RuntimeError(f"sim-llm did not start: {log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    """One fault-free sim-llm for the session (its fault dice are not used)."""
+    proc = start_sim(tmp_path_factory.mktemp("sim"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def sim_factory(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
+    """Fresh sim-llm processes (seeded fault dice start from zero), stopped after the test."""
+    started: list[SimProcess] = []
+
+    def make(*args: str, seed: int = 1) -> SimProcess:
+        proc = start_sim(tmp_path, *args, seed=seed)
+        started.append(proc)
+        return proc
+
+    yield make
+    for proc in started:
+        proc.stop()
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path, stdin: bytes | None = None,
+            timeout: float = 90) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([CLI, *args], env=env, cwd=cwd, input=stdin, capture_output=True,
+                          timeout=timeout)
+
+
+def jsonl(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# an OpenAI-compatible HTTP server whose answers a test scripts
+
+
+@dataclass
+class FakeLLMServer:
+    """Answers /v1/chat/completions from `script` (status, body-or-content, delay_s) in order;
+    when the script is empty, answers 200 with `default`. Counts requests and concurrency."""
+
+    script: list[tuple[int, Any, float]] = field(default_factory=list)
+    default: str = '{"next_node": "stop"}'
+    requests: int = 0
+    in_flight: int = 0
+    peak: int = 0
+    port: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def completions(request: Request) -> JSONResponse:
+            body = json.loads(await request.body())
+            self.requests += 1
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            try:
+                status, content, delay = self.script.pop(0) if self.script else (200, self.default, 0)
+                if delay:
+                    try:
+                        await asyncio.wait_for(self.release.wait(), delay)
+                    except TimeoutError:
+                        pass
+                if status != 200:
+                    return JSONResponse({"object": "error", "message": str(content),
+                                         "type": "Error", "code": status}, status_code=status)
+                return JSONResponse({
+                    "id": f"chatcmpl-{self.requests}", "object": "chat.completion",
+                    "created": 0, "model": body.get("model"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+                })
+            finally:
+                self.in_flight -= 1
+
+        async def models(_: Request) -> JSONResponse:
+            return JSONResponse({"object": "list", "data": [
+                {"id": "test-model", "object": "model", "created": 0, "owned_by": "test"}]})
+
+        return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"]),
+                                 Route("/v1/models", models)])
+
+
+@pytest.fixture
+async def llm_server() -> AsyncIterator[FakeLLMServer]:
+    """A FakeLLMServer under uvicorn in the test's own event loop, on a free port."""
+    import uvicorn
+
+    fake = FakeLLMServer()
+    config = uvicorn.Config(fake.app(), host="127.0.0.1", port=0, log_level="warning",
+                            lifespan="off", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    assert server.started, "the fake LLM server did not start"
+    fake.port = server.servers[0].sockets[0].getsockname()[1]
+    yield fake
+    fake.release.set()
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)

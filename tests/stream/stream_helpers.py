@@ -1,0 +1,77 @@
+"""Producing requests and reading the results, dead letters and stored sessions of one test."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+GENRES = ["Action", "Comedy", "Drama", "Animation", "Horror", "Romance", "Sci-Fi", "Thriller"]
+GOALS = ["Mainly focus on accuracy, followed by diversity", "Focus on diversity",
+         "Focus on fairness", "Consider accuracy, diversity and fairness in a balanced way",
+         "Mainly focus on fairness, followed by diversity"]
+
+
+def make_requests(n: int, seed: int, prefix: str, candidates: int = 20) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for r in range(n):
+        items = [{"item_id": f"i{r}-{i}", "score": round(rng.random(), 4),
+                  "features": {"genre": rng.sample(GENRES, rng.randint(1, 2)),
+                               "year": rng.randint(1980, 2005)}}
+                 for i in range(candidates)]
+        out.append({"request_id": f"{prefix}-{r:04d}", "goal": GOALS[r % len(GOALS)],
+                    "user": {"user_id": f"{prefix}-u{r}", "features": {"age": rng.randint(18, 60)}},
+                    "candidates": items,
+                    "aspects": {"diversity": {"attribute": "genre"},
+                                "fairness": {"attribute": "year", "split_at": 1996}}})
+    return out
+
+
+async def produce(bootstrap: str, topic: str, messages: list[bytes],
+                  keys: list[bytes | None] | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, m, key=(keys[i] if keys else None))
+                   for i, m in enumerate(messages)]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def collect(bootstrap: str, topic: str, until: int, timeout_s: float) -> list[tuple[str | None, dict]]:
+    """Read a topic from the beginning until `until` records (or the timeout), then whatever else
+    is already there, so duplicates are seen too."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[tuple[str | None, dict]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            for part in batch.values():
+                for record in part:
+                    records.append((record.key.decode() if record.key else None,
+                                    orjson.loads(record.value)))
+            if not batch and (len(records) >= until or time.monotonic() > deadline):
+                break
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(text(sql), params)).mappings()]
+    finally:
+        await engine.dispose()

@@ -1,0 +1,208 @@
+"""Read-only queries over the trace store, shared by the CLI, the audit API, replay and export.
+
+Everything here only SELECTs, with bound parameters, so the same code runs under the auditors'
+read-only database role. Works on PostgreSQL and SQLite (the offline `rerank --store` file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..engine.steps import StepRecord
+from ..store.tables import sessions, steps
+from .filters import Order, TraceFilters, decode_cursor, encode_cursor
+
+SUMMARY_COLUMNS = (
+    sessions.c.request_id, sessions.c.user_id, sessions.c.goal, sessions.c.status,
+    sessions.c.model, sessions.c.prompt_version, sessions.c.policy, sessions.c.path,
+    sessions.c.final_ranking, sessions.c.reason, sessions.c.llm_calls, sessions.c.prompt_tokens,
+    sessions.c.completion_tokens, sessions.c.latency_ms, sessions.c.received_at,
+    sessions.c.completed_at, sessions.c.replay_of, sessions.c.replay_mode,
+)
+DETAIL_EXTRA = (
+    sessions.c.request, sessions.c.started_at, sessions.c.attempts, sessions.c.source_topic,
+    sessions.c.source_partition, sessions.c.source_offset,
+)
+STEP_COLUMNS = tuple(c for c in steps.c if c.name not in ("id", "session_id", "calls"))
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass
+class StoredSession:
+    """A finished or unfinished session with its steps and LLM calls, as replay needs it."""
+
+    row: dict[str, Any]
+    steps: list[StepRecord]
+
+    @property
+    def request_id(self) -> str:
+        return str(self.row["request_id"])
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; the store only ever writes UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def conditions(f: TraceFilters) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of a filter set; every value is a bound parameter."""
+    c = sessions.c
+    out: list[ColumnElement[bool]] = []
+    if f.request_ids:
+        out.append(c.request_id.in_(list(f.request_ids)))
+    if f.since is not None:
+        out.append(c.received_at >= f.since)
+    if f.until is not None:
+        out.append(c.received_at < f.until)
+    for column, value in ((c.user_id, f.user), (c.status, f.status), (c.model, f.model),
+                          (c.prompt_version, f.prompt_version), (c.replay_of, f.replay_of)):
+        if value is not None:
+            out.append(column == value)
+    if f.goal is not None:
+        out.append(c.goal.icontains(f.goal, autoescape=True))
+    if f.node is not None:
+        out.append(exists().where(steps.c.session_id == c.id, steps.c.node == f.node))
+    if f.item is not None and f.top_k is not None:
+        out.append(or_(*(c.final_ranking[i].as_string() == f.item for i in range(f.top_k))))
+    if f.replays == "exclude":
+        out.append(c.replay_of.is_(None))
+    elif f.replays == "only":
+        out.append(c.replay_of.is_not(None))
+    return out
+
+
+def _after(cursor: tuple[datetime, int], order: Order) -> ColumnElement[bool]:
+    at, row_id = cursor
+    c = sessions.c
+    if order == "desc":
+        return or_(c.received_at < at, and_(c.received_at == at, c.id < row_id))
+    return or_(c.received_at > at, and_(c.received_at == at, c.id > row_id))
+
+
+def summary(row: Any) -> dict[str, Any]:
+    data = dict(row)
+    data.pop("id", None)
+    for key in ("received_at", "completed_at", "started_at"):
+        if key in data:
+            data[key] = utc(data[key])
+    return data
+
+
+class TraceQueries:
+    """The audit questions, one method each; holds no state but the engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def list(
+        self, filters: TraceFilters, *, limit: int, cursor: str | None = None, order: Order = "desc"
+    ) -> Page:
+        """One page of session summaries, newest first by default, with the next page's cursor."""
+        where = conditions(filters)
+        if cursor:
+            where.append(_after(decode_cursor(cursor, order), order))
+        keys = (sessions.c.received_at, sessions.c.id)
+        query = (select(sessions.c.id, *SUMMARY_COLUMNS).where(*where)
+                 .order_by(*(k.desc() if order == "desc" else k.asc() for k in keys))
+                 .limit(limit + 1))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = None
+        if more and rows:
+            last = rows[-1]
+            next_cursor = encode_cursor(utc(last["received_at"]), last["id"], order)  # type: ignore[arg-type]
+        return Page([summary(r) for r in rows], next_cursor)
+
+    async def count(self, filters: TraceFilters) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(
+                select(func.count()).select_from(sessions).where(*conditions(filters)))).scalar_one()
+
+    async def iterate(
+        self, filters: TraceFilters, *, order: Order = "asc", batch: int = 200, limit: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every matching summary, page by page (bounded memory), oldest first by default."""
+        cursor: str | None = None
+        seen = 0
+        while True:
+            size = batch if limit is None else min(batch, limit - seen)
+            if size <= 0:
+                return
+            page = await self.list(filters, limit=size, cursor=cursor, order=order)
+            for item in page.items:
+                yield item
+            seen += len(page.items)
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def session(self, request_id: str, *, with_calls: bool = False) -> dict[str, Any] | None:
+        """One session with every step; LLM calls (prompts and raw answers) only when asked."""
+        columns = (*STEP_COLUMNS, steps.c.calls) if with_calls else STEP_COLUMNS
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(sessions.c.id, *SUMMARY_COLUMNS, *DETAIL_EXTRA)
+                                      .where(sessions.c.request_id == request_id))).mappings().first()
+            if row is None:
+                return None
+            step_rows = (await conn.execute(
+                select(*columns, _call_count(self.engine.dialect.name).label("call_count"))
+                .where(steps.c.session_id == row["id"]).order_by(steps.c.step))).mappings().all()
+        data = summary(row)
+        data["steps"] = [_step(s) for s in step_rows]
+        return data
+
+    async def step_calls(self, request_id: str, step: int) -> list[dict[str, Any]] | None:
+        """The LLM calls of one step: the messages sent and the raw answers, with their costs."""
+        async with self.engine.connect() as conn:
+            calls = (await conn.execute(
+                select(steps.c.calls).select_from(steps.join(sessions, steps.c.session_id == sessions.c.id))
+                .where(sessions.c.request_id == request_id, steps.c.step == step))).first()
+        if calls is None:
+            return None
+        return list(calls[0] or [])
+
+    async def load(self, request_ids: Sequence[str]) -> list[StoredSession]:
+        """Full sessions (request, outcome, steps with calls) for replay, in the order asked."""
+        if not request_ids:
+            return []
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(sessions.c.id, *SUMMARY_COLUMNS, *DETAIL_EXTRA)
+                                       .where(sessions.c.request_id.in_(list(request_ids))))).mappings().all()
+            by_session: dict[int, list[StepRecord]] = {r["id"]: [] for r in rows}
+            if by_session:
+                step_rows = (await conn.execute(
+                    select(steps).where(steps.c.session_id.in_(list(by_session)))
+                    .order_by(steps.c.session_id, steps.c.step))).mappings().all()
+                fields = StepRecord.model_fields
+                for s in step_rows:
+                    by_session[s["session_id"]].append(
+                        StepRecord.model_validate({k: v for k, v in s.items() if k in fields}))
+        found = {r["request_id"]: StoredSession(summary(r), by_session[r["id"]]) for r in rows}
+        return [found[rid] for rid in request_ids if rid in found]
+
+
+def _call_count(dialect: str) -> ColumnElement[Any]:
+    """How many LLM calls a step made, counted in the database so prompts stay there."""
+    length = func.jsonb_array_length if dialect == "postgresql" else func.json_array_length
+    return func.coalesce(length(steps.c.calls), 0)
+
+
+def _step(row: Any) -> dict[str, Any]:
+    data = dict(row)
+    data["created_at"] = utc(data.get("created_at"))
+    return data
