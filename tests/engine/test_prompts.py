@@ -63,9 +63,10 @@ async def test_default_set_shows_aliases_and_no_item_ids() -> None:
             for item_id in ids(request):
                 assert item_id not in message["content"]
     # the pool is one line per step with aliases
-    pool_view = chat.requests[2]["messages"][1]["content"]
-    assert f"1 accuracy: {','.join(map(str, PERM))}" in pool_view
-    assert f"2 diversity: {','.join(map(str, PERM[::-1]))}" in pool_view
+    assert f"1 accuracy: {','.join(map(str, PERM))}" in chat.requests[1]["messages"][1]["content"]
+    after_backward = chat.requests[3]["messages"][1]["content"]  # fairness, after the drop
+    assert f"\n1 accuracy: {','.join(map(str, PERM))}\n" in after_backward
+    assert "2 diversity:" not in after_backward
 
 
 async def test_paper_set_shows_item_ids() -> None:

@@ -1,0 +1,156 @@
+"""Throughput of one worker process through Kafka and PostgreSQL against sim-llm.
+
+1. sim-llm with a fixed latency per call and a fixed number of calls served at once has a known
+   capacity (calls/s); the worker's end-to-end rate (first request produced to last result
+   received) is printed as a share of it. Target: at least 95%.
+2. With zero latency: requests per second, and the worker's CPU milliseconds per node step.
+
+Needs Kafka and PostgreSQL running (`make up`). Usage: .venv/bin/python benchmarks/worker_bench.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = str(REPO / ".venv" / "bin" / "llm4rerank")
+sys.path.insert(0, str(REPO / "tests" / "stream"))
+from stream_helpers import make_requests  # noqa: E402
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str) -> None:
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_case(n: int, latency_ms: float, max_concurrent: int, concurrency: int,
+                   workdir: Path) -> dict[str, float]:
+    tag = uuid.uuid4().hex[:8]
+    db = f"llm4rerank_bench_{tag}"
+    conn = await asyncpg.connect(f"{PG}/postgres")
+    await conn.execute(f'CREATE DATABASE "{db}"')
+    await conn.close()
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
+    subprocess.run([CLI, "db", "upgrade", "--url", url], check=True, capture_output=True)
+    sim_port = free_port()
+    sim = subprocess.Popen([CLI, "sim-llm", "--port", str(sim_port), "--latency-ms", str(latency_ms),
+                            "--max-concurrent", str(max_concurrent), "--seed", "1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "LLM4RERANK_DATABASE_URL": url,
+           "LLM4RERANK_LLM_BASE_URL": f"http://127.0.0.1:{sim_port}/v1",
+           "LLM4RERANK_LLM_MODEL": "sim-llm-simulated",
+           "LLM4RERANK_REQUEST_TOPIC": f"bench.{tag}.requests",
+           "LLM4RERANK_RESULT_TOPIC": f"bench.{tag}.results",
+           "LLM4RERANK_DLQ_TOPIC": f"bench.{tag}.dlq", "LLM4RERANK_CONSUMER_GROUP": f"bench-{tag}",
+           "LLM4RERANK_METRICS_PORT": str(free_port()), "LLM4RERANK_CONCURRENCY": str(concurrency),
+           "LLM4RERANK_STATE_DIR": str(workdir / tag)}
+    worker = None
+    try:
+        wait_http(f"http://127.0.0.1:{sim_port}/v1/models")
+        log = open(workdir / f"worker-{tag}.log", "wb")  # noqa: SIM115
+        worker = subprocess.Popen([CLI, "worker"], env=env, stdout=log, stderr=log)
+        consumer = AIOKafkaConsumer(env["LLM4RERANK_RESULT_TOPIC"], bootstrap_servers="127.0.0.1:9092",
+                                    group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        await _wait_ready(workdir / f"worker-{tag}.log")
+        requests = [orjson.dumps(r) for r in make_requests(n, seed=3, prefix=f"b{tag}")]
+        cpu0 = cpu_seconds(worker.pid)
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092", linger_ms=5)
+        await producer.start()
+        started = time.monotonic()
+        await asyncio.gather(*[await producer.send(env["LLM4RERANK_REQUEST_TOPIC"], r) for r in requests])
+        await producer.stop()
+        seen: set[bytes] = set()
+        while len(seen) < n:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for part in batch.values():
+                seen.update(record.key for record in part)
+            if time.monotonic() - started > 600:
+                raise RuntimeError(f"only {len(seen)} of {n} results after 600 s")
+        elapsed = time.monotonic() - started
+        cpu = cpu_seconds(worker.pid) - cpu0
+        await consumer.stop()
+        conn = await asyncpg.connect(f"{PG}/{db}")
+        calls = await conn.fetchval("select sum(llm_calls) from sessions")
+        steps = await conn.fetchval("select count(*) from steps")
+        await conn.close()
+        return {"elapsed": elapsed, "calls": calls, "steps": steps, "cpu": cpu, "n": n}
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
+        sim.terminate()
+        sim.wait(10)
+        conn = await asyncpg.connect(f"{PG}/postgres")
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await conn.close()
+
+
+async def _wait_ready(log: Path) -> None:
+    for _ in range(600):
+        if b"Worker]: Ready" in log.read_bytes():
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("worker not ready")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=1200)
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--max-concurrent", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = await run_case(args.requests, args.latency_ms, args.max_concurrent,
+                                args.concurrency, Path(tmp))
+        capacity = args.max_concurrent / (args.latency_ms / 1000)
+        rate = loaded["calls"] / loaded["elapsed"]
+        share = rate / capacity
+        print(f"sim-llm capacity: {args.max_concurrent} calls at once x {args.latency_ms:.0f} ms "
+              f"= {capacity:.1f} calls/s")
+        print(f"worker end to end: {loaded['n']} requests, {loaded['calls']} LLM calls in "
+              f"{loaded['elapsed']:.2f} s = {rate:.1f} calls/s "
+              f"({loaded['n'] / loaded['elapsed']:.1f} requests/s)")
+        print(f"share of LLM capacity: {share:.1%} (target >= 95%): {'PASS' if share >= 0.95 else 'FAIL'}")
+        fast = await run_case(max(args.requests // 2, 200), 0.0, 64, args.concurrency, Path(tmp))
+        print(f"zero latency: {fast['n'] / fast['elapsed']:.1f} requests/s, "
+              f"{1000 * fast['cpu'] / fast['steps']:.2f} worker CPU ms per node step "
+              f"({fast['steps']} steps, {fast['cpu']:.2f} CPU s)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
