@@ -28,7 +28,8 @@ from worker.store.tables import sessions
 pytestmark = pytest.mark.integration
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240
+        ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
@@ -90,6 +91,7 @@ def test_changed_repair_rule_is_reported_by_session(populated: Any, monkeypatch:
     stored = asyncio.run(_load_all(populated.db.url))
     expected = {s.request_id for s in stored if _accepted_repairs(s)}
     assert len(expected) >= 5, "sim-llm's malformed answers should have needed repairs"
+    print(f"\nchanged repair rule: {len(expected)} of {len(stored)} sessions affected")
     original = parse.repair
 
     def missing_first(tokens: list[str], candidates: list[str], previous: list[str], aliases: bool,
@@ -151,13 +153,15 @@ def test_live_replay_stores_linked_sessions_and_a_report(populated: Any, tmp_pat
         assert len(asyncio.run(_replays_of(populated.db.url, "t1"))) == 24
         assert "stored by an earlier run" in report.read_text()
 
-        listed = cli("trace", "list", "--db", populated.db.url, "--replay-of", populated.request_ids[0], "--json")
+        listed = cli("trace", "list", "--db", populated.db.url, "--replay-of", populated.request_ids[0],
+                     "--json")
         assert [json.loads(line)["request_id"] for line in listed.stdout.splitlines()] == [
             f"{populated.request_ids[0]}~t1"]
 
         paper = cli("replay", "--mode", "live", "--db", populated.db.url, "--base-url", sim.url + "/v1",
-                    "--llm-model", SIM_MODEL, "--prompts", "paper", "--structured", "none", "--max-steps", "2",
-                    "--tag", "paper2", "--report", str(tmp_path / "paper.json"), *populated.request_ids[30:34])
+                    "--llm-model", SIM_MODEL, "--prompts", "paper", "--structured", "none",
+                    "--max-steps", "2", "--tag", "paper2", "--report", str(tmp_path / "paper.json"),
+                    *populated.request_ids[30:34])
         assert paper.returncode == 0, paper.stdout[-2000:] + paper.stderr[-2000:]
         rows = asyncio.run(_replays_of(populated.db.url, "paper2"))
         assert len(rows) == 4

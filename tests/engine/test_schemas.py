@@ -13,7 +13,7 @@ from engine_kit import EXAMPLES, REPO, request_dict
 
 from worker.config import Settings
 from worker.errors import RequestError
-from worker.schemas import Limits, RerankResult, dead_letter, json_schemas, parse_request, Source
+from worker.schemas import Limits, RerankResult, Source, dead_letter, json_schemas, parse_request
 from worker.service import limits_of
 
 BASE = request_dict(random.Random(7), n=20, rid="r-42")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..schemas import AspectConfig, HistoryItem, Item, RerankRequest, User
 VALUE_PATTERNS = {"alias": r"\d+", "step": r"\d+", "item_id": r"[^\s,]+"}
 
 
+@functools.lru_cache(maxsize=256)
 def template_regex(line: str) -> re.Pattern[str]:
     """A template line as a regex: literal text escaped, each $name a named lazy group."""
     parts = re.split(r"\$\{?(\w+)\}?", line)

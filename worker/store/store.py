@@ -42,7 +42,10 @@ class Store:
     def __init__(self, url: str, engine: AsyncEngine | None = None) -> None:
         self.url = url
         self.engine = engine or make_engine(url)
-        self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        # one statement each, compiled once and executed with many parameter sets
+        self._insert_session = insert(sessions).on_conflict_do_nothing(index_elements=["request_id"])
+        self._insert_step = insert(steps).on_conflict_do_nothing(index_elements=["session_id", "step"])
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -74,8 +77,7 @@ class Store:
         } for req, src in batch]
         ids = [r["request_id"] for r in rows]
         async with self.engine.begin() as conn:
-            await conn.execute(self._insert(sessions).values(rows).on_conflict_do_nothing(
-                index_elements=["request_id"]))
+            await conn.execute(self._insert_session, rows)
             seen = (await conn.execute(
                 update(sessions)
                 .where(sessions.c.request_id.in_(ids), sessions.c.status.in_(FINISHED),
@@ -146,8 +148,7 @@ class Store:
         rows = [{**step.model_dump(mode="json"), "session_id": sid, "created_at": now}
                 for sid, step in batch]
         async with self.engine.begin() as conn:
-            await conn.execute(self._insert(steps).values(rows).on_conflict_do_nothing(
-                index_elements=["session_id", "step"]))
+            await conn.execute(self._insert_step, rows)
 
     async def _steps(self, conn: AsyncConnection, session_id: int) -> list[StepRecord]:
         rows = (await conn.execute(

@@ -1,0 +1,149 @@
+"""The audit API over real PostgreSQL as the read-only role: no token no data, no writes (neither
+through the API nor through the role), validated and bounded inputs, cursor paging."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from audit_helpers import TOKEN
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from worker.audit.api import create_app
+from worker.audit.db import read_only_engine
+from worker.errors import ConfigError
+from worker.store.store import make_engine
+
+pytestmark = pytest.mark.integration
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def client(populated: Any) -> AsyncIterator[httpx.AsyncClient]:
+    engine = read_only_engine(populated.db.reader_url)
+    app = create_app(engine, [TOKEN, "second-token"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit") as c:
+        yield c
+    await engine.dispose()
+
+
+async def test_no_valid_token_no_data(client: httpx.AsyncClient, populated: Any) -> None:
+    rid = populated.request_ids[0]
+    for path in ("/api/sessions", f"/api/sessions/{rid}", f"/api/sessions/{rid}/steps/1/calls", "/api/x"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                        {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"},
+                        {"Authorization": "Bearer "}):
+            r = await client.get(path, headers=headers)
+            assert r.status_code == 401, (path, headers)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert rid not in r.text and "items" not in r.json()
+    assert (await client.get("/api/sessions", headers={"Authorization": "bearer second-token"})).status_code == 200
+    assert (await client.get("/api/sessions", headers=AUTH)).status_code == 200
+
+
+async def test_nothing_can_write(client: httpx.AsyncClient, populated: Any) -> None:
+    rid = populated.request_ids[0]
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        for path in ("/api/sessions", f"/api/sessions/{rid}", "/", "/viewer/app.js", "/openapi.json"):
+            r = await client.request(method, path, headers=AUTH, json={"status": "failed"})
+            assert r.status_code == 405, (method, path)
+        unauthenticated = await client.request(method, "/api/sessions", json={})
+        assert unauthenticated.status_code == 401
+    r = await client.get(f"/api/sessions/{rid}", headers=AUTH)
+    assert r.json()["status"] == "ok"
+
+
+async def test_the_reader_role_cannot_write(populated: Any) -> None:
+    """Even a plain connection as the reader (no read-only session settings) cannot write."""
+    engine = make_engine(populated.db.reader_url)
+    try:
+        with pytest.raises(DBAPIError, match="read-only transaction"):
+            async with engine.begin() as conn:
+                await conn.execute(text("UPDATE sessions SET status = 'failed'"))
+        with pytest.raises(DBAPIError, match="permission denied"):
+            async with engine.begin() as conn:
+                await conn.execute(text("SET TRANSACTION READ WRITE"))
+                await conn.execute(text("DELETE FROM steps"))
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM sessions"))).scalar_one() >= 300
+    finally:
+        await engine.dispose()
+
+
+async def test_inputs_are_validated(client: httpx.AsyncClient) -> None:
+    bad = ["limit=0", "limit=201", "limit=abc", "status=weird", "node=teleport", "top_k=5", "item=x&top_k=0",
+           "since=yesterday", "cursor=garbage", "order=sideways", "unknown=1", "user=a&user=b",
+           "user=" + "x" * 300, "replays=maybe", "limit=99999999999"]
+    for query in bad:
+        r = await client.get(f"/api/sessions?{query}", headers=AUTH)
+        assert r.status_code == 400, query
+        assert r.json()["error"] == "bad_request" and r.json()["message"]
+    r = await client.get("/api/sessions?limit=200", headers=AUTH)
+    assert r.status_code == 200 and len(r.json()["items"]) == 200
+    injection = await client.get("/api/sessions", params={"user": "x' OR '1'='1", "goal": "%' --"}, headers=AUTH)
+    assert injection.status_code == 200 and injection.json()["items"] == []
+    assert (await client.get("/api/sessions/nope", headers=AUTH)).status_code == 404
+    assert (await client.get("/api/sessions/nope/steps/1/calls", headers=AUTH)).status_code == 404
+
+
+async def test_paging_filters_and_detail(client: httpx.AsyncClient, populated: Any) -> None:
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 64, "replays": "exclude", "order": "asc"}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get("/api/sessions", params=params, headers=AUTH)).json()
+        seen += [s["request_id"] for s in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == populated.request_ids or sorted(seen) == sorted(populated.request_ids)
+    assert len(seen) == len(set(seen)) == len(populated.request_ids)
+
+    rid = populated.request_ids[3]
+    detail = (await client.get(f"/api/sessions/{rid}", headers=AUTH)).json()
+    assert detail["request_id"] == rid and detail["request"]["request_id"] == rid
+    assert [s["node"] for s in detail["steps"]] == detail["path"]
+    assert detail["steps"][-1]["after"] == detail["final_ranking"]
+    assert detail["steps"][0]["before"] == detail["upstream"]
+    assert all("calls" not in s for s in detail["steps"]) and detail["steps"][0]["call_count"] >= 1
+    calls = (await client.get(f"/api/sessions/{rid}/steps/1/calls", headers=AUTH)).json()["calls"]
+    assert calls[0]["raw"] and calls[0]["messages"][0]["role"] == "system"
+
+    by_user = (await client.get("/api/sessions", params={"user": detail["user_id"], "limit": 200},
+                                headers=AUTH)).json()["items"]
+    assert by_user and all(s["user_id"] == detail["user_id"] for s in by_user)
+    top = detail["final_ranking"][0]
+    by_item = (await client.get("/api/sessions", params={"item": top, "top_k": 1, "limit": 200},
+                                headers=AUTH)).json()["items"]
+    assert rid in {s["request_id"] for s in by_item} and all(s["final_ranking"][0] == top for s in by_item)
+    by_node = (await client.get("/api/sessions", params={"node": "fairness", "limit": 200},
+                                headers=AUTH)).json()["items"]
+    assert by_node and all("fairness" in s["path"] for s in by_node)
+    assert r"request_ids" not in detail
+
+
+async def test_openapi_and_viewer_need_no_token_and_carry_no_data(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["openapi"].startswith("3.1")
+    assert {"/api/sessions", "/api/sessions/{request_id}", "/api/sessions/{request_id}/steps/{step}/calls"} <= set(
+        spec["paths"])
+    limit = next(p for p in spec["paths"]["/api/sessions"]["get"]["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 200
+    page = await client.get("/")
+    assert page.status_code == 200 and "trace viewer" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert (await client.get("/viewer/app.js")).status_code == 200
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+
+def test_no_tokens_configured_refuses_to_start() -> None:
+    engine = read_only_engine("sqlite+aiosqlite:///:memory:")
+    with pytest.raises(ConfigError, match="LLM4RERANK_AUDIT_TOKENS"):
+        create_app(engine, [])
+    with pytest.raises(ConfigError):
+        create_app(engine, ["", ""])
