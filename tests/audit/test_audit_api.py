@@ -40,7 +40,8 @@ async def test_no_valid_token_no_data(client: httpx.AsyncClient, populated: Any)
             assert r.status_code == 401, (path, headers)
             assert r.headers["www-authenticate"].startswith("Bearer")
             assert rid not in r.text and "items" not in r.json()
-    assert (await client.get("/api/sessions", headers={"Authorization": "bearer second-token"})).status_code == 200
+    second = await client.get("/api/sessions", headers={"Authorization": "bearer second-token"})
+    assert second.status_code == 200
     assert (await client.get("/api/sessions", headers=AUTH)).status_code == 200
 
 
@@ -83,7 +84,8 @@ async def test_inputs_are_validated(client: httpx.AsyncClient) -> None:
         assert r.json()["error"] == "bad_request" and r.json()["message"]
     r = await client.get("/api/sessions?limit=200", headers=AUTH)
     assert r.status_code == 200 and len(r.json()["items"]) == 200
-    injection = await client.get("/api/sessions", params={"user": "x' OR '1'='1", "goal": "%' --"}, headers=AUTH)
+    injection = await client.get("/api/sessions", params={"user": "x' OR '1'='1", "goal": "%' --"},
+                                 headers=AUTH)
     assert injection.status_code == 200 and injection.json()["items"] == []
     assert (await client.get("/api/sessions/nope", headers=AUTH)).status_code == 404
     assert (await client.get("/api/sessions/nope/steps/1/calls", headers=AUTH)).status_code == 404
@@ -130,8 +132,8 @@ async def test_paging_filters_and_detail(client: httpx.AsyncClient, populated: A
 async def test_openapi_and_viewer_need_no_token_and_carry_no_data(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.1")
-    assert {"/api/sessions", "/api/sessions/{request_id}", "/api/sessions/{request_id}/steps/{step}/calls"} <= set(
-        spec["paths"])
+    routes = {"/api/sessions", "/api/sessions/{request_id}", "/api/sessions/{request_id}/steps/{step}/calls"}
+    assert routes <= set(spec["paths"])
     limit = next(p for p in spec["paths"]["/api/sessions"]["get"]["parameters"] if p["name"] == "limit")
     assert limit["schema"]["maximum"] == 200
     page = await client.get("/")

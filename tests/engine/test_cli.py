@@ -73,9 +73,9 @@ def test_rerank_examples_against_sim(sim: SimProcess, tmp_path: Path) -> None:
     assert all(r["reason"] is None and r["policy"] == "llm" for r in results)
     assert proc.stderr.decode().strip().splitlines()[-1] == "ok 12, degraded 0, failed 0, invalid 0"
     system = steps[0]["calls"][0]["messages"][0]
-    assert system["role"] == "system" and "Candidates (number. features):" in system["content"]
+    assert system["role"] == "system" and "Candidates (number. score | " in system["content"]
     assert steps[0]["calls"][0]["response_format"]["type"] == "json_schema"
-    assert {s["step"] and s["policy"] for s in steps if s["node"] != "stop"} == {"llm"}
+    assert {s["policy"] for s in steps if s["node"] != "stop"} == {"llm"}
 
 
 @pytest.mark.parametrize(("variables", "prompt_set"), [
@@ -111,9 +111,6 @@ def test_rerank_with_faults_still_gives_permutations(sim_factory, tmp_path: Path
     assert stats["served"] >= len(REQUESTS)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: walk.py `reason_note` is unbound when a walk with a "
-                   "list ends degraded; with these seeded faults one walk does, and the whole "
-                   "`rerank` run dies with UnboundLocalError")
 @pytest.mark.parametrize("variables", [{"LLM4RERANK_PROMPTS": "paper"},
                                        {"LLM4RERANK_LLM_STRUCTURED": "none"}],
                          ids=["paper", "text"])

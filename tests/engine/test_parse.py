@@ -111,7 +111,19 @@ def test_bad_answer_table(raw: str, ranking: list[str] | None, node: str | None,
     for fragment in notes:
         assert fragment in joined, parsed.notes
     if ranking is not None and not notes and node is not None:
-        assert parsed.notes == [] or all("read as" in n or "prose" in n for n in parsed.notes)
+        assert parsed.notes == [] or all(any(f in n for f in QUIET_REPAIRS) for n in parsed.notes)
+
+
+QUIET_REPAIRS = ("read as", "prose", "reasoning section", "to ASCII", "around the JSON")
+
+
+def test_normalising_repairs_are_noted() -> None:
+    assert "dropped a reasoning section ending in </think>" in parse(
+        "<think>maybe [1, 1]</think>[3, 1, 2, 5, 4]; stop").notes
+    assert "mapped full-width or non-ASCII digits and signs to ASCII" in parse(
+        "[３, １, ２, ５, ４]; stop").notes
+    assert "ignored text around the JSON answer" in parse(
+        'Here you go: {"ranking": [3, 1, 2, 5, 4], "next_node": "stop"} Enjoy!').notes
 
 
 def test_a_clean_answer_has_no_notes() -> None:
@@ -164,9 +176,6 @@ def test_normalise_maps_unicode_digits_and_drops_reasoning() -> None:
     assert normalise("no think here: 12") == "no think here: 12"
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="bug: parse.py calls int() on str.isdigit() tokens; digits such as "
-                          "❶ or Ethiopic ፩ are isdigit() but not decimal, and int() raises")
 @pytest.mark.parametrize("raw", ["[❸, ❶, ❷, ❺, ❹]; stop", "[፫, ፩, ፪, ፭, ፬]; stop",
                                  '{"ranking": ["❸", 1, 2, 5, 4], "next_node": "stop"}'])
 def test_non_decimal_digits_never_crash_the_parser(raw: str) -> None:

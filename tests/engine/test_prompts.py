@@ -56,8 +56,9 @@ async def test_first_message_is_byte_identical_across_steps(structured: bool) ->
 async def test_default_set_shows_aliases_and_no_item_ids() -> None:
     request, _, chat = await long_session("default")
     system = chat.requests[0]["messages"][0]["content"]
-    for alias in range(1, N + 1):
-        assert f"\n{alias}. score=" in system
+    assert "\nCandidates (number. score | " in system
+    for alias, candidate in enumerate(request.candidates, start=1):
+        assert f"\n{alias}. {candidate.score:.3g} | " in system
     for r in chat.requests:
         for message in r["messages"]:
             for item_id in ids(request):

@@ -87,8 +87,13 @@ async def test_reads_both_prompt_sets_and_answers_as_asked(prompt_set: str, stru
     assert parsed.notes == [] or (node == "backward" and not structured)  # a bare node name
     assert parsed.next_node in ask.offered
     if node != "backward":
-        # the simulation's brain is the heuristic policy: same list as the heuristic gives
-        assert parsed.ranking == HeuristicPolicy().answer_now(ask).ranking
+        # the simulation's brain is the heuristic policy: the same list as the heuristic gives
+        # on what the prompt shows (the default set shows scores to 3 significant digits)
+        shown = request
+        if prompts.manifest["feature_style"] == "columns":
+            shown = request.model_copy(update={"candidates": [
+                c.model_copy(update={"score": float(f"{c.score:.3g}")}) for c in request.candidates]})
+        assert parsed.ranking == HeuristicPolicy().answer_now(ask_for(shown, node, pool)).ranking
 
 
 async def test_reask_conversations_are_read_too() -> None:
@@ -96,7 +101,7 @@ async def test_reask_conversations_are_read_too() -> None:
     session = SessionPrompts(default_prompts(), request, plan_walk(request), True)
     ask = ask_for(request, "accuracy", [])
     messages = [*session.messages("accuracy", [], ask.offered),
-                {"role": "assistant", "content": "no"}, session.reask("no list of candidates found")]
+                {"role": "assistant", "content": "no"}, session.reask("no list of candidates found", "accuracy", ask.offered)]
     async with client() as c:
         response = await post(c, messages, None)
     assert response.status_code == 200

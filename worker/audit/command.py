@@ -35,6 +35,15 @@ Db = Annotated[str | None, typer.Option("--db", help="trace store URL (default L
 AsJson = Annotated[bool, typer.Option("--json", help="JSON (lines) instead of text")]
 
 
+class Replays(StrEnum):
+    include = "include"
+    exclude = "exclude"
+    only = "only"
+
+
+ReplaysOpt = Annotated[Replays, typer.Option(help="sessions that are replays: include, exclude or only")]
+
+
 class Order(StrEnum):
     desc = "desc"
     asc = "asc"
@@ -87,15 +96,22 @@ def _db(url: str | None) -> str:
 
 def _with_db(url: str, coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine that reads the store; an unreachable store is a one-line exit 2."""
+    from asyncpg import PostgresError
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
     from .db import safe_url
 
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).is_file():  # reading must not create an empty store
+            coro.close()
+            raise fail(f"no trace store at {parsed.database}; pass --db with an existing file")
     try:
         return run(coro)
     except FilterError as exc:
         raise fail(str(exc)) from None
-    except (OSError, OperationalError, InterfaceError, DBAPIError) as exc:
+    except (OSError, OperationalError, InterfaceError, DBAPIError, PostgresError) as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise fail(f"cannot read the trace store at {safe_url(url)} ({detail}); start it (make up), "
                    "run `llm4rerank db upgrade`, or pass --db") from None
@@ -115,8 +131,10 @@ def trace_show(
     calls: Annotated[bool, typer.Option("--calls", help="also print every prompt and raw answer")] = False,
     db: Db = None,
 ) -> None:
-    """One session: request summary, goal, path, and every step with its list, next node, repairs,
-    retries, tokens and latency."""
+    """One session with every step.
+
+    Prints the request summary, goal and path, then for every step the node, the list it produced
+    (with how each item moved), the next node, repairs, retries, tokens and latency."""
     from .db import read_only_engine
     from .queries import TraceQueries
     from .trace import render_session
@@ -144,7 +162,7 @@ def trace_show(
 def trace_list(
     since: Since = None, until: Until = None, user: User = None, status: Status = None,
     node: Node = None, goal: Goal = None, model: Model = None, prompt_version: PromptVersion = None,
-    item: Item = None, top_k: TopK = None, replay_of: ReplayOf = None,
+    item: Item = None, top_k: TopK = None, replay_of: ReplayOf = None, replays: ReplaysOpt = Replays.include,
     limit: Annotated[int, typer.Option(min=1, max=MAX_PAGE, help="page size")] = 50,
     cursor: Annotated[str | None, typer.Option(help="continue after the page that printed it")] = None,
     order: Annotated[Order, typer.Option(help="newest (desc) or oldest (asc) first")] = Order.desc,
@@ -152,15 +170,17 @@ def trace_list(
     as_json: AsJson = False,
     db: Db = None,
 ) -> None:
-    """Sessions by time range, user, status, node visited, goal text, model, prompt version, or an
-    item in the final top k; a table or JSON lines, with cursor paging."""
+    """Sessions by time, user, status, node, goal text, model or top-k item.
+
+    A table or JSON lines, newest first; --limit and --cursor page through large stores, --all
+    prints every match."""
     from .db import read_only_engine
     from .queries import TraceQueries
     from .trace import render_table
 
     filters = _filters(since=since, until=until, user=user, status=status, node=node, goal=goal,
                        model=model, prompt_version=prompt_version, item=item, top_k=top_k,
-                       replay_of=replay_of)
+                       replay_of=replay_of, replays=replays.value)
     url = _db(db)
 
     async def main() -> None:
@@ -214,9 +234,12 @@ def replay_command(
     store: Annotated[str | None, typer.Option(help="live: where new sessions go (default --db)")] = None,
     quiet: Annotated[bool, typer.Option(help="only the report table")] = False,
 ) -> None:
-    """Replay stored sessions: `recorded` checks the current code reproduces each stored walk from
-    its stored LLM answers (exit 1 on any difference); `live` re-runs the requests against another
-    model, prompt set or configuration and stores the new sessions linked to the originals."""
+    """Replay stored sessions (recorded or live) and report the differences.
+
+    recorded: feed the stored LLM answers back to the current code, no LLM call, nothing written;
+    exit 1 if any session's steps, path or final ranking differ. live: re-run the requests against
+    another endpoint, model, prompt set or step cap and store the new sessions as <id>~<tag>, linked
+    to the originals. Both print a report table and write it as JSON (--report)."""
     from .report import build_report, load_labels, render_report, write_report
 
     settings = settings_or_exit()
@@ -328,7 +351,10 @@ def audit_api_command(
                                            "LLM4RERANK_READER_DATABASE_URL, else the database URL with "
                                            "the user llm4rerank_reader)")] = None,
 ) -> None:
-    """Read-only HTTP API (bearer tokens from LLM4RERANK_AUDIT_TOKENS) and the trace viewer at /."""
+    """Read-only HTTP API and trace viewer for auditors.
+
+    Bearer tokens from LLM4RERANK_AUDIT_TOKENS; the viewer is at /, the OpenAPI document at
+    /openapi.json."""
     import uvicorn
 
     from .api import create_app
@@ -363,7 +389,7 @@ def audit_api_command(
 def export_command(
     since: Since = None, until: Until = None, user: User = None, status: Status = None,
     node: Node = None, goal: Goal = None, model: Model = None, prompt_version: PromptVersion = None,
-    item: Item = None, top_k: TopK = None, replay_of: ReplayOf = None,
+    item: Item = None, top_k: TopK = None, replay_of: ReplayOf = None, replays: ReplaysOpt = Replays.include,
     out: Annotated[Path | None, typer.Option(help="output file (JSONL default: stdout)")] = None,
     fmt: Annotated[Format | None, typer.Option("--format", help="jsonl or parquet (default: from "
                                                "--out's suffix, else jsonl)")] = None,
@@ -371,14 +397,14 @@ def export_command(
     limit: Annotated[int | None, typer.Option(min=1, help="at most this many sessions")] = None,
     db: Db = None,
 ) -> None:
-    """Sessions as one row per step (JSONL or Parquet) for pandas or a notebook."""
+    """Export sessions to JSONL or Parquet, one row per step, for pandas or a notebook."""
     from .db import read_only_engine
     from .export import export_jsonl, export_parquet
     from .queries import TraceQueries
 
     filters = _filters(since=since, until=until, user=user, status=status, node=node, goal=goal,
                        model=model, prompt_version=prompt_version, item=item, top_k=top_k,
-                       replay_of=replay_of)
+                       replay_of=replay_of, replays=replays.value)
     chosen = fmt or (Format.parquet if out and out.suffix in (".parquet", ".pq") else Format.jsonl)
     if chosen is Format.parquet and out is None:
         raise fail("--format parquet needs --out FILE")

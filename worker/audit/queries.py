@@ -92,8 +92,13 @@ def _after(cursor: tuple[datetime, int], order: Order) -> ColumnElement[bool]:
     return or_(c.received_at > at, and_(c.received_at == at, c.id > row_id))
 
 
+def plain(row: Any) -> dict[str, Any]:
+    """A row as a dict with plain str keys (SQLAlchemy's quoted_name keys trip orjson)."""
+    return {str(k): v for k, v in row.items()}
+
+
 def summary(row: Any) -> dict[str, Any]:
-    data = dict(row)
+    data = plain(row)
     data.pop("id", None)
     for key in ("received_at", "completed_at", "started_at"):
         if key in data:
@@ -203,6 +208,6 @@ def _call_count(dialect: str) -> ColumnElement[Any]:
 
 
 def _step(row: Any) -> dict[str, Any]:
-    data = dict(row)
+    data = plain(row)
     data["created_at"] = utc(data.get("created_at"))
     return data

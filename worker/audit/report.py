@@ -196,6 +196,8 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 def _num(value: float | None, digits: int = 3, sign: bool = False) -> str:
     if value is None:
         return "-"
+    if abs(value) < 0.5 * 10 ** -digits:
+        value = 0.0  # no "-0.000"
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
@@ -228,8 +230,9 @@ def render_report(report: dict[str, Any], max_rows: int = 20) -> str:
         for name, m in report["metrics"].items():
             lines.append(f"  {name.ljust(14)} {m['sessions']:>8} {_num(m['original']):>9} "
                          f"{_num(m['replay']):>9} {_num(m['delta'], sign=True):>9}")
+    recorded = report["mode"] == "recorded"
     changed = [p for p in report["per_session"] if p["error"] or not p.get("identical_ranking")
-               or not p.get("identical_path")]
+               or not p.get("identical_path") or (recorded and not p.get("reproduced"))]
     if changed:
         lines.append("")
         lines.append(f"  changed sessions ({len(changed)}; first {min(len(changed), max_rows)}):")
@@ -237,14 +240,29 @@ def render_report(report: dict[str, Any], max_rows: int = 20) -> str:
             if p["error"]:
                 lines.append(f"    {p['request_id']}: error: {p['error']}")
                 continue
-            path = ARROW.join(p["path"][0]) + "  =>  " + ARROW.join(p["path"][1] or [])
-            lines.append(f"    {p['request_id']} -> {p['replay_id']}: tau {_num(p['kendall_tau'])}, "
-                         f"status {p['status'][0]} -> {p['status'][1]}, path {path}")
+            before, after = p["path"]
+            path = ARROW.join(before) + (" (same)" if before == after else "  =>  " + ARROW.join(after or []))
+            old, new = p["status"]
+            status = old if old == new else f"{old} -> {new}"
+            name = p["request_id"]
+            if p["replay_id"] != name:
+                name += f" -> {p['replay_id']}"
+            steps = f", {len(p['diffs'])} step difference(s)" if p.get("diffs") else ""
+            lines.append(f"    {name}: tau {_num(p['kendall_tau'])}, status {status}{steps}, path {path}")
     return "\n".join(lines)
 
 
 def _items(items: Sequence[str] | None) -> str:
     return " ".join(items) if items is not None else "(none)"
+
+
+def _first_difference(a: Sequence[str] | None, b: Sequence[str] | None) -> str:
+    if a is None or b is None:
+        return ""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f" (first difference at rank {i + 1})"
+    return f" (lengths {len(a)} and {len(b)})"
 
 
 def render_diff(c: Comparison) -> str:
@@ -256,7 +274,7 @@ def render_diff(c: Comparison) -> str:
             lines.append(f"  step {d.step}: stored {d.stored or '(no step)'}, "
                          f"replayed {d.replayed or '(no step)'}")
         elif d.field in ("ranking", "removed", "offered"):
-            lines.append(f"  step {d.step} {d.node}: {d.field}")
+            lines.append(f"  step {d.step} {d.node}: {d.field}{_first_difference(d.stored, d.replayed)}")
             lines.append(f"    stored:   {_items(d.stored)}")
             lines.append(f"    replayed: {_items(d.replayed)}")
         else:

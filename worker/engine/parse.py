@@ -28,13 +28,18 @@ class Parsed:
     problem: str | None = None
 
 
-def normalise(text: str) -> str:
+def normalise(text: str, notes: list[str] | None = None) -> str:
     """Drop a reasoning section and map every Unicode digit and full-width sign to ASCII."""
+    notes = notes if notes is not None else []
     if "</think>" in text:
         text = text.rsplit("</think>", 1)[1]
-    text = unicodedata.normalize("NFKC", text)
-    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() and not ch.isascii() else ch
-                   for ch in text)
+        notes.append("dropped a reasoning section ending in </think>")
+    folded = unicodedata.normalize("NFKC", text)
+    out = "".join(str(unicodedata.digit(ch)) if ch.isdigit() and not ch.isascii() else ch
+                  for ch in folded)
+    if out != text:
+        notes.append("mapped full-width or non-ASCII digits and signs to ASCII")
+    return out
 
 
 def parse_answer(
@@ -47,10 +52,12 @@ def parse_answer(
     aliases: bool,
 ) -> Parsed:
     """Parse one answer. `previous` is the list that missing items are appended from."""
-    text = normalise(raw or "")
     notes: list[str] = []
+    text = normalise(raw or "", notes)
     obj = _find_json(text)
     if obj is not None:
+        if not text.strip().startswith("{") or not text.strip().endswith("}"):
+            notes.append("ignored text around the JSON answer")
         tokens = _json_tokens(obj)
         node_text = _json_node(obj)
         if tokens is None and expect_ranking:
@@ -113,7 +120,7 @@ def _resolve(
     aliases: bool,
 ) -> str | None:
     token = token.strip(".:#*")
-    if aliases and token.isdigit():
+    if aliases and token.isdecimal() and token.isascii():
         index = int(token)
         if 1 <= index <= len(candidates):
             return candidates[index - 1]
@@ -190,7 +197,7 @@ def _text_tokens(
         tokens = [t.strip(".:#*") for t in _TOKEN.findall(match.group(1))]
         score = sum(
             1 for t in tokens
-            if (aliases and t.isdigit() and 1 <= int(t) <= len(candidates))
+            if (aliases and t.isdecimal() and t.isascii() and 1 <= int(t) <= len(candidates))
             or t in known or t.casefold() in known
         )
         if score and (best is None or score > best[0]):

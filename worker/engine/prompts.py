@@ -75,19 +75,18 @@ class SessionPrompts:
     def __post_init__(self) -> None:
         ps, req = self.prompts, self.request
         feature_style = ps.manifest.get("feature_style", "compact")
+        rows = [{"score": c.score, **c.features} for c in req.candidates]
+        columns = columns_of(rows)
         lines = [
-            ps.render(
-                "candidate",
-                alias=i + 1,
-                item_id=c.item_id,
-                features=render_features({"score": c.score, **c.features}, feature_style),
-            )
-            for i, c in enumerate(req.candidates)
+            ps.render("candidate", alias=i + 1, item_id=c.item_id,
+                      features=render_features(row, feature_style, columns))
+            for i, (c, row) in enumerate(zip(req.candidates, rows, strict=True))
         ]
         self._values = {
             "goal": req.goal.strip(),
             "user": render_user(req, feature_style),
             "candidates": "\n".join(lines),
+            "columns": " | ".join(columns),
             "nodes": ", ".join(self.plan.aspect_names),
             "format": ps.render("format_json" if self.structured else "format_text"),
         }
@@ -123,11 +122,11 @@ class SessionPrompts:
         out.append({"role": "user", "content": step})
         return out
 
-    def reask(self, problem: str) -> dict[str, str]:
-        return {
-            "role": "user",
-            "content": self.prompts.render("reask", problem=problem, n=len(self.request.candidates)),
-        }
+    def reask(self, problem: str, node: str, offered: tuple[str, ...]) -> dict[str, str]:
+        """A corrective follow-up; at Backward it asks for a node only."""
+        key = "reask_node" if node in FUNCTIONAL else "reask"
+        return {"role": "user", "content": self.prompts.render(
+            key, problem=problem, n=len(self.request.candidates), offered=", ".join(offered))}
 
     def focus(self, node: str) -> str:
         if node in FUNCTIONAL:
@@ -149,33 +148,49 @@ class SessionPrompts:
         return ",".join(labels) if self.prompts.uses_aliases else "[" + ", ".join(labels) + "]"
 
 
-def render_features(features: dict[str, Any], style: str) -> str:
+def columns_of(rows: list[dict[str, Any]]) -> list[str]:
+    """Feature names in first-seen order, skipping those no row has a value for."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value is not None:
+                seen.setdefault(key)
+    return list(seen)
+
+
+def render_features(features: dict[str, Any], style: str, columns: list[str] | None = None) -> str:
+    """`json` (the paper's), `compact` (key=value; ...) or `columns` (values under a header)."""
     clean = {k: v for k, v in features.items() if v is not None}
     if style == "json":
         return orjson.dumps(clean).decode()
-    return "; ".join(f"{k}={_compact(v)}" for k, v in clean.items())
+    if style == "columns":
+        return " | ".join(_compact(clean.get(c, ""), "/") for c in columns or list(clean))
+    return "; ".join(f"{k}={_compact(v, '|')}" for k, v in clean.items())
 
 
-def _compact(value: Any) -> str:
+def _compact(value: Any, joiner: str) -> str:
     if isinstance(value, list):
-        return "|".join(_compact(v) for v in value)
+        return ",".join(_compact(v, joiner) for v in value) if joiner == "/" else joiner.join(
+            _compact(v, joiner) for v in value)
     if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value).replace(";", ",").replace("\n", " ")
+        return f"{value:.3g}" if math.isfinite(value) else str(value)
+    return str(value).replace(";", ",").replace("|", "/").replace("\n", " ")
 
 
 def render_user(request: RerankRequest, style: str) -> str:
     user = request.user
-    head = render_features({"user_id": user.user_id, **user.features}, style)
+    head = render_features({"user_id": user.user_id, **user.features},
+                           "compact" if style == "columns" else style)
     recent = user.history[-HISTORY_SHOWN:]
     if not recent:
         return head
     if style == "json":
         shown = [{"item_id": h.item_id, **h.features} for h in recent]
         return f"{head}, recent history: {orjson.dumps(shown).decode()}"
-    return head + "\nRecent history (oldest first):\n" + "\n".join(
-        "- " + render_features(h.features or {"item_id": h.item_id}, style) for h in recent
-    )
+    rows = [h.features or {"item_id": h.item_id} for h in recent]
+    columns = columns_of(rows)
+    return head + f"\nRecent history (oldest first; {' | '.join(columns)}):\n" + "\n".join(
+        "- " + render_features(row, style, columns) for row in rows)
 
 
 def group_of(value: Any, aspect: AspectConfig) -> str | None:

@@ -53,14 +53,17 @@ async def walk(
     calls = 0
     usable_lists = 0
     status, reason = "ok", None
+    reason_note: str | None = None
     node = ACCURACY
 
     while node != STOP:
         if calls >= plan.max_steps:
             reason_note = f"step cap of {plan.max_steps} LLM calls reached"
             break
-        offered = offered_after(plan, len(pool) + (1 if node != BACKWARD else -1))
-        ask = NodeAsk(request, plan, node, len(steps) + 1, tuple(pool), offered, tuple(path),
+        # Backward's prompt already shows the pool without the entry it drops
+        shown = tuple(pool[:-1]) if node == BACKWARD else tuple(pool)
+        offered = offered_after(plan, len(shown) + (0 if node == BACKWARD else 1))
+        ask = NodeAsk(request, plan, node, len(steps) + 1, shown, offered, tuple(path),
                       plan.max_steps - calls, deadline)
         try:
             answer = await policy.answer(ask)
@@ -78,12 +81,10 @@ async def walk(
         step = _record(ask, answer, removed, len(pool))
         steps.append(step)
         await journal.record(step)
-        if answer.problem is not None and node != BACKWARD:
+        if answer.problem is not None:
             status, reason = "degraded", f"unusable answer at {node}: {answer.problem}"
             break
         node = answer.next_node or STOP
-    else:
-        reason_note = None
 
     if status == "degraded" and usable_lists == 0 and fallback is not None:
         offset = len(steps)

@@ -110,7 +110,8 @@ class OpenAIChat:
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(is_retryable),
-                wait=wait_exponential_jitter(initial=0.2, max=self.settings.llm_retry_max_wait_s),
+                wait=wait_exponential_jitter(multiplier=0.2, jitter=0.2,
+                                             max=self.settings.llm_retry_max_wait_s),
                 stop=stop,
                 before_sleep=count,
                 reraise=True,

@@ -74,7 +74,7 @@ class LLMPolicy:
                 break
             notes.append(f"call {attempt + 1} unusable: {parsed.problem}")
             conversation = [*conversation, {"role": "assistant", "content": call.raw},
-                            session.reask(parsed.problem)]
+                            session.reask(parsed.problem, ask.node, ask.offered)]
         assert parsed is not None
         next_node = parsed.next_node
         if next_node is None:

@@ -96,11 +96,14 @@ class PromptReader:
 
     def _candidates(self, text: str) -> tuple[list[Item], dict[str, str]]:
         pattern = template_regex(self.prompts.texts["candidate"])
+        columns = None
+        if self.prompts.manifest.get("feature_style") == "columns":
+            columns = (self.value(text, "system", "columns") or "").split(" | ")
         items, labels = [], {}
         for match in pattern.finditer(text):
             groups = match.groupdict()
             label = groups.get("alias") or groups.get("item_id")
-            features = parse_features(groups.get("features", ""))
+            features = parse_features(groups.get("features", ""), columns)
             score = features.pop("score", None)
             items.append(Item.model_construct(item_id=label, score=_number(score),
                                               features=features))
@@ -137,8 +140,13 @@ class PromptReader:
         return tuple(pool)
 
 
-def parse_features(text: str) -> dict[str, Any]:
+def parse_features(text: str, columns: list[str] | None = None) -> dict[str, Any]:
+    """Features as rendered in any style: JSON, `key=value; ...`, or values under `columns`."""
     text = text.strip()
+    if columns is not None:
+        values = text.split(" | ")
+        return {c: (v.split(",") if "," in v else _number(v, keep=True))
+                for c, v in zip(columns, values, strict=False) if v != ""}
     if text.startswith("{"):
         try:
             return dict(orjson.loads(text))

@@ -241,7 +241,11 @@ function stepCard(s, st) {
   if (st.node === "backward") {
     card.append(el("p", { text: `removed: ${(st.removed || []).join(" ") || "(nothing)"}` }));
   } else if (st.ranking) {
-    const before = new Map(st.before.map((item, r) => [item, r]));
+    // Stop repeats the final list: show how it moved against the upstream order, as `trace show` does.
+    const base = st.node === "stop" ? s.upstream : st.before;
+    card.append(el("p", { class: "muted", text: st.node === "stop" ? "final list, moves against the upstream order"
+                                                                  : "moves against the list the step started from" }));
+    const before = new Map(base.map((item, r) => [item, r]));
     const list = el("ol", { class: "ranking" });
     st.ranking.forEach((item, r) => {
       const d = before.has(item) ? before.get(item) - r : null;
@@ -259,10 +263,16 @@ function stepCard(s, st) {
     const box = el("div", { class: "calls" });
     const button = el("button", { type: "button", class: "show-calls", text: "Show prompt and answer" });
     button.addEventListener("click", async () => {
-      if (box.childElementCount) { box.replaceChildren(); button.textContent = "Show prompt and answer"; return; }
+      if (box.childElementCount) {
+        box.replaceChildren();
+        card.classList.remove("wide");
+        button.textContent = "Show prompt and answer";
+        return;
+      }
       try {
         const data = await api(`/api/sessions/${encodeURIComponent(s.request_id)}/steps/${st.step}/calls`);
         box.replaceChildren(...data.calls.flatMap((call, i) => callBlocks(call, i)));
+        card.classList.add("wide");
         button.textContent = "Hide prompt and answer";
       } catch (error) { handle(error, box); }
     });
