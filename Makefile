@@ -48,6 +48,7 @@ schemas: $(STAMP)
 	$(BIN)/llm4rerank schemas --out schemas
 
 bench: up
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/engine_bench.py
 	$(PY) benchmarks/worker_bench.py
 

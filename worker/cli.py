@@ -12,6 +12,19 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from .audit.command import (
+    Goal,
+    Item,
+    Model,
+    Node,
+    PromptVersion,
+    ReplayOf,
+    Since,
+    Status,
+    TopK,
+    Until,
+    User,
+)
 from .config import Settings
 from .errors import ConfigError
 
@@ -155,14 +168,32 @@ def worker(loglevel: str = "info") -> None:
 
 @app.command()
 def submit(
-    file: Annotated[str, typer.Argument(help="JSONL requests, or - for standard input")] = "-",
+    file: Annotated[str | None, typer.Argument(help="JSONL requests, or - for standard input")] = None,
     wait: Annotated[bool, typer.Option(help="print results and dead letters as they arrive")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for answers")] = 120.0,
+    from_store: Annotated[bool, typer.Option(
+        help="re-publish stored requests selected by the trace-list filters, under new request_ids "
+             "linked to the originals (Kafka header replay-of)")] = False,
+    since: Since = None, until: Until = None, user: User = None, status: Status = None,
+    node: Node = None, goal: Goal = None, model: Model = None, prompt_version: PromptVersion = None,
+    item: Item = None, top_k: TopK = None, replay_of: ReplayOf = None,
+    request_id: Annotated[list[str] | None, typer.Option(help="with --from-store: these sessions")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="with --from-store: at most this many")] = None,
+    suffix: Annotated[str | None, typer.Option(
+        help="with --from-store: appended to each request_id (default ~kafka-<UTC time>)")] = None,
 ) -> None:
-    """Produce rerank requests to Kafka (key = request_id)."""
+    """Produce rerank requests to Kafka (key = request_id), from a file or from the trace store."""
     from .stream.submit import submit as produce
 
     settings = settings_or_exit()
+    if from_store:
+        if file is not None:
+            raise fail("give either FILE or --from-store, not both")
+        _republish(settings, limit, suffix, request_ids=tuple(request_id or ()), since=since,
+                   until=until, user=user, status=status, node=node, goal=goal, model=model,
+                   prompt_version=prompt_version, item=item, top_k=top_k, replay_of=replay_of)
+        return
+    file = file or "-"
     if file != "-" and not Path(file).is_file():
         raise fail(f"no such file: {file}")
 
@@ -180,6 +211,28 @@ def submit(
     except (OSError, ConnectionError) as exc:
         raise fail(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it (make up) "
                    "or fix LLM4RERANK_KAFKA_BOOTSTRAP") from None
+
+
+def _republish(settings: Settings, limit: int | None, suffix: str | None, **filters: Any) -> None:
+    import time
+
+    import orjson
+
+    from .audit.filters import FilterError, parse_filters
+    from .audit.republish import republish_from_store
+
+    try:
+        selection = parse_filters(**filters)
+    except FilterError as exc:
+        raise fail(str(exc)) from None
+    tag = suffix or time.strftime("~kafka-%Y%m%dT%H%M%S", time.gmtime())
+    try:
+        pairs = run(republish_from_store(settings, selection, suffix=tag, limit=limit))
+    except (OSError, ConnectionError) as exc:
+        raise fail(f"cannot reach Kafka or the store ({exc}); start them (make up)") from None
+    for new, original in pairs:
+        sys.stdout.buffer.write(orjson.dumps({"request_id": new, "replay_of": original}) + b"\n")
+    typer.echo(f"re-published {len(pairs)} stored request(s) to {settings.request_topic}", err=True)
 
 
 db_app = typer.Typer(no_args_is_help=True, help="The trace store's schema.")

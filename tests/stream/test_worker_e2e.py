@@ -75,3 +75,36 @@ async def test_results_dead_letters_and_stored_steps(sim_llm, stream_env, start_
     assert len(repeats) == 2 and repeats[0]["ranking"] == repeats[1]["ranking"]
     assert repeats[0]["completed_at"] == repeats[1]["completed_at"]
     assert sim.faults()["served"] == served_before
+
+
+async def test_submit_from_store_replays_through_kafka(sim_llm, stream_env, start_worker):
+    import subprocess
+
+    from conftest import CLI
+
+    sim = sim_llm("--seed", "4")
+    env = {**stream_env, "LLM4RERANK_LLM_BASE_URL": sim.base_url}
+    start_worker(env)
+    originals = make_requests(3, seed=8, prefix="orig")
+    bootstrap = env["LLM4RERANK_KAFKA_BOOTSTRAP"]
+    await produce(bootstrap, env["LLM4RERANK_REQUEST_TOPIC"], [orjson.dumps(r) for r in originals])
+    first = await collect(bootstrap, env["LLM4RERANK_RESULT_TOPIC"], until=3, timeout_s=60)
+    assert len(first) == 3
+
+    ids = [arg for r in originals for arg in ("--request-id", r["request_id"])]
+    proc = subprocess.run([CLI, "submit", "--from-store", *ids, "--suffix", "~again"], env=env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    pairs = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(p["replay_of"] for p in pairs) == sorted(r["request_id"] for r in originals)
+
+    results = await collect(bootstrap, env["LLM4RERANK_RESULT_TOPIC"], until=6, timeout_s=60)
+    replayed = {k: v for k, v in results if k and k.endswith("~again")}
+    assert set(replayed) == {f"{r['request_id']}~again" for r in originals}
+    stored = await query(env["LLM4RERANK_DATABASE_URL"], "select request_id, replay_of, replay_mode "
+                         "from sessions where request_id like 'orig-%~again'")
+    assert {(s["replay_of"], s["replay_mode"]) for s in stored} == {
+        (r["request_id"], "kafka") for r in originals}
+    # the same requests and the same simulated answers give the same rankings
+    before = {k: v["ranking"] for k, v in first}
+    assert all(replayed[f"{k}~again"]["ranking"] == ranking for k, ranking in before.items())
