@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+SYSTEM_FLAGS ?=
+
 install: $(STAMP)
-	bash scripts/install_system.sh
+	bash scripts/install_system.sh $(SYSTEM_FLAGS)
 	bash infra/kafka/kafka.sh install
 
 up: install
@@ -35,8 +37,8 @@ demo: up
 demo-stop:
 	bash scripts/demo.sh stop
 
+test: SYSTEM_FLAGS = --browser
 test: install
-	bash scripts/install_system.sh --browser
 	bash infra/up.sh
 	$(BIN)/llm4rerank db upgrade
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -26,7 +26,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import random
 import socket
 import statistics
 import subprocess
@@ -37,50 +36,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from worker.samples import sample_requests
+
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "llm4rerank")
 SIM_MODEL = "sim-llm-simulated"
 
-TITLES = ["Heat", "Fargo", "Alien", "Ghost", "Se7en", "Psycho", "Casino", "Brazil", "Twister",
-          "Sabrina", "Jumanji", "Toy Story", "Ran", "Clue", "Big", "Rocky"]
-GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Thriller", "Sci-Fi", "Animation",
-          "Documentary"]
-GOALS = [
-    "Mainly focus on accuracy, followed by diversity",
-    "Focus on diversity",
-    "Focus on fairness",
-    "Consider accuracy, diversity and fairness in a balanced way",
-    "Mainly focus on diversity, followed by fairness",
-    "Mainly focus on fairness, followed by diversity",
-    "Focus on accuracy",
-]
-
 
 def make_requests(count: int, candidates: int, seed: int = 2406) -> list[bytes]:
-    """Requests shaped like examples/requests.jsonl, drawn from one seeded generator."""
-    rng = random.Random(seed)
-    out = []
-    for r in range(count):
-        history = [{"item_id": f"h{i}", "features": {"title": rng.choice(TITLES),
-                                                     "genre": [rng.choice(GENRES)]}}
-                   for i in range(5)]
-        items = [{"item_id": f"m{rng.randrange(1, 4000)}_{i}", "score": round(rng.random(), 4),
-                  "features": {"title": rng.choice(TITLES),
-                               "genre": rng.sample(GENRES, rng.choice([1, 1, 1, 2])),
-                               "year": rng.randrange(1970, 2005)}}
-                 for i in range(candidates)]
-        out.append(json.dumps({
-            "request_id": f"bench-{r:03d}",
-            "goal": GOALS[r % len(GOALS)],
-            "user": {"user_id": f"u{r}", "features": {"gender": rng.choice("MF"),
-                                                      "age": rng.choice([18, 25, 35, 45])},
-                     "history": history},
-            "candidates": items,
-            "aspects": {"diversity": {"attribute": "genre"},
-                        "fairness": {"attribute": "year", "split_at": 1996}},
-            "options": {"max_steps": 5},
-        }).encode())
-    return out
+    """Requests shaped like examples/requests.jsonl, from the package's seeded sample generator."""
+    return [json.dumps(r).encode() for r in sample_requests(count, seed=seed, prefix="bench",
+                                                           candidates=candidates)]
 
 
 # ---------------------------------------------------------------------------------------------

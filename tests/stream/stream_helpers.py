@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from typing import Any
 
@@ -12,26 +11,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-GENRES = ["Action", "Comedy", "Drama", "Animation", "Horror", "Romance", "Sci-Fi", "Thriller"]
-GOALS = ["Mainly focus on accuracy, followed by diversity", "Focus on diversity",
-         "Focus on fairness", "Consider accuracy, diversity and fairness in a balanced way",
-         "Mainly focus on fairness, followed by diversity"]
+from worker.samples import sample_requests
 
 
 def make_requests(n: int, seed: int, prefix: str, candidates: int = 20) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    out = []
-    for r in range(n):
-        items = [{"item_id": f"i{r}-{i}", "score": round(rng.random(), 4),
-                  "features": {"genre": rng.sample(GENRES, rng.randint(1, 2)),
-                               "year": rng.randint(1980, 2005)}}
-                 for i in range(candidates)]
-        out.append({"request_id": f"{prefix}-{r:04d}", "goal": GOALS[r % len(GOALS)],
-                    "user": {"user_id": f"{prefix}-u{r}", "features": {"age": rng.randint(18, 60)}},
-                    "candidates": items,
-                    "aspects": {"diversity": {"attribute": "genre"},
-                                "fairness": {"attribute": "year", "split_at": 1996}}})
-    return out
+    return sample_requests(n, seed=seed, prefix=prefix, candidates=candidates)
 
 
 async def produce(bootstrap: str, topic: str, messages: list[bytes],

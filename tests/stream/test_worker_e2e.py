@@ -79,9 +79,10 @@ async def test_results_dead_letters_and_stored_steps(sim_llm, stream_env, start_
 
 async def test_submit_from_store_replays_through_kafka(sim_llm, stream_env, start_worker):
     import subprocess
+    import sys
+    from pathlib import Path
 
-    from conftest import CLI
-
+    cli = str(Path(sys.executable).parent / "llm4rerank")
     sim = sim_llm("--seed", "4")
     env = {**stream_env, "LLM4RERANK_LLM_BASE_URL": sim.base_url}
     start_worker(env)
@@ -92,7 +93,7 @@ async def test_submit_from_store_replays_through_kafka(sim_llm, stream_env, star
     assert len(first) == 3
 
     ids = [arg for r in originals for arg in ("--request-id", r["request_id"])]
-    proc = subprocess.run([CLI, "submit", "--from-store", *ids, "--suffix", "~again"], env=env,
+    proc = subprocess.run([cli, "submit", "--from-store", *ids, "--suffix", "~again"], env=env,
                           capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()
     pairs = [orjson.loads(line) for line in proc.stdout.splitlines()]
