@@ -101,7 +101,8 @@ async def test_reask_conversations_are_read_too() -> None:
     session = SessionPrompts(default_prompts(), request, plan_walk(request), True)
     ask = ask_for(request, "accuracy", [])
     messages = [*session.messages("accuracy", [], ask.offered),
-                {"role": "assistant", "content": "no"}, session.reask("no list of candidates found", "accuracy", ask.offered)]
+                {"role": "assistant", "content": "no"},
+                session.reask("no list of candidates found", "accuracy", ask.offered)]
     async with client() as c:
         response = await post(c, messages, None)
     assert response.status_code == 200
