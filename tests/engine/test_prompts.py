@@ -84,13 +84,14 @@ async def test_paper_set_shows_item_ids() -> None:
 
 async def test_every_prompt_carries_goal_focus_and_offered_nodes() -> None:
     request, _, chat = await long_session("default")
-    expected = [("accuracy", "Accuracy:"), ("diversity", "Diversity:"), ("backward", "Backward:"),
-                ("fairness", "Fairness:"), ("fairness", "Fairness:")]
+    focus_of = {n: (Path(Settings().prompts_dir) / "default" / "nodes" / f"{n}.txt").read_text()
+                .split("$")[0].strip() for n in ("accuracy", "diversity", "backward", "fairness")}
+    expected = [(n, focus_of[n]) for n in ("accuracy", "diversity", "backward", "fairness", "fairness")]
     for r, (node, focus) in zip(chat.requests, expected, strict=True):
         system, user = r["messages"][0]["content"], r["messages"][1]["content"]
         assert f"Goal: {request.goal}" in system
-        assert f"Current node: {node}" in user and focus in user
-        assert "Next node, one of: " in user
+        assert f"Node: {node}\n" in user and focus in user
+        assert "\nNext: one of " in user
     assert "year (below 1996; 1996 and above)" in chat.requests[3]["messages"][1]["content"]
 
 
@@ -114,7 +115,7 @@ async def test_response_format_is_a_permutation_schema() -> None:
 async def test_text_mode_sends_no_response_format_and_asks_for_the_text_form() -> None:
     _, _, chat = await long_session("default", structured=False)
     assert all(r["response_format"] is None for r in chat.requests)
-    assert "Answer with one line only" in chat.requests[0]["messages"][0]["content"]
+    assert "Answer one line only" in chat.requests[0]["messages"][0]["content"]
 
 
 def copy_prompts(tmp_path: Path) -> Path:
@@ -161,4 +162,4 @@ def test_the_constant_part_is_rendered_once_per_session() -> None:
     b = session.messages("fairness", [("accuracy", ids(request))], ("stop",))
     assert a[0] is not b[0] and a[0] == b[0]
     assert "(empty)" in a[1]["content"]
-    assert "Nodes: accuracy, diversity, fairness." in a[0]["content"]
+    assert "Nodes: accuracy, diversity, fairness;" in a[0]["content"]

@@ -74,7 +74,7 @@ async def run(request, script: list[Any], *, max_steps: int = 5, reasks: int = 1
 
 def node_of(chat_request: dict[str, Any]) -> str:
     user = chat_request["messages"][1]["content"]
-    return user.split("Current node: ", 1)[1].split("\n", 1)[0]
+    return user.split("Node: ", 1)[1].split("\n", 1)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ async def test_an_aspect_without_attribute_is_not_offered() -> None:
     assert outcome.steps[0].offered == ["accuracy", "backward", "stop"]
     enum = chat.requests[0]["response_format"]["json_schema"]["schema"]["properties"]["next_node"]
     assert enum["enum"] == ["accuracy", "backward", "stop"]
-    assert "Nodes: accuracy." in chat.requests[0]["messages"][0]["content"]
+    assert "Nodes: accuracy;" in chat.requests[0]["messages"][0]["content"]
     assert any("'diversity' is not on offer" in n for n in outcome.steps[0].notes)
     assert outcome.path == ["accuracy", "stop"]  # the goal's aspects are not enabled: stop
 
@@ -246,7 +246,7 @@ async def test_novelty_is_offered_and_prompted_when_enabled() -> None:
     assert outcome.path == ["accuracy", "novelty", "stop"]
     focus = chat.requests[1]["messages"][1]["content"]
     seen = sorted({g for h in request.user.history for g in h.features["genre"]})
-    assert ("Novelty: favour candidates whose genre is unlike the user's history "
+    assert ("Node: novelty\nFavour candidates whose genre is unlike the user's history "
             f"(seen: {', '.join(seen)})") in focus
 
 
