@@ -12,7 +12,8 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -102,20 +103,40 @@ def _pg(statement: str, database: str = "postgres") -> None:
     asyncio.run(run())
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh, migrated database for this test session, dropped at the end."""
+@contextmanager
+def _fresh_database(prefix: str) -> Iterator[tuple[str, str]]:
+    """(name, url) of a new, migrated database, dropped on exit: tests never touch shared data."""
     from worker.store.migrate import upgrade
 
-    name = f"llm4rerank_test_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     try:
         _pg(f'CREATE DATABASE "{name}"')
     except OSError as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN} ({exc}); run `make up`")
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    upgrade(url)
-    yield url
-    _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        upgrade(url)
+        yield name, url
+    finally:
+        _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def fresh_database() -> Callable[[str], AbstractContextManager[tuple[str, str]]]:
+    return _fresh_database
+
+
+@pytest.fixture(scope="session")
+def pg_exec() -> Callable[..., None]:
+    """Run one statement as the postgres superuser (in `database`)."""
+    return _pg
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated database for this test session, dropped at the end."""
+    with _fresh_database("llm4rerank_test") as (_, url):
+        yield url
 
 
 @pytest.fixture(scope="session")

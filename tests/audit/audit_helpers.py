@@ -3,7 +3,6 @@ generation, and the reader role's grants on a test database."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -16,7 +15,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = str(REPO / ".venv" / "bin" / "llm4rerank") if (REPO / ".venv").exists() else "llm4rerank"
-PG_ADMIN = os.environ.get("LLM4RERANK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 KAFKA = os.environ.get("LLM4RERANK_TEST_KAFKA", "127.0.0.1:9092")
 SIM_MODEL = "sim-llm-simulated"
 N_SESSIONS = 300
@@ -70,19 +68,6 @@ class Process:
 
 def start_sim(log: Path, *args: str) -> Process:
     return Process(["sim-llm", *args], "/v1/models", log)
-
-
-def admin(statement: str, database: str = "postgres") -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{database}")
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 def reader_statements(database: str) -> str:

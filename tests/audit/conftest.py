@@ -5,7 +5,6 @@ few hundred sessions walked against sim-llm."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +13,8 @@ import pytest
 from audit_helpers import (
     MALFORMED,
     N_SESSIONS,
-    PG_ADMIN,
     REPO,
     SIM_SEED,
-    admin,
     make_requests,
     reader_statements,
     rerank_into,
@@ -33,22 +30,11 @@ class AuditDb:
 
 
 @pytest.fixture(scope="session")
-def audit_db() -> Iterator[AuditDb]:
+def audit_db(fresh_database, pg_exec) -> Iterator[AuditDb]:
     """A fresh, migrated database for the audit tests with the reader role granted, dropped at the end."""
-    from worker.store.migrate import upgrade
-
-    name = f"llm4rerank_test_audit_{uuid.uuid4().hex[:8]}"
-    try:
-        admin(f'CREATE DATABASE "{name}"')
-    except OSError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN} ({exc}); run `make up`")
-    try:
-        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-        upgrade(url)
-        admin(reader_statements(name), database=name)
+    with fresh_database("llm4rerank_test_audit") as (name, url):
+        pg_exec(reader_statements(name), database=name)
         yield AuditDb(name, url, f"postgresql+asyncpg://llm4rerank_reader@127.0.0.1:5432/{name}")
-    finally:
-        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass

@@ -27,6 +27,7 @@ from worker.engine.prompts import PromptSet
 from worker.engine.steps import LLMCall
 from worker.errors import DeadlineExceeded
 from worker.policies.llm import LLMPolicy
+from worker.samples import GENRES, GOALS, TITLES
 from worker.schemas import RerankRequest, parse_request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,21 +36,6 @@ CLI = str(BIN / "llm4rerank")
 EXAMPLES = REPO / "examples" / "requests.jsonl"
 INVALID = REPO / "examples" / "invalid.jsonl"
 SIM_MODEL = "sim-llm-simulated"
-
-TITLES = ["Heat", "Fargo", "Alien", "Ghost", "Se7en", "Psycho", "Casino", "Brazil", "Twister",
-          "Sabrina", "Jumanji", "Toy Story", "Ran", "Clue", "Big", "Rocky"]
-GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Thriller", "Sci-Fi", "Animation",
-          "Documentary"]
-GOALS = [
-    "Mainly focus on accuracy, followed by diversity",
-    "Focus on diversity",
-    "Focus on fairness",
-    "Consider accuracy, diversity and fairness in a balanced way",
-    "Mainly focus on diversity, followed by fairness",
-    "Mainly focus on fairness, followed by diversity",
-    "Focus on accuracy",
-]
-
 
 def request_dict(rng: random.Random, n: int = 20, rid: str = "t-1", goal: str | None = None,
                  aspects: dict[str, Any] | None = None, max_steps: int | None = 5) -> dict[str, Any]:
