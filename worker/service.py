@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .config import Settings
 from .engine.nodes import WalkPlan, plan_walk
@@ -54,6 +55,17 @@ class Reranker:
     def plan(self, request: RerankRequest) -> WalkPlan:
         return plan_walk(request, default_aspects=self.settings.aspects,
                          max_steps=self.settings.max_steps, deadline_ms=self.settings.deadline_ms)
+
+    def run_config(self, request: RerankRequest) -> dict[str, Any]:
+        """What this walk ran with, stored beside its steps so a recorded replay can rebuild it."""
+        plan = self.plan(request)
+        return {
+            "policy": self.policy, "prompts": self.prompts.name if self.prompts else None,
+            "llm_structured": self.settings.llm_structured, "llm_reasks": self.settings.llm_reasks,
+            "max_steps": plan.max_steps, "deadline_ms": plan.deadline_ms,
+            "aspects": {name: (a.model_dump(exclude_none=True) if a is not None else None)
+                        for name, a in plan.aspects.items()},
+        }
 
     def make_policy(self, recorded: list[LLMCall] | None = None, live: bool = True) -> Policy:
         if self.policy == "heuristic":

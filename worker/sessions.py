@@ -43,6 +43,6 @@ async def run_session(
                              persisted=max((s.step for s in claim.steps), default=0))
     result, outcome = await reranker.run(claim.request, journal=journal, recorded=recorded,
                                          live=True, replay_of=claim.replay_of)
-    if not await store.complete(claim.session_id, owner, result):
+    if not await store.complete(claim.session_id, owner, result, reranker.run_config(claim.request)):
         return None  # the lease was lost meanwhile; the holder stores its own result
     return result, outcome, len(recorded)

@@ -177,3 +177,19 @@ def test_live_replay_stores_linked_sessions_and_a_report(populated: Any, tmp_pat
     bad = cli("replay", "--mode", "live", "--db", populated.db.url, "--prompts", "nope",
               "--base-url", "http://127.0.0.1:9/v1")
     assert bad.returncode == 2 and "prompt set" in bad.stderr
+
+
+async def test_recorded_replay_uses_the_stored_run_config_not_todays_settings(populated: Any) -> None:
+    """Sessions keep the configuration they ran with, so a deployment whose defaults changed since
+    (step cap, re-asks, output mode) still reproduces them exactly."""
+    stored = await _load_all(populated.db.url)
+    assert stored and all(s.row.get("run_config") for s in stored)
+    changed = Settings(max_steps=1, llm_reasks=0, llm_structured="none", aspects={})
+    engine = read_only_engine(populated.db.url)
+    try:
+        results = await replay_recorded(
+            changed, select_sessions(TraceQueries(engine), TraceFilters(replays="exclude")))
+    finally:
+        await engine.dispose()
+    assert len(results) == len(stored)
+    assert [c.request["request_id"] for c in results if not c.reproduced] == []

@@ -27,7 +27,7 @@ SUMMARY_COLUMNS = (
 )
 DETAIL_EXTRA = (
     sessions.c.request, sessions.c.started_at, sessions.c.attempts, sessions.c.source_topic,
-    sessions.c.source_partition, sessions.c.source_offset,
+    sessions.c.source_partition, sessions.c.source_offset, sessions.c.run_config,
 )
 STEP_COLUMNS = tuple(c for c in steps.c if c.name not in ("id", "session_id", "calls"))
 

@@ -160,6 +160,30 @@ class RecordedReplayer:
         return self._prompts[name]
 
     def reranker_for(self, stored: StoredSession) -> tuple[Reranker, list[str]]:
+        if stored.row.get("run_config") and self.max_steps is None:
+            return self._from_run_config(stored)
+        return self._inferred(stored)
+
+    def _from_run_config(self, stored: StoredSession) -> tuple[Reranker, list[str]]:
+        """Sessions stored since the store keeps `run_config`: rebuild exactly what they ran with."""
+        row, config, notes = stored.row, stored.row["run_config"], []
+        heuristic = config.get("policy") == "heuristic"
+        name = config.get("prompts") or self.settings.prompts
+        prompts = self._prompt_set(name)
+        version = row.get("prompt_version") or ""
+        if not heuristic and version and prompts.version != version:
+            notes.append(f"prompt templates changed since the session ran ({version} -> {prompts.version})")
+        update = {"max_steps": config["max_steps"], "deadline_ms": config["deadline_ms"],
+                  "llm_structured": config["llm_structured"], "llm_reasks": config["llm_reasks"],
+                  "aspects": {k: v for k, v in config["aspects"].items() if v is not None},
+                  "prompts": name, "llm_model": row.get("model") or self.settings.llm_model}
+        deadline = "deadline of" in (row.get("reason") or "")
+        reranker = Reranker(self.settings.model_copy(update=update), _AfterRecording(deadline),
+                            policy="heuristic" if heuristic else "llm", prompts=prompts)
+        return reranker, notes
+
+    def _inferred(self, stored: StoredSession) -> tuple[Reranker, list[str]]:
+        """Older sessions (no `run_config`): infer prompt set, output mode and step cap."""
         row, notes = stored.row, []
         heuristic = row.get("policy") == "heuristic" or row.get("model") == "heuristic"
         version = row.get("prompt_version") or ""

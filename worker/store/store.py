@@ -159,7 +159,8 @@ class Store:
                 for r in rows]
 
     # results and the outbox ------------------------------------------------------------------
-    async def complete(self, session_id: int, owner: str, result: RerankResult) -> bool:
+    async def complete(self, session_id: int, owner: str, result: RerankResult,
+                       run_config: dict[str, Any] | None = None) -> bool:
         """Store the result and mark the session done in one transaction (the outbox entry)."""
         async with self.engine.begin() as conn:
             done = await conn.execute(
@@ -173,7 +174,8 @@ class Store:
                         prompt_tokens=result.usage.prompt_tokens,
                         completion_tokens=result.usage.completion_tokens,
                         latency_ms=result.latency_ms, completed_at=result.completed_at,
-                        lease_owner=None, lease_until=None, published_at=None))
+                        lease_owner=None, lease_until=None, published_at=None,
+                        run_config=run_config))
         return done.rowcount == 1
 
     async def publish_batch(

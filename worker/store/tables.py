@@ -59,6 +59,7 @@ sessions = Table(
     Column("source_offset", BigInteger),
     Column("replay_of", String(256)),
     Column("replay_mode", String(16)),
+    Column("run_config", Json),
     Index("ix_sessions_user_time", "user_id", "received_at"),
     Index("ix_sessions_time", "received_at"),
     Index("ix_sessions_status_time", "status", "received_at"),
