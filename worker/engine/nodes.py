@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import RequestError
 from ..schemas import AspectConfig, RerankRequest
 
 ACCURACY, DIVERSITY, FAIRNESS, NOVELTY = "accuracy", "diversity", "fairness", "novelty"
@@ -14,12 +15,13 @@ FUNCTIONAL = (BACKWARD, STOP)
 
 @dataclass(frozen=True)
 class AspectNode:
-    """An aspect node returns a full reranked list; `needs_attribute` nodes need an AspectConfig."""
+    """An aspect node returns a full reranked list. A node that `needs_attribute` is offered only
+    when the request or the deployment (LLM4RERANK_ASPECTS) names one: Novelty is off until then.
+    `goal_words` are how a Goal sentence names the aspect (the heuristic policy reads them)."""
 
     name: str
     needs_attribute: bool
     goal_words: tuple[str, ...]
-    default_on: bool = True
 
 
 ASPECT_NODES: dict[str, AspectNode] = {
@@ -28,8 +30,7 @@ ASPECT_NODES: dict[str, AspectNode] = {
         AspectNode(ACCURACY, False, ("accura", "relevan", "precis", "match", "interest")),
         AspectNode(DIVERSITY, True, ("divers", "variety", "varied", "coverage")),
         AspectNode(FAIRNESS, True, ("fair", "equal", "balanced exposure", "unbiased")),
-        AspectNode(NOVELTY, True, ("novel", "new to", "unfamiliar", "serendip", "fresh"),
-                   default_on=False),
+        AspectNode(NOVELTY, True, ("novel", "new to", "unfamiliar", "serendip", "fresh")),
     )
 }
 ALL_NODES = (*ASPECT_NODES, *FUNCTIONAL)
@@ -56,6 +57,12 @@ def plan_walk(
     deadline_ms: int = 30_000,
 ) -> WalkPlan:
     """Enable each aspect node whose attribute is configured (request first, then deployment)."""
+    unknown = set(request.aspects) - set(ASPECT_NODES)
+    if unknown:
+        raise RequestError(
+            "unknown_aspect",
+            f"aspects: unknown aspect node(s) {sorted(unknown)}; known: {sorted(ASPECT_NODES)}",
+        )
     defaults = default_aspects or {}
     aspects: dict[str, AspectConfig | None] = {}
     for name, node in ASPECT_NODES.items():
@@ -68,17 +75,7 @@ def plan_walk(
         config = raw if isinstance(raw, AspectConfig) else AspectConfig.model_validate(raw)
         if not any(config.attribute in c.features for c in request.candidates):
             continue
-        if name not in request.aspects and not node.default_on and not defaults.get(name):
-            continue
         aspects[name] = config
-    unknown = set(request.aspects) - set(ASPECT_NODES)
-    if unknown:
-        from ..errors import RequestError
-
-        raise RequestError(
-            "unknown_aspect",
-            f"aspects: unknown aspect node(s) {sorted(unknown)}; known: {sorted(ASPECT_NODES)}",
-        )
     return WalkPlan(
         aspects=aspects,
         max_steps=request.options.max_steps or max_steps,
