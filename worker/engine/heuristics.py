@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from ..schemas import AspectConfig, Item
 from .nodes import ACCURACY, ASPECT_NODES, BACKWARD, STOP
+from .prompts import group_of
 
 MMR_LAMBDA = 0.5
 
@@ -49,8 +50,6 @@ def _new_share(values: set[str], shown: set[str]) -> float:
 
 
 def fairness_group(item: Item, aspect: AspectConfig) -> str:
-    from .prompts import group_of
-
     return group_of(item.features.get(aspect.attribute), aspect) or "(none)"
 
 

@@ -58,8 +58,8 @@ class PromptReader:
         match = pattern.search(text) if pattern else None
         return match.group(name) if match else None
 
-    def read(self, messages: list[dict[str, Any]]) -> tuple[NodeAsk, bool]:
-        """The ask, and whether it is a re-ask (a corrective follow-up)."""
+    def read(self, messages: list[dict[str, Any]]) -> NodeAsk:
+        """The ask behind a node prompt; a corrective re-ask is answered like its first prompt."""
         main = "\n".join(str(m.get("content", "")) for m in messages[:2])
         node = self._one(main, "node")
         if node not in (*ASPECT_NODES, BACKWARD):
@@ -86,7 +86,7 @@ class PromptReader:
         plan = WalkPlan(aspects=aspects, max_steps=99, deadline_ms=1)
         visited = tuple(n for n, _ in pool)
         ask = NodeAsk(request, plan, node, len(pool) + 1, pool, offered, visited, 1, 0.0)
-        return ask, len(messages) > 2
+        return ask
 
     def _one(self, text: str, name: str) -> str:
         value = self.value(text, "step", name) or self.value(text, "system", name)

@@ -55,7 +55,7 @@ class SimState:
         problems = []
         for reader in self.readers:
             try:
-                ask, _ = reader.read(messages)
+                ask = reader.read(messages)
                 return ask, reader
             except (UnreadablePrompt, KeyError, ValueError) as exc:
                 problems.append(f"{reader.prompts.name}: {exc}")
