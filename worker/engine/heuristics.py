@@ -6,11 +6,11 @@ Each takes the list to start from (`base`, best first) and returns a permutation
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from ..schemas import AspectConfig, Item
+from ..schemas import AspectConfig, Item, RerankRequest
 from .nodes import ACCURACY, ASPECT_NODES, BACKWARD, STOP
-from .prompts import group_of
+from .prompts import group_of, history_values
 
 MMR_LAMBDA = 0.5
 
@@ -108,3 +108,22 @@ def next_by_goal(goal: str, enabled: Sequence[str], visited: Sequence[str],
         return STOP
     return next((n for n in offered if n != BACKWARD), offered[0])
 
+
+Reranker = Callable[[Sequence[str], dict[str, Item], AspectConfig | None, RerankRequest], list[str]]
+
+
+def _needs(aspect: AspectConfig | None) -> AspectConfig:
+    if aspect is None:
+        raise ValueError("this reranker needs an aspect attribute")
+    return aspect
+
+
+# what an aspect node's registry entry (nodes.AspectNode.heuristic) may name
+RERANKERS: dict[str, Reranker] = {
+    "score": lambda base, items, aspect, request: by_score(base, items),
+    "coverage": lambda base, items, aspect, request: diversify(base, items, _needs(aspect).attribute),
+    "groups": lambda base, items, aspect, request: equalise_groups(base, items, _needs(aspect)),
+    "unseen": lambda base, items, aspect, request: prefer_novel(
+        base, items, _needs(aspect).attribute, history_values(request, _needs(aspect).attribute)),
+    "keep": lambda base, items, aspect, request: list(base),
+}

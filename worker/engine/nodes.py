@@ -17,20 +17,22 @@ FUNCTIONAL = (BACKWARD, STOP)
 class AspectNode:
     """An aspect node returns a full reranked list. A node that `needs_attribute` is offered only
     when the request or the deployment (LLM4RERANK_ASPECTS) names one: Novelty is off until then.
-    `goal_words` are how a Goal sentence names the aspect (the heuristic policy reads them)."""
+    `goal_words` are how a Goal sentence names the aspect, and `heuristic` names the reranker of
+    `heuristics.RERANKERS` that the heuristic policy (and so sim-llm) applies at this node."""
 
     name: str
     needs_attribute: bool
     goal_words: tuple[str, ...]
+    heuristic: str
 
 
 ASPECT_NODES: dict[str, AspectNode] = {
     n.name: n
     for n in (
-        AspectNode(ACCURACY, False, ("accura", "relevan", "precis", "match", "interest")),
-        AspectNode(DIVERSITY, True, ("divers", "variety", "varied", "coverage")),
-        AspectNode(FAIRNESS, True, ("fair", "equal", "balanced exposure", "unbiased")),
-        AspectNode(NOVELTY, True, ("novel", "new to", "unfamiliar", "serendip", "fresh")),
+        AspectNode(ACCURACY, False, ("accura", "relevan", "precis", "match", "interest"), "score"),
+        AspectNode(DIVERSITY, True, ("divers", "variety", "varied", "coverage"), "coverage"),
+        AspectNode(FAIRNESS, True, ("fair", "equal", "balanced exposure", "unbiased"), "groups"),
+        AspectNode(NOVELTY, True, ("novel", "new to", "unfamiliar", "serendip", "fresh"), "unseen"),
     )
 }
 ALL_NODES = (*ASPECT_NODES, *FUNCTIONAL)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..engine import heuristics as h
-from ..engine.nodes import ACCURACY, DIVERSITY, FAIRNESS, NOVELTY
-from ..engine.prompts import history_values
+from ..engine.nodes import ASPECT_NODES
 from ..engine.steps import NodeAnswer, NodeAsk
 
 
@@ -22,17 +21,8 @@ class HeuristicPolicy:
 
 
 def rerank(ask: NodeAsk) -> list[str]:
-    """One aspect node's heuristic list, starting from the latest pool entry."""
+    """One aspect node's heuristic list, starting from the latest pool entry; the node's registry
+    entry names the reranker, so a new aspect needs no change here."""
     items = {c.item_id: c for c in ask.request.candidates}
-    base = ask.previous
-    aspect = ask.plan.aspects.get(ask.node)
-    if ask.node == ACCURACY or aspect is None:
-        return h.by_score(base, items)
-    if ask.node == DIVERSITY:
-        return h.diversify(base, items, aspect.attribute)
-    if ask.node == FAIRNESS:
-        return h.equalise_groups(base, items, aspect)
-    if ask.node == NOVELTY:
-        seen = history_values(ask.request, aspect.attribute)
-        return h.prefer_novel(base, items, aspect.attribute, seen)
-    return list(base)
+    reranker = h.RERANKERS[ASPECT_NODES[ask.node].heuristic]
+    return reranker(ask.previous, items, ask.plan.aspects.get(ask.node), ask.request)
