@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     audit_port: int = 8080
     metrics_port: int = 9464
     lease_s: float = Field(60.0, gt=1)
+    state_dir: Path = Field(Path(".local/worker"), description="faust's local state folder")
 
     @field_validator("audit_tokens", mode="before")
     @classmethod

@@ -22,9 +22,16 @@ def _result(request: RerankRequest, status: str = "ok") -> RerankResult:
                         prompt_version="p", latency_ms=1, reason=None, completed_at=utcnow())
 
 
+@pytest.fixture(scope="module")
+def store_pg_url(fresh_database):
+    """A database of its own: what these tests leave unpublished must not reach a worker's outbox."""
+    with fresh_database("llm4rerank_test_store") as (_, url):
+        yield url
+
+
 @pytest.fixture(params=["postgresql", "sqlite"])
-async def store(request, pg_url: str, tmp_path: Path):
-    url = pg_url if request.param == "postgresql" else f"sqlite+aiosqlite:///{tmp_path / 't.db'}"
+async def store(request, store_pg_url: str, tmp_path: Path):
+    url = store_pg_url if request.param == "postgresql" else f"sqlite+aiosqlite:///{tmp_path / 't.db'}"
     if request.param == "sqlite":
         await upgrade_async(url)
     s = Store(url)
@@ -84,3 +91,23 @@ async def test_a_step_is_stored_once_and_resume_sees_it(store: Store) -> None:
 
 async def _noop(rows: list) -> None:
     return None
+
+
+async def test_only_sessions_that_came_through_kafka_are_published(store: Store) -> None:
+    tag = store.engine.dialect.name
+    offline, kafka = (RerankRequest.model_validate(r)
+                      for r in make_requests(2, seed=4, prefix=f"outbox-{tag}"))
+    await store.receive([(offline, None)])
+    await store.receive([(kafka, Source(topic="requests", partition=1, offset=3))])
+    for request in (offline, kafka):
+        claim = await store.claim(request.request_id, "w1", 30)
+        assert claim is not None
+        assert await store.complete(claim.session_id, "w1", _result(request))
+    waiting = {r["request_id"] for r in await store.unpublished()}
+    assert kafka.request_id in waiting and offline.request_id not in waiting
+    # the offline session's request_id now arrives through Kafka: its stored result goes out
+    await asyncio.sleep(0.01)
+    assert await store.receive([(offline, Source(topic="requests", partition=0, offset=9))]) == [
+        offline.request_id]
+    assert offline.request_id in {r["request_id"] for r in await store.unpublished()}
+

@@ -63,7 +63,10 @@ class Store:
         replay_mode: str | None = None,
     ) -> list[str]:
         """Record requests durably before their offsets are committed; returns the request_ids
-        already finished (seen again), whose stored results are queued for publishing again."""
+        already finished (seen again), whose stored results are queued for publishing again.
+
+        Only sessions that arrived through Kafka (a `source`) are published to the results topic;
+        offline runs and live replays are not, until the same request_id arrives through Kafka."""
         if not batch:
             return []
         now = utcnow()
@@ -76,12 +79,18 @@ class Store:
             "source_offset": src.offset if src else None,
         } for req, src in batch]
         ids = [r["request_id"] for r in rows]
+        topics = {src.topic for _, src in batch if src is not None}
         async with self.engine.begin() as conn:
             await conn.execute(self._insert_session, rows)
+            if topics:
+                await conn.execute(update(sessions)
+                                   .where(sessions.c.request_id.in_(ids),
+                                          sessions.c.source_topic.is_(None))
+                                   .values(source_topic=sorted(topics)[0]))
             seen = (await conn.execute(
                 update(sessions)
                 .where(sessions.c.request_id.in_(ids), sessions.c.status.in_(FINISHED),
-                       sessions.c.received_at < now)
+                       sessions.c.received_at < now, sessions.c.source_topic.is_not(None))
                 .values(published_at=None)
                 .returning(sessions.c.request_id)
             )).scalars().all()
@@ -185,7 +194,8 @@ class Store:
         `send` them and wait for Kafka's acks, then mark them published in the same transaction.
         A crash before the commit leaves them unpublished, to be sent again (at least once)."""
         query = (select(sessions.c.request_id, sessions.c.result)
-                 .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None))
+                 .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None),
+                        sessions.c.source_topic.is_not(None))
                  .order_by(sessions.c.completed_at).limit(limit))
         if self.engine.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
@@ -203,7 +213,8 @@ class Store:
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(
                 select(sessions.c.request_id, sessions.c.result)
-                .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None))
+                .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None),
+                       sessions.c.source_topic.is_not(None))
                 .order_by(sessions.c.completed_at).limit(limit)
             )).mappings()]
 

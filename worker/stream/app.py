@@ -179,7 +179,7 @@ def build(settings: Settings, datadir: Path) -> tuple[faust.App, WorkerService]:
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    datadir = Path(os.environ.get("LLM4RERANK_STATE_DIR", ".local/worker")) / settings.consumer_group
+    datadir = settings.state_dir / settings.consumer_group
     datadir.mkdir(parents=True, exist_ok=True)
     app, service = build(settings, datadir)
     worker = faust.Worker(app, service, loglevel=loglevel, quiet=True)
