@@ -71,9 +71,11 @@ class SessionPrompts:
     structured: bool
     _prefix: str = field(init=False, default="")
     _values: dict[str, str] = field(init=False, default_factory=dict)
+    alias_of: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         ps, req = self.prompts, self.request
+        self.alias_of = {c.item_id: i + 1 for i, c in enumerate(req.candidates)}
         feature_style = ps.manifest.get("feature_style", "compact")
         rows = [{"score": c.score, **c.features} for c in req.candidates]
         columns = columns_of(rows)
@@ -97,10 +99,6 @@ class SessionPrompts:
         if self.prompts.uses_aliases:
             return str(self.alias_of[item_id])
         return item_id
-
-    @property
-    def alias_of(self) -> dict[str, int]:
-        return {c.item_id: i + 1 for i, c in enumerate(self.request.candidates)}
 
     def messages(
         self, node: str, pool: list[tuple[str, list[str]]], offered: tuple[str, ...]
