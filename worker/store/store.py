@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -193,10 +193,7 @@ class Store:
         """Outbox: lock a batch of unpublished results (skipping rows another worker has locked),
         `send` them and wait for Kafka's acks, then mark them published in the same transaction.
         A crash before the commit leaves them unpublished, to be sent again (at least once)."""
-        query = (select(sessions.c.request_id, sessions.c.result)
-                 .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None),
-                        sessions.c.source_topic.is_not(None))
-                 .order_by(sessions.c.completed_at).limit(limit))
+        query = _outbox(limit)
         if self.engine.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         async with self.engine.begin() as conn:
@@ -210,35 +207,19 @@ class Store:
         return len(rows)
 
     async def unpublished(self, limit: int = 500) -> list[dict[str, Any]]:
+        """What the outbox would send next, without locking or sending it."""
         async with self.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(
-                select(sessions.c.request_id, sessions.c.result)
-                .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None),
-                       sessions.c.source_topic.is_not(None))
-                .order_by(sessions.c.completed_at).limit(limit)
-            )).mappings()]
-
-    async def mark_published(self, request_ids: Sequence[str], at: datetime | None = None) -> None:
-        if not request_ids:
-            return
-        async with self.engine.begin() as conn:
-            await conn.execute(update(sessions)
-                               .where(sessions.c.request_id.in_(list(request_ids)),
-                                      sessions.c.published_at.is_(None))
-                               .values(published_at=at or utcnow()))
+            return [dict(r) for r in (await conn.execute(_outbox(limit))).mappings()]
 
     async def result_of(self, request_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(sessions.c.result).where(
                 sessions.c.request_id == request_id, sessions.c.status.in_(FINISHED)))).scalar()
 
-    async def counts(self) -> dict[str, int]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(sessions.c.status, func.count()).group_by(
-                sessions.c.status))
-            return {status: n for status, n in rows.all()}
 
-    async def backlog(self) -> int:
-        async with self.engine.connect() as conn:
-            return (await conn.execute(select(func.count()).where(
-                and_(sessions.c.status.in_((PENDING, RUNNING)))))).scalar_one()
+def _outbox(limit: int) -> Select[Any]:
+    """Finished sessions that came through Kafka and whose result Kafka has not acknowledged."""
+    return (select(sessions.c.request_id, sessions.c.result)
+            .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None),
+                   sessions.c.source_topic.is_not(None))
+            .order_by(sessions.c.completed_at).limit(limit))
