@@ -26,17 +26,18 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from worker.samples import sample_requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from service_kit import free_port, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "llm4rerank")
@@ -81,28 +82,17 @@ def find_tokenizer(path: str | None) -> tuple[Any, str]:
 # sim-llm
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_sim(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = (workdir / "sim-llm.log").open("wb")
     proc = subprocess.Popen([CLI, "sim-llm", "--port", str(port), "--seed", "1"],
                             stdout=subprocess.DEVNULL, stderr=log, cwd=workdir)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sim-llm exited: {(workdir / 'sim-llm.log').read_text()}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("sim-llm did not answer /v1/models")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
+    except (OSError, RuntimeError):
+        proc.kill()
+        raise RuntimeError(f"sim-llm did not answer: {(workdir / 'sim-llm.log').read_text()}") from None
+    return proc, port
 
 
 # ---------------------------------------------------------------------------------------------

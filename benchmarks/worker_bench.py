@@ -14,12 +14,10 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -27,28 +25,14 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from worker.samples import sample_requests
+
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(REPO / ".venv" / "bin" / "llm4rerank")
-sys.path.insert(0, str(REPO / "tests" / "stream"))
-from stream_helpers import make_requests  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))
+from service_kit import free_port, wait_http  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str) -> None:
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -79,14 +63,14 @@ async def run_case(n: int, latency_ms: float, max_concurrent: int, concurrency: 
            "LLM4RERANK_STATE_DIR": str(workdir / tag)}
     worker = None
     try:
-        wait_http(f"http://127.0.0.1:{sim_port}/v1/models")
+        wait_http(f"http://127.0.0.1:{sim_port}/v1/models", proc=sim)
         log = open(workdir / f"worker-{tag}.log", "wb")
         worker = subprocess.Popen([CLI, "worker"], env=env, stdout=log, stderr=log)
         consumer = AIOKafkaConsumer(env["LLM4RERANK_RESULT_TOPIC"], bootstrap_servers="127.0.0.1:9092",
                                     group_id=None, auto_offset_reset="earliest")
         await consumer.start()
         await _wait_ready(workdir / f"worker-{tag}.log")
-        requests = [orjson.dumps(r) for r in make_requests(n, seed=3, prefix=f"b{tag}")]
+        requests = [orjson.dumps(r) for r in sample_requests(n, seed=3, prefix=f"b{tag}")]
         cpu0 = cpu_seconds(worker.pid)
         producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092", linger_ms=5)
         await producer.start()

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,30 +15,13 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
+from service_kit import free_port, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(REPO / ".venv" / "bin" / "llm4rerank") if (REPO / ".venv").exists() else "llm4rerank"
 PG_ADMIN = os.environ.get("LLM4RERANK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 KAFKA = os.environ.get("LLM4RERANK_TEST_KAFKA", "127.0.0.1:9092")
 SIM_MODEL = "sim-llm-simulated"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 class SimLLM:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
-import time
-import urllib.request
 import uuid
 from pathlib import Path
+
+from service_kit import free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = str(REPO / ".venv" / "bin" / "llm4rerank") if (REPO / ".venv").exists() else "llm4rerank"
@@ -21,26 +20,6 @@ N_SESSIONS = 300
 SIM_SEED = 2
 MALFORMED = 0.15  # with SIM_SEED: a few dozen of the sessions need their lists repaired
 TOKEN = "audit-test-token-" + uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode} before {url} answered") from None
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 class Process:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from service_kit import free_port
 
 from worker.config import Settings
 from worker.engine.prompts import PromptSet
@@ -147,12 +147,6 @@ def js(ranking: list[int] | list[str] | None = None, node: str | None = None) ->
 
 # ---------------------------------------------------------------------------------------------
 # processes and ports
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
