@@ -79,14 +79,17 @@ class Store:
             "source_offset": src.offset if src else None,
         } for req, src in batch]
         ids = [r["request_id"] for r in rows]
-        topics = {src.topic for _, src in batch if src is not None}
+        by_topic: dict[str, list[str]] = {}
+        for req, src in batch:
+            if src is not None:
+                by_topic.setdefault(src.topic, []).append(req.request_id)
         async with self.engine.begin() as conn:
             await conn.execute(self._insert_session, rows)
-            if topics:
+            for topic, arrived in by_topic.items():  # stored before without a source: now it has one
                 await conn.execute(update(sessions)
-                                   .where(sessions.c.request_id.in_(ids),
+                                   .where(sessions.c.request_id.in_(arrived),
                                           sessions.c.source_topic.is_(None))
-                                   .values(source_topic=sorted(topics)[0]))
+                                   .values(source_topic=topic))
             seen = (await conn.execute(
                 update(sessions)
                 .where(sessions.c.request_id.in_(ids), sessions.c.status.in_(FINISHED),
