@@ -13,7 +13,7 @@ import orjson
 
 from .engine.steps import ListJournal
 from .errors import RequestError
-from .schemas import RerankRequest, RerankResult, parse_request
+from .schemas import RerankRequest, RerankResult, parse_request, request_id_of
 from .service import Reranker, limits_of
 from .sessions import run_session
 from .store.journal import GroupCommitWriter
@@ -35,8 +35,6 @@ class RunStats:
 
 
 def error_record(line_no: int, raw: bytes, error: RequestError) -> dict[str, Any]:
-    from .schemas import request_id_of
-
     return {"line": line_no, "request_id": request_id_of(raw), "status": "invalid",
             "error": {"code": error.code, "message": error.message, "details": error.details}}
 
