@@ -61,8 +61,17 @@ class Settings(BaseSettings):
     audit_host: str = "127.0.0.1"
     audit_port: int = 8080
     metrics_port: int = 9464
-    lease_s: float = Field(60.0, gt=1)
+    lease_s: float = Field(10.0, gt=1, description="a session's lease, renewed every third of it; "
+                           "a dead worker's sessions resume elsewhere within 1.5 leases")
+    crash_limit: int = Field(3, ge=1, description="walk crashes before a session is failed")
+    shutdown_grace_s: float = Field(20.0, gt=0, description="SIGTERM: how long walks in flight "
+                                    "may finish; the process exits within this plus 5 s")
     state_dir: Path = Field(Path(".local/worker"), description="faust's local state folder")
+
+    @property
+    def deployment(self) -> str:
+        """Which worker fleet a session belongs to: it alone resumes and publishes it."""
+        return f"{self.consumer_group}@{self.request_topic}"
 
     @field_validator("audit_tokens", mode="before")
     @classmethod

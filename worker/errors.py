@@ -20,7 +20,14 @@ class ConfigError(RuntimeError):
 
 
 class DeadlineExceeded(TimeoutError):
-    """The request's deadline passed; the walk ends with the best list so far."""
+    """The request's deadline passed; the walk ends with the best list so far.
+
+    `calls` are the LLM calls of the interrupted node (completed ones and the one cut short), so
+    the walk stores and counts them."""
+
+    def __init__(self, message: str, calls: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.calls: list[Any] = list(calls or [])
 
 
 class ReplayExhausted(RuntimeError):

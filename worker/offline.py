@@ -76,10 +76,11 @@ async def rerank_lines(
 
     async def _stored(request: RerankRequest, journal: ListJournal) -> RerankResult:
         assert store is not None and writer is not None
-        await store.receive([(request, None)])
+        await store.receive([(request, None)], run_config=reranker.stored_config)
         done = await run_session(store, writer, reranker, request.request_id, OWNER, 300.0)
         if done is not None:
-            journal.steps = done[1].steps
+            if done[1] is not None:
+                journal.steps = done[1].steps
             return done[0]
         stored = await store.result_of(request.request_id)
         if stored is None:

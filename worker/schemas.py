@@ -119,6 +119,8 @@ class RerankResult(BaseModel):
     completed_at: datetime
     policy: str = Field("llm", description="llm, heuristic, or llm+heuristic after a fallback")
     replay_of: str | None = Field(None, description="the original request_id of a replay")
+    attempts: int = Field(1, description="how many times a worker took the session up (1: it was "
+                          "never resumed); latency_ms counts from receipt across all of them")
 
 
 class ErrorInfo(BaseModel):

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from .config import Settings
@@ -17,6 +18,7 @@ from .engine.walk import WalkOutcome, walk
 from .policies.chat import ChatTransport, RecordedChat
 from .policies.heuristic import HeuristicPolicy
 from .policies.llm import LLMPolicy
+from .runconfig import RunConfig
 from .schemas import Limits, RerankRequest, RerankResult, utcnow
 
 
@@ -31,17 +33,19 @@ def limits_of(settings: Settings) -> Limits:
 
 @dataclass
 class Reranker:
-    """Everything a walk needs that outlives one request."""
+    """Everything a walk needs that outlives one request. A request's own RunConfig (stored at
+    receipt) decides how it runs; the deployment's settings only make new RunConfigs."""
 
     settings: Settings
     chat: ChatTransport | None
     policy: str = "llm"
-    on_unavailable: str = "degrade"
     prompts: PromptSet | None = None
+    _prompt_sets: dict[str, PromptSet] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.prompts is None:
             self.prompts = PromptSet.load(self.settings.prompts_dir, self.settings.prompts)
+        self._prompt_sets[self.prompts.name] = self.prompts
 
     @property
     def model(self) -> str:
@@ -56,43 +60,65 @@ class Reranker:
         return plan_walk(request, default_aspects=self.settings.aspects,
                          max_steps=self.settings.max_steps, deadline_ms=self.settings.deadline_ms)
 
-    def run_config(self, request: RerankRequest) -> dict[str, Any]:
-        """What this walk ran with, stored beside its steps so a recorded replay can rebuild it."""
-        plan = self.plan(request)
-        return {
-            "policy": self.policy, "prompts": self.prompts.name if self.prompts else None,
-            "llm_structured": self.settings.llm_structured, "llm_reasks": self.settings.llm_reasks,
-            "max_steps": plan.max_steps, "deadline_ms": plan.deadline_ms,
-            "aspects": {name: (a.model_dump(exclude_none=True) if a is not None else None)
-                        for name, a in plan.aspects.items()},
-        }
+    def run_config(self, request: RerankRequest) -> RunConfig:
+        """What this request will run with; stored at receipt, read by every resume and replay."""
+        assert self.prompts is not None
+        return RunConfig.of_plan(
+            self.plan(request), policy=self.policy,  # type: ignore[arg-type]
+            prompts=self.prompts.name if self.policy == "llm" else None,
+            prompt_version=self.prompt_version, model=self.model,
+            llm_structured=self.settings.llm_structured, llm_reasks=self.settings.llm_reasks)
 
-    def make_policy(self, recorded: list[LLMCall] | None = None, live: bool = True) -> Policy:
-        if self.policy == "heuristic":
+    def stored_config(self, request: RerankRequest) -> dict[str, Any]:
+        """The run configuration as the store keeps it."""
+        return self.run_config(request).model_dump(mode="json")
+
+    def prompt_set(self, name: str | None) -> PromptSet:
+        assert self.prompts is not None
+        if name is None:
+            return self.prompts
+        if name not in self._prompt_sets:
+            self._prompt_sets[name] = PromptSet.load(self.settings.prompts_dir, name)
+        return self._prompt_sets[name]
+
+    def make_policy(self, config: RunConfig, recorded: list[LLMCall] | None = None,
+                    live: bool = True) -> Policy:
+        if config.policy == "heuristic":
             return HeuristicPolicy()
         chat = self.chat
         if recorded is not None:
             chat = RecordedChat(recorded, then=chat if live else None)
-        assert chat is not None and self.prompts is not None
-        return LLMPolicy(chat, self.prompts, structured=self.settings.llm_structured == "json_schema",
-                         reasks=self.settings.llm_reasks, on_unavailable=self.on_unavailable)
+        assert chat is not None
+        return LLMPolicy(chat, self.prompt_set(config.prompts),
+                         structured=config.llm_structured == "json_schema",
+                         reasks=config.llm_reasks)
 
     async def run(
         self,
         request: RerankRequest,
         *,
+        config: RunConfig | None = None,
         journal: Journal | None = None,
         recorded: list[LLMCall] | None = None,
         live: bool = True,
         replay_of: str | None = None,
+        received_at: datetime | None = None,
+        attempts: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> tuple[RerankResult, WalkOutcome]:
-        """Walk one request; `recorded` answers are served first (resume, replay), then `live`."""
-        started = clock()
-        policy = self.make_policy(recorded, live)
-        fallback = HeuristicPolicy() if self.policy == "llm" else None
-        outcome = await walk(request, policy, self.plan(request), journal=journal,
-                             fallback=fallback, clock=clock)
+        """Walk one request; `recorded` answers are served first (resume, replay), then `live`.
+
+        The deadline and `latency_ms` count from `received_at` (the request's receipt) when given,
+        so they hold across resumes and workers."""
+        config = config or self.run_config(request)
+        now = clock()
+        started = now if received_at is None else now - max(
+            0.0, (utcnow() - received_at).total_seconds())
+        policy = self.make_policy(config, recorded, live)
+        fallback = HeuristicPolicy() if config.policy == "llm" else None
+        outcome = await walk(request, policy, config.plan(), journal=journal,
+                             fallback=fallback, clock=clock, started=started)
+        heuristic = config.policy == "heuristic"
         result = RerankResult(
             request_id=request.request_id,
             status=outcome.status,  # type: ignore[arg-type]
@@ -100,12 +126,13 @@ class Reranker:
             path=outcome.path,
             llm_calls=outcome.llm_calls,
             usage=outcome.usage,
-            model=self.model,
-            prompt_version=self.prompt_version,
+            model="heuristic" if heuristic else self.settings.llm_model,
+            prompt_version="heuristic" if heuristic else self.prompt_set(config.prompts).version,
             latency_ms=round((clock() - started) * 1000),
             reason=outcome.reason,
             completed_at=utcnow(),
             policy=outcome.policy,
             replay_of=replay_of,
+            attempts=attempts,
         )
         return result, outcome

@@ -23,7 +23,7 @@ from worker.config import Settings
 from worker.engine.nodes import plan_walk
 from worker.engine.walk import walk
 from worker.errors import ConfigError, DeadlineExceeded
-from worker.policies.chat import MAX_ATTEMPTS, LLMUnavailable, OpenAIChat
+from worker.policies.chat import OpenAIChat
 from worker.policies.heuristic import HeuristicPolicy
 from worker.policies.llm import LLMPolicy
 
@@ -50,6 +50,7 @@ async def test_retries_429_and_500_then_succeeds(llm_server: FakeLLMServer) -> N
         await chat.close()
     assert call.raw == '{"next_node": "stop"}' and call.error is None
     assert call.retries == 2 and llm_server.requests == 3
+    assert [a.status for a in call.attempts] == [429, 500, 200]
     assert (call.prompt_tokens, call.completion_tokens) == (11, 7)
     assert call.messages == MESSAGES and call.response_format == FORMAT
     assert call.latency_ms > 0
@@ -67,34 +68,39 @@ async def test_400_is_not_retried_and_is_recorded(llm_server: FakeLLMServer) -> 
     assert call.error.startswith("HTTP 400") and "response_format not supported" in call.error
 
 
-async def test_persistent_500_gives_up_as_unavailable(llm_server: FakeLLMServer) -> None:
-    llm_server.script = [(503, "down", 0)] * 20
+async def test_persistent_500_is_retried_until_the_deadline_with_every_attempt_recorded(
+        llm_server: FakeLLMServer) -> None:
+    llm_server.script = [(503, "down", 0)] * 200
     chat = OpenAIChat(settings(llm_server.base_url))
     try:
-        with pytest.raises(LLMUnavailable):
-            await chat.complete(MESSAGES, None, soon())
+        with pytest.raises(DeadlineExceeded) as info:
+            await chat.complete(MESSAGES, None, soon(0.8))
     finally:
         await chat.close()
-    assert llm_server.requests == MAX_ATTEMPTS
+    assert "unavailable" in str(info.value) and "HTTP 503" in str(info.value)
+    [call] = info.value.calls
+    assert call.deadline_passed and call.raw is None and call.error
+    assert len(call.attempts) == llm_server.requests > 2
+    assert all(a.status == 503 and "down" in a.error and a.latency_ms > 0 for a in call.attempts)
+    assert call.retries == len(call.attempts) - 1
+    assert call.latency_ms >= sum(a.latency_ms for a in call.attempts)
 
 
-async def test_connection_refused_is_retried_until_it_gives_up() -> None:
+async def test_connection_refused_is_retried_until_the_deadline() -> None:
     chat = OpenAIChat(settings(f"http://127.0.0.1:{free_port()}/v1"))
     started = time.monotonic()
     try:
-        with pytest.raises((LLMUnavailable, DeadlineExceeded)):
-            await chat.complete(MESSAGES, None, soon(3.0))
-        # with a deadline shorter than the retries, the deadline ends it
-        short = time.monotonic()
-        with pytest.raises((LLMUnavailable, DeadlineExceeded)):
-            await chat.complete(MESSAGES, None, soon(0.12))
-        assert time.monotonic() - short < 1.0
+        with pytest.raises(DeadlineExceeded) as info:
+            await chat.complete(MESSAGES, None, soon(0.6))
+        assert time.monotonic() - started < 2.0
     finally:
         await chat.close()
-    assert time.monotonic() - started < 4.0
+    [call] = info.value.calls
+    assert len(call.attempts) > 1 and all(a.status is None for a in call.attempts)
+    assert all("Connection" in a.error for a in call.attempts)
 
 
-async def test_dropped_connections_are_retried_then_unavailable() -> None:
+async def test_dropped_connections_are_retried_until_the_deadline() -> None:
     accepted = 0
 
     async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -106,13 +112,29 @@ async def test_dropped_connections_are_retried_then_unavailable() -> None:
     port = server.sockets[0].getsockname()[1]
     chat = OpenAIChat(settings(f"http://127.0.0.1:{port}/v1"))
     try:
-        with pytest.raises(LLMUnavailable):
-            await chat.complete(MESSAGES, None, soon())
+        with pytest.raises(DeadlineExceeded) as info:
+            await chat.complete(MESSAGES, None, soon(0.6))
     finally:
         await chat.close()
         server.close()
         await server.wait_closed()
-    assert accepted == MAX_ATTEMPTS
+    assert accepted == len(info.value.calls[0].attempts) > 1
+
+
+async def test_a_hanging_server_ends_at_the_deadline_with_the_attempt_recorded(
+        llm_server: FakeLLMServer) -> None:
+    llm_server.script = [(200, '{"next_node": "stop"}', 30.0)]
+    chat = OpenAIChat(settings(llm_server.base_url))
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeadlineExceeded) as info:
+            await chat.complete(MESSAGES, None, soon(0.4))
+    finally:
+        await chat.close()
+        llm_server.release.set()
+    assert time.monotonic() - started < 1.5
+    [call] = info.value.calls
+    assert call.attempts[0].status is None and "Timeout" in call.attempts[0].error
 
 
 async def test_in_flight_limit(llm_server: FakeLLMServer) -> None:

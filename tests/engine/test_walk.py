@@ -24,10 +24,9 @@ from engine_kit import (
 
 from worker.config import Settings
 from worker.engine.nodes import offered_after, plan_walk
-from worker.engine.steps import ListJournal
+from worker.engine.steps import HTTPAttempt, ListJournal, LLMCall
 from worker.engine.walk import walk
 from worker.errors import DeadlineExceeded, RequestError
-from worker.policies.chat import LLMUnavailable
 from worker.policies.heuristic import HeuristicPolicy
 from worker.policies.llm import LLMPolicy
 from worker.schemas import parse_request
@@ -330,14 +329,34 @@ async def test_an_llm_error_at_the_first_step_falls_back(request_) -> None:
     assert is_permutation(outcome.ranking, request_)
 
 
-async def test_an_unavailable_endpoint_degrades_or_raises(request_) -> None:
-    outcome, _ = await run(request_, [LLMUnavailable("APIConnectionError: refused")])
-    assert outcome.policy == "llm+heuristic"
-    assert "LLM endpoint unavailable" in outcome.reason and outcome.llm_calls == 1
-    chat = ScriptedChat([LLMUnavailable("down")])
-    policy = LLMPolicy(chat, default_prompts(), on_unavailable="raise")
-    with pytest.raises(LLMUnavailable):
-        await walk(request_, policy, plan_walk(request_), fallback=HeuristicPolicy())
+def outage(attempts: int = 3) -> DeadlineExceeded:
+    """What the transport raises when the endpoint failed until the deadline."""
+    call = LLMCall(messages=[], error="deadline passed: HTTP 500", deadline_passed=True,
+                   retries=attempts - 1, latency_ms=900.0,
+                   attempts=[HTTPAttempt(status=500, error="HTTP 500: down", latency_ms=300.0)
+                             for _ in range(attempts)])
+    return DeadlineExceeded(f"LLM endpoint unavailable ({attempts} attempt(s), last: HTTP 500)",
+                            [call])
+
+
+async def test_an_outage_until_the_deadline_is_answered_by_the_heuristic(request_) -> None:
+    outcome, _ = await run(request_, [outage(4)])
+    assert outcome.status == "degraded" and outcome.policy == "llm+heuristic"
+    assert "LLM endpoint unavailable" in outcome.reason and "heuristic policy produced" in outcome.reason
+    assert outcome.llm_calls == 1
+    cut = outcome.steps[0]
+    assert cut.node == "accuracy" and cut.problem.startswith("deadline of")
+    assert len(cut.calls[0].attempts) == 4 and cut.retries == 3 and cut.latency_ms == 900.0
+    assert is_permutation(outcome.ranking, request_)
+
+
+async def test_calls_finished_before_the_deadline_are_kept_and_counted(request_) -> None:
+    outcome, chat = await run(request_, ["garbage", outage(2)])
+    assert len(chat.requests) == 2
+    assert outcome.llm_calls == 2
+    cut = outcome.steps[0]
+    assert [c.raw for c in cut.calls] == ["garbage", None]
+    assert outcome.usage.prompt_tokens == 10 and outcome.usage.completion_tokens == 5
 
 
 async def test_unusable_after_a_list_keeps_the_previous_list(request_) -> None:
@@ -352,11 +371,10 @@ async def test_unusable_after_a_list_keeps_the_previous_list(request_) -> None:
 
 
 async def test_an_llm_failure_at_backward_is_degraded(request_) -> None:
-    outcome, _ = await run(request_, [js(A, "diversity"), js(D, "backward"),
-                                      LLMUnavailable("APIConnectionError: refused")])
-    assert outcome.steps[2].problem == "LLM endpoint unavailable: APIConnectionError: refused"
+    outcome, _ = await run(request_, [js(A, "diversity"), js(D, "backward"), outage()])
+    assert outcome.steps[2].problem.startswith("deadline of")
     assert outcome.path == ["accuracy", "diversity", "backward", "stop"]
-    assert outcome.ranking == labels(request_, A)
+    assert outcome.ranking == labels(request_, D)  # Backward never ran
     assert outcome.status == "degraded"
     assert outcome.reason and "backward" in outcome.reason
 
@@ -489,7 +507,7 @@ def random_answer(rng: random.Random, n: int) -> Any:
     if roll < 0.8:
         return "".join(rng.choice("[]{},;: 0123456789１٣abcstop\n") for _ in range(rng.randrange(60)))
     if roll < 0.85:
-        return LLMUnavailable("connection refused")
+        return outage(1)
     if roll < 0.9:
         return DeadlineExceeded("deadline")
     return "I'm sorry, I can't help with that."

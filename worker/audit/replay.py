@@ -18,17 +18,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..config import Settings
 from ..engine.nodes import STOP
 from ..engine.prompts import PromptSet
 from ..engine.steps import ListJournal, LLMCall, StepRecord
 from ..errors import ConfigError, DeadlineExceeded, ReplayExhausted, RequestError
+from ..runconfig import RunConfig
 from ..schemas import RerankRequest, RerankResult
 from ..service import Reranker, limits_of
 from .filters import TraceFilters
 from .queries import StoredSession, TraceQueries
 
 CAP_NOTE = re.compile(r"step cap of (\d+) LLM calls reached")
+CRASHED = re.compile(r"^the walk (crashed|failed) \d+ time")
 OWNER = f"replay-{os.getpid()}"
 LOAD_BATCH = 100
 
@@ -159,28 +163,30 @@ class RecordedReplayer:
             self._prompts[name] = PromptSet.load(self.settings.prompts_dir, name)
         return self._prompts[name]
 
-    def reranker_for(self, stored: StoredSession) -> tuple[Reranker, list[str]]:
+    def reranker_for(self, stored: StoredSession) -> tuple[Reranker, list[str], RunConfig | None]:
         if stored.row.get("run_config") and self.max_steps is None:
-            return self._from_run_config(stored)
-        return self._inferred(stored)
+            try:
+                return self._from_run_config(stored, RunConfig.model_validate(stored.row["run_config"]))
+            except ValidationError:
+                pass  # an older shape of the record: infer as for sessions without one
+        reranker, notes = self._inferred(stored)
+        return reranker, notes, None
 
-    def _from_run_config(self, stored: StoredSession) -> tuple[Reranker, list[str]]:
-        """Sessions stored since the store keeps `run_config`: rebuild exactly what they ran with."""
-        row, config, notes = stored.row, stored.row["run_config"], []
-        heuristic = config.get("policy") == "heuristic"
-        name = config.get("prompts") or self.settings.prompts
+    def _from_run_config(self, stored: StoredSession, config: RunConfig
+                         ) -> tuple[Reranker, list[str], RunConfig]:
+        """Sessions stored with their RunConfig: replay exactly what they ran with."""
+        row, notes = stored.row, []
+        heuristic = config.policy == "heuristic"
+        name = config.prompts or self.settings.prompts
         prompts = self._prompt_set(name)
         version = row.get("prompt_version") or ""
         if not heuristic and version and prompts.version != version:
             notes.append(f"prompt templates changed since the session ran ({version} -> {prompts.version})")
-        update = {"max_steps": config["max_steps"], "deadline_ms": config["deadline_ms"],
-                  "llm_structured": config["llm_structured"], "llm_reasks": config["llm_reasks"],
-                  "aspects": {k: v for k, v in config["aspects"].items() if v is not None},
-                  "prompts": name, "llm_model": row.get("model") or self.settings.llm_model}
+        update = {"prompts": name, "llm_model": row.get("model") or self.settings.llm_model}
         deadline = "deadline of" in (row.get("reason") or "")
         reranker = Reranker(self.settings.model_copy(update=update), _AfterRecording(deadline),
-                            policy="heuristic" if heuristic else "llm", prompts=prompts)
-        return reranker, notes
+                            policy=config.policy, prompts=prompts)
+        return reranker, notes, config.model_copy(update={"prompts": name})
 
     def _inferred(self, stored: StoredSession) -> tuple[Reranker, list[str]]:
         """Older sessions (no `run_config`): infer prompt set, output mode and step cap."""
@@ -212,20 +218,29 @@ class RecordedReplayer:
         original = Outcome.of_row(stored.row)
         request = stored.row["request"]
         try:
-            reranker, notes = self.reranker_for(stored)
+            reranker, notes, config = self.reranker_for(stored)
             parsed = RerankRequest.model_validate(request, context={"limits": limits_of(self.settings)})
         except (ConfigError, RequestError, ValueError) as exc:
             return Comparison(request, original, None, error=f"cannot set up the replay: {exc}")
         journal = ListJournal()
         recorded = [c for s in stored.steps for c in s.calls]
         comparison = Comparison(request, original, None, replay_id=stored.request_id, notes=notes)
+        crashed = original.status == "failed" and bool(CRASHED.search(original.reason or ""))
         try:
-            result, _ = await reranker.run(parsed, journal=journal, recorded=recorded, live=True)
+            result, _ = await reranker.run(parsed, config=config, journal=journal,
+                                           recorded=recorded, live=True)
             comparison.replay = Outcome.of_result(result)
-        except ReplayExhausted as exc:
-            comparison.error = str(exc)
+            if crashed:
+                comparison.notes.append("the session failed after crashes; the replay finished")
         except Exception as exc:  # the engine under test may be broken: report, do not stop
-            comparison.error = f"{type(exc).__name__}: {exc}"
+            if crashed:  # like the original, the walk cannot finish from what was stored
+                comparison.replay = Outcome(original.request_id, "failed", [],
+                                            [c.item_id for c in parsed.candidates])
+                comparison.notes.append(f"the walk stops as stored: {type(exc).__name__}: {exc}")
+            elif isinstance(exc, ReplayExhausted):
+                comparison.error = str(exc)
+            else:
+                comparison.error = f"{type(exc).__name__}: {exc}"
         comparison.diffs = diff_steps(stored.steps, journal.steps)
         return comparison
 
@@ -317,7 +332,8 @@ async def replay_live(
                     replay_request(stored.row["request"], new_id, max_steps),
                     context={"limits": limits_of(settings)})
                 async with limit:
-                    await store.receive([(request, None)], replay_of=stored.request_id, replay_mode="live")
+                    await store.receive([(request, None)], replay_of=stored.request_id,
+                                        replay_mode="live", run_config=reranker.stored_config)
                     done = await run_session(store, writer, reranker, new_id, OWNER, settings.lease_s)
                 if done is not None:
                     comparison.replay = Outcome.of_result(done[0])

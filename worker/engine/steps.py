@@ -11,8 +11,19 @@ from ..schemas import RerankRequest
 from .nodes import WalkPlan
 
 
+class HTTPAttempt(BaseModel):
+    """One HTTP request of a call: its status (None when no response came), error and latency."""
+
+    status: int | None = None
+    error: str | None = None
+    latency_ms: float = 0.0
+
+
 class LLMCall(BaseModel):
-    """One chat completion: exactly what was sent and what came back."""
+    """One chat completion: exactly what was sent and what came back, with every HTTP attempt.
+
+    `deadline_passed` marks a call the request's deadline cut short (the endpoint kept failing or
+    hung): a replay meets the deadline at the same call."""
 
     messages: list[dict[str, Any]]
     response_format: dict[str, Any] | None = None
@@ -22,6 +33,8 @@ class LLMCall(BaseModel):
     latency_ms: float = 0.0
     retries: int = 0
     error: str | None = None
+    attempts: list[HTTPAttempt] = Field(default_factory=list)
+    deadline_passed: bool = False
 
 
 class StepRecord(BaseModel):

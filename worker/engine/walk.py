@@ -42,11 +42,15 @@ async def walk(
     journal: Journal | None = None,
     fallback: Policy | None = None,
     clock: Callable[[], float] = time.monotonic,
+    started: float | None = None,
 ) -> WalkOutcome:
-    """Run one walk; with `fallback`, a walk whose policy never gave a usable list is redone by it."""
+    """Run one walk; with `fallback`, a walk whose policy never gave a usable list is redone by it.
+
+    The deadline counts from `started` (the request's receipt, on `clock`), so a resumed walk
+    keeps the deadline of the first attempt; without it, from now."""
     journal = journal or NullJournal()
     upstream = [c.item_id for c in request.candidates]
-    deadline = clock() + plan.deadline_ms / 1000
+    deadline = (clock() if started is None else started) + plan.deadline_ms / 1000
     pool: list[tuple[str, tuple[str, ...]]] = []  # the historical pool: (node, list) per step
     path: list[str] = []
     steps: list[StepRecord] = []
@@ -67,8 +71,16 @@ async def walk(
                       plan.max_steps - calls, deadline)
         try:
             answer = await policy.answer(ask)
-        except DeadlineExceeded:
+        except DeadlineExceeded as exc:
             status, reason = "degraded", f"deadline of {plan.deadline_ms} ms passed at {node}"
+            if exc.calls:  # the node's calls made before the deadline are stored and counted
+                reason += f": {exc}"
+                calls += len(exc.calls)
+                path.append(node)
+                cut = NodeAnswer(None, None, policy.name, list(exc.calls), problem=reason)
+                step = _record(ask, cut, None, len(pool))
+                steps.append(step)
+                await journal.record(step)
             break
         calls += sum(1 for c in answer.calls if c.raw is not None or c.error is not None)
         path.append(node)
@@ -88,7 +100,8 @@ async def walk(
 
     if status == "degraded" and usable_lists == 0 and fallback is not None:
         offset = len(steps)
-        rest = await walk(request, fallback, plan, journal=_Offset(journal, offset), clock=clock)
+        rest = await walk(request, fallback, plan, journal=_Offset(journal, offset), clock=clock,
+                          started=started)
         steps += [s.model_copy(update={"step": s.step + offset}) for s in rest.steps]
         return WalkOutcome(rest.ranking, [*path, *rest.path], status,
                            f"{reason}; the {fallback.name} policy produced the list",

@@ -1,7 +1,9 @@
 """Chat completions over an OpenAI-compatible endpoint (vLLM, TGI), or from a recording.
 
 The openai client's own retries are off; tenacity retries timeouts, connection errors, 429 and
-5xx with exponential backoff and jitter, never a 400, and never past the request's deadline.
+5xx with exponential backoff and jitter, never a 400, for as long as the request's deadline
+allows: an endpoint that stays down ends the call with DeadlineExceeded (the walk then answers
+with the heuristic policy), never with a failure. Every HTTP attempt is recorded with the call.
 A per-process semaphore bounds the calls in flight.
 """
 
@@ -16,14 +18,11 @@ import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from ..config import Settings
-from ..engine.steps import LLMCall
+from ..engine.steps import HTTPAttempt, LLMCall
 from ..errors import ConfigError, DeadlineExceeded, ReplayExhausted
 
-MAX_ATTEMPTS = 6
-
-
-class LLMUnavailable(RuntimeError):
-    """The endpoint kept failing with retryable errors until retries ran out."""
+# below this much time left, another attempt could not finish: the deadline has come
+LAST_ATTEMPT_S = 0.05
 
 
 class ChatTransport(Protocol):
@@ -94,48 +93,65 @@ class OpenAIChat:
         deadline: float,
     ) -> LLMCall:
         started = self.clock()
-        retries = 0
+        attempts: list[HTTPAttempt] = []
+
+        def left() -> float:
+            return deadline - self.clock()
+
+        backoff = wait_exponential_jitter(multiplier=0.2, jitter=0.2,
+                                          max=self.settings.llm_retry_max_wait_s)
+
+        def wait(state: RetryCallState) -> float:
+            return max(0.0, min(backoff(state), left() - LAST_ATTEMPT_S))
 
         def stop(state: RetryCallState) -> bool:
-            upcoming = state.upcoming_sleep or 0.0
-            return state.attempt_number >= MAX_ATTEMPTS or self.clock() + upcoming >= deadline
+            return left() <= LAST_ATTEMPT_S
 
-        def count(state: RetryCallState) -> None:
-            nonlocal retries
-            retries = state.attempt_number
+        def record(**update: Any) -> LLMCall:
+            return LLMCall(messages=messages, response_format=response_format,
+                           latency_ms=round((self.clock() - started) * 1000, 3),
+                           retries=max(len(attempts) - 1, 0), attempts=attempts, **update)
 
         extra: dict[str, Any] = {}
         if response_format is not None:
             extra["response_format"] = response_format
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(is_retryable),
-                wait=wait_exponential_jitter(multiplier=0.2, jitter=0.2,
-                                             max=self.settings.llm_retry_max_wait_s),
-                stop=stop,
-                before_sleep=count,
-                reraise=True,
-            ):
+            async for attempt in AsyncRetrying(retry=retry_if_exception(is_retryable), wait=wait,
+                                               stop=stop, reraise=True):
                 with attempt:
-                    response = await self._once(messages, extra, deadline)
+                    response = await self._attempt(messages, extra, deadline, attempts)
+        except DeadlineExceeded as exc:
+            raise self._deadline(exc, record) from None
         except openai.APIStatusError as exc:
             if is_retryable(exc):
-                raise self._gave_up(exc, deadline) from exc
-            return LLMCall(messages=messages, response_format=response_format,
-                           error=f"HTTP {exc.status_code}: {exc.message}", retries=retries,
-                           latency_ms=(self.clock() - started) * 1000)
+                raise self._deadline(exc, record) from exc
+            return record(error=f"HTTP {exc.status_code}: {exc.message}")
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-            raise self._gave_up(exc, deadline) from exc
+            raise self._deadline(exc, record) from exc
         usage = response.usage
-        return LLMCall(
-            messages=messages,
-            response_format=response_format,
-            raw=response.choices[0].message.content or "",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            latency_ms=round((self.clock() - started) * 1000, 3),
-            retries=retries,
-        )
+        return record(raw=response.choices[0].message.content or "",
+                      prompt_tokens=usage.prompt_tokens if usage else 0,
+                      completion_tokens=usage.completion_tokens if usage else 0)
+
+    async def _attempt(self, messages: list[dict[str, Any]], extra: dict[str, Any],
+                       deadline: float, attempts: list[HTTPAttempt]) -> Any:
+        """One HTTP request, recorded in `attempts` whatever its outcome."""
+        started = self.clock()
+        try:
+            response = await self._once(messages, extra, deadline)
+        except DeadlineExceeded:
+            raise
+        except openai.APIStatusError as exc:
+            attempts.append(HTTPAttempt(status=exc.status_code, error=_describe(exc),
+                                        latency_ms=round((self.clock() - started) * 1000, 3)))
+            raise
+        except Exception as exc:
+            attempts.append(HTTPAttempt(error=_describe(exc),
+                                        latency_ms=round((self.clock() - started) * 1000, 3)))
+            raise
+        attempts.append(HTTPAttempt(status=200,
+                                    latency_ms=round((self.clock() - started) * 1000, 3)))
+        return response
 
     async def _once(self, messages: list[dict[str, Any]], extra: dict[str, Any],
                     deadline: float) -> Any:
@@ -162,10 +178,24 @@ class OpenAIChat:
             self.in_flight -= 1
             self.limit.release()
 
-    def _gave_up(self, exc: BaseException, deadline: float) -> Exception:
-        if self.clock() >= deadline - 0.001:
-            return DeadlineExceeded(f"deadline passed while retrying: {exc}")
-        return LLMUnavailable(f"{type(exc).__name__}: {exc}")
+    @staticmethod
+    def _deadline(exc: BaseException, record: Callable[..., LLMCall]) -> DeadlineExceeded:
+        """The deadline came while the endpoint failed or hung: the call, with every attempt,
+        goes to the trace, and the message names the outage."""
+        call = record(error=f"deadline passed: {exc}", deadline_passed=True)
+        if not call.attempts:
+            return DeadlineExceeded(str(exc))
+        last = call.attempts[-1]
+        what = f"HTTP {last.status}" if last.status else (last.error or "no answer")
+        return DeadlineExceeded(
+            f"LLM endpoint unavailable ({len(call.attempts)} attempt(s), last: {what})", [call])
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"
+    cause = exc.__cause__
+    return f"{type(exc).__name__}: {exc}" + (f" ({cause})" if cause else "")
 
 
 class RecordedChat:
@@ -181,9 +211,11 @@ class RecordedChat:
         deadline: float,
     ) -> LLMCall:
         if self.served < len(self.calls):
-            call = self.calls[self.served]
+            call = self.calls[self.served].model_copy(update={"messages": messages})
             self.served += 1
-            return call.model_copy(update={"messages": messages})
+            if call.deadline_passed:  # the original met its deadline here
+                raise DeadlineExceeded(call.error or "deadline passed", [call])
+            return call
         if self.then is None:
             raise ReplayExhausted(
                 f"the walk asked for LLM call {self.served + 1}, the session stored {len(self.calls)}"

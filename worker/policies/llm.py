@@ -9,14 +9,15 @@ from ..engine.nodes import BACKWARD
 from ..engine.parse import parse_answer
 from ..engine.prompts import PromptSet, SessionPrompts
 from ..engine.steps import LLMCall, NodeAnswer, NodeAsk
-from .chat import ChatTransport, LLMUnavailable
+from ..errors import DeadlineExceeded
+from .chat import ChatTransport
 
 
 class LLMPolicy:
     """One per walk (it caches the session's constant prompt prefix); the transport is shared.
 
-    `on_unavailable="degrade"` turns an endpoint that stays down into an unusable step (the walk
-    then falls back); `"raise"` lets the worker hold the session and apply backpressure.
+    An endpoint that stays down is retried by the transport until the deadline; the deadline then
+    ends the node with its calls so far, and the walk falls back to the heuristic policy.
     """
 
     name = "llm"
@@ -28,13 +29,11 @@ class LLMPolicy:
         *,
         structured: bool = True,
         reasks: int = 1,
-        on_unavailable: str = "degrade",
     ) -> None:
         self.chat = chat
         self.prompts = prompts
         self.structured = structured
         self.reasks = reasks
-        self.on_unavailable = on_unavailable
         self._session: SessionPrompts | None = None
 
     def session(self, ask: NodeAsk) -> SessionPrompts:
@@ -55,12 +54,9 @@ class LLMPolicy:
         for attempt in range(max(1, min(1 + self.reasks, ask.calls_left))):
             try:
                 call = await self.chat.complete(conversation, fmt, ask.deadline)
-            except LLMUnavailable as exc:
-                if self.on_unavailable == "raise":
-                    raise
-                calls.append(LLMCall(messages=conversation, response_format=fmt, error=str(exc)))
-                return NodeAnswer(None, None, self.name, calls, notes,
-                                  problem=f"LLM endpoint unavailable: {exc}")
+            except DeadlineExceeded as exc:
+                exc.calls = [*calls, *exc.calls]  # this node's finished calls are kept too
+                raise
             calls.append(call)
             if call.raw is None:
                 return NodeAnswer(None, None, self.name, calls, notes,

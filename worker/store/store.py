@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -29,6 +29,10 @@ class Claim:
     attempts: int
     steps: list[StepRecord]
     replay_of: str | None = None
+    run_config: dict[str, Any] | None = None
+    receipt_at: datetime | None = None
+    crashes: int = 0
+    last_error: str | None = None
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -61,15 +65,23 @@ class Store:
         *,
         replay_of: str | None = None,
         replay_mode: str | None = None,
+        receipts: Sequence[datetime | None] | None = None,
+        run_config: Callable[[RerankRequest], dict[str, Any]] | None = None,
+        deployment: str | None = None,
+        result_topic: str | None = None,
     ) -> list[str]:
         """Record requests durably before their offsets are committed; returns the request_ids
         already finished (seen again), whose stored results are queued for publishing again.
 
-        Only sessions that arrived through Kafka (a `source`) are published to the results topic;
-        offline runs and live replays are not, until the same request_id arrives through Kafka."""
+        Each session keeps when its clock started (`receipts`, e.g. the Kafka timestamps; now when
+        absent), the configuration it runs with, and the deployment (consumer group) that resumes
+        and publishes it, to `result_topic`. Only sessions that arrived through Kafka (a `source`)
+        are published; offline runs and live replays are not, until the same request_id arrives
+        through Kafka."""
         if not batch:
             return []
         now = utcnow()
+        starts = list(receipts) if receipts is not None else [None] * len(batch)
         rows = [{
             "request_id": req.request_id, "user_id": req.user.user_id, "goal": req.goal,
             "request": req.model_dump(mode="json", exclude_none=True), "status": PENDING,
@@ -77,7 +89,10 @@ class Store:
             "source_topic": src.topic if src else None,
             "source_partition": src.partition if src else None,
             "source_offset": src.offset if src else None,
-        } for req, src in batch]
+            "receipt_at": min(start, now) if start is not None else now,
+            "run_config": run_config(req) if run_config is not None else None,
+            "deployment": deployment, "result_topic": result_topic, "crashes": 0,
+        } for (req, src), start in zip(batch, starts, strict=True)]
         ids = [r["request_id"] for r in rows]
         by_topic: dict[str, list[str]] = {}
         for req, src in batch:
@@ -115,24 +130,39 @@ class Store:
                         attempts=sessions.c.attempts + 1,
                         started_at=func.coalesce(sessions.c.started_at, now))
                 .returning(sessions.c.id, sessions.c.request, sessions.c.attempts,
-                           sessions.c.replay_of)
+                           sessions.c.replay_of, sessions.c.run_config, sessions.c.receipt_at,
+                           sessions.c.received_at, sessions.c.crashes, sessions.c.last_error)
             )).first()
             if row is None:
                 return None
             stored = await self._steps(conn, row.id)
         return Claim(row.id, RerankRequest.model_validate(row.request), row.attempts, stored,
-                     row.replay_of)
+                     row.replay_of, row.run_config, _utc(row.receipt_at or row.received_at),
+                     row.crashes or 0, row.last_error)
 
-    async def orphans(self, limit: int = 500) -> list[str]:
-        """Unfinished sessions nobody holds (a crashed worker's): to resume on start and rebalance."""
+    async def orphans(self, deployment: str | None, limit: int = 500) -> list[str]:
+        """Unfinished sessions of this deployment nobody holds (a crashed or stopped worker's):
+        to resume on start, on rebalance and periodically. Another deployment's are never taken."""
         now = utcnow()
+        legacy = and_(sessions.c.deployment.is_(None), sessions.c.source_topic.is_not(None))
+        owned = legacy if deployment is None else or_(sessions.c.deployment == deployment, legacy)
         async with self.engine.connect() as conn:
             return list((await conn.execute(
                 select(sessions.c.request_id)
-                .where(sessions.c.status.in_((PENDING, RUNNING)),
+                .where(owned, sessions.c.status.in_((PENDING, RUNNING)),
                        or_(sessions.c.lease_owner.is_(None), sessions.c.lease_until < now))
                 .order_by(sessions.c.received_at).limit(limit)
             )).scalars())
+
+    async def crashed(self, request_id: str, owner: str, error: str) -> None:
+        """A walk raised: count it, keep the reason and give the lease back at once."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.request_id == request_id, sessions.c.lease_owner == owner,
+                       sessions.c.status == RUNNING)
+                .values(crashes=sessions.c.crashes + 1, last_error=error[:2000],
+                        lease_owner=None, lease_until=None))
 
     async def renew(self, owner: str, lease_s: float) -> int:
         async with self.engine.begin() as conn:
@@ -187,16 +217,17 @@ class Store:
                         completion_tokens=result.usage.completion_tokens,
                         latency_ms=result.latency_ms, completed_at=result.completed_at,
                         lease_owner=None, lease_until=None, published_at=None,
-                        run_config=run_config))
+                        **({"run_config": run_config} if run_config is not None else {})))
         return done.rowcount == 1
 
     async def publish_batch(
-        self, send: Callable[[list[dict[str, Any]]], Awaitable[None]], limit: int = 500
+        self, send: Callable[[list[dict[str, Any]]], Awaitable[None]], limit: int = 500,
+        deployment: str | None = None,
     ) -> int:
         """Outbox: lock a batch of unpublished results (skipping rows another worker has locked),
         `send` them and wait for Kafka's acks, then mark them published in the same transaction.
         A crash before the commit leaves them unpublished, to be sent again (at least once)."""
-        query = _outbox(limit)
+        query = _outbox(limit, deployment)
         if self.engine.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         async with self.engine.begin() as conn:
@@ -220,9 +251,21 @@ class Store:
                 sessions.c.request_id == request_id, sessions.c.status.in_(FINISHED)))).scalar()
 
 
-def _outbox(limit: int) -> Select[Any]:
-    """Finished sessions that came through Kafka and whose result Kafka has not acknowledged."""
-    return (select(sessions.c.request_id, sessions.c.result)
-            .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None),
-                   sessions.c.source_topic.is_not(None))
-            .order_by(sessions.c.completed_at).limit(limit))
+def _outbox(limit: int, deployment: str | None = None) -> Select[Any]:
+    """Finished sessions that came through Kafka and whose result Kafka has not acknowledged;
+    with `deployment`, only that deployment's (each publishes its own, to its recorded topic)."""
+    query = (select(sessions.c.request_id, sessions.c.result, sessions.c.result_topic)
+             .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None),
+                    sessions.c.source_topic.is_not(None)))
+    if deployment is not None:  # rows stored before sessions named their deployment: anyone's
+        query = query.where(or_(sessions.c.deployment == deployment,
+                                sessions.c.deployment.is_(None)))
+    return query.order_by(sessions.c.completed_at).limit(limit)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back; they were stored as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+

@@ -60,12 +60,18 @@ sessions = Table(
     Column("replay_of", String(256)),
     Column("replay_mode", String(16)),
     Column("run_config", Json),
+    Column("receipt_at", DateTime(timezone=True)),
+    Column("deployment", String(256)),
+    Column("result_topic", String(256)),
+    Column("crashes", Integer, nullable=False, default=0, server_default="0"),
+    Column("last_error", Text),
     Index("ix_sessions_user_time", "user_id", "received_at"),
     Index("ix_sessions_time", "received_at"),
     Index("ix_sessions_status_time", "status", "received_at"),
     Index("ix_sessions_model_prompt", "model", "prompt_version"),
     Index("ix_sessions_replay_of", "replay_of"),
     Index("ix_sessions_unpublished", "completed_at", "published_at"),
+    Index("ix_sessions_deployment_status", "deployment", "status"),
 )
 
 steps = Table(

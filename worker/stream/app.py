@@ -12,6 +12,8 @@ import asyncio
 import logging
 import os
 import socket
+import sys
+import threading
 import uuid
 from contextlib import suppress
 from pathlib import Path
@@ -35,7 +37,8 @@ from .runner import DB_DOWN, Runner
 from .topics import ensure_topics
 
 log = logging.getLogger("llm4rerank.worker")
-SHUTDOWN_GRACE_S = 20.0
+# after the grace period, the rest of the shutdown (steps, outbox, leases) gets this long
+STOP_MARGIN_S = 5.0
 
 
 def create_app(settings: Settings, datadir: Path) -> faust.App:
@@ -71,15 +74,19 @@ class WorkerService(Service):
         self.store = Store(settings.database_url)
         self.writer = GroupCommitWriter(self.store)
         self.chat = OpenAIChat(settings)
-        self.reranker = Reranker(settings, self.chat, on_unavailable="raise")
+        self.reranker = Reranker(settings, self.chat)
         self.done = asyncio.Event()
         self.rescan = asyncio.Event()
         self.runner = Runner(self.store, self.writer, self.reranker, self.owner,
-                             settings.concurrency, settings.lease_s, self.done)
+                             settings.concurrency, settings.lease_s, self.done,
+                             settings.crash_limit)
         self.inbox = Inbox(self.store, self.runner, self.reranker, limits_of(settings),
-                           self._send_and_wait, settings.dlq_topic)
-        self.publisher = Publisher(self.store, self._send, settings.result_topic, self.done)
+                           self._send_and_wait, settings.dlq_topic, settings.deployment,
+                           settings.result_topic)
+        self.publisher = Publisher(self.store, self._send, settings.result_topic, self.done,
+                                   settings.deployment)
         self._tasks: list[asyncio.Task[None]] = []
+        self.stopped_cleanly = False
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
         producer = await self.app.maybe_start_producer()
@@ -108,30 +115,40 @@ class WorkerService(Service):
                  self.settings.llm_model)
 
     async def on_stop(self) -> None:
-        log.info("stopping: finishing walks in flight (up to %.0fs)", SHUTDOWN_GRACE_S)
-        await self.runner.drain(SHUTDOWN_GRACE_S)
+        """Bounded in every state: walks get the grace period, everything after it a few seconds;
+        whatever cannot finish in time (database or broker down) is left to the next worker."""
+        grace = self.settings.shutdown_grace_s
+        log.info("stopping: finishing walks in flight (up to %.0fs)", grace)
+        await self.runner.drain(grace)
         with suppress(Exception):
-            await asyncio.wait_for(self.writer.stop(), 10)
+            await asyncio.wait_for(self.writer.stop(), 1.5)
         with suppress(Exception):
-            await asyncio.wait_for(self.publisher.publish_once(), 10)
+            await asyncio.wait_for(self.publisher.publish_once(), 1.5)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.chat.close()
-        await self.store.close()
+        with suppress(Exception):
+            await asyncio.wait_for(self.chat.close(), 0.5)
+        with suppress(Exception):
+            await asyncio.wait_for(self.store.close(), 0.5)
+        self.stopped_cleanly = True
         log.info("stopped cleanly")
 
     async def _leases(self) -> None:
+        """Renew this worker's leases every third of a lease; sooner after a failed renewal."""
         while True:
-            await asyncio.sleep(self.settings.lease_s / 3)
-            with suppress(*DB_DOWN):
+            try:
                 await self.store.renew(self.owner, self.settings.lease_s)
+                await asyncio.sleep(self.settings.lease_s / 3)
+            except DB_DOWN:
+                await asyncio.sleep(0.5)
 
     async def _orphans(self) -> None:
-        """Resume unfinished sessions nobody holds: at start, on rebalance, and periodically."""
+        """Resume this deployment's unfinished sessions nobody holds: at start, on rebalance,
+        and every half lease, so a dead worker's sessions resume within 1.5 leases."""
         while True:
             with suppress(*DB_DOWN):
-                for request_id in await self.store.orphans():
+                for request_id in await self.store.orphans(self.settings.deployment):
                     if not self.runner.accepting:
                         return
                     await self.runner.submit(request_id)
@@ -166,6 +183,7 @@ def build(settings: Settings, datadir: Path) -> tuple[faust.App, WorkerService]:
                 message.value,
                 Source(topic=message.topic, partition=message.partition, offset=message.offset),
                 [(k, v) for k, v in (message.headers or [])],
+                message.timestamp,
             )
             with suppress(Exception):
                 lag = app.consumer.highwater(tp) - message.offset - 1
@@ -178,10 +196,47 @@ def build(settings: Settings, datadir: Path) -> tuple[faust.App, WorkerService]:
     return app, service
 
 
+class BoundedWorker(faust.Worker):
+    """faust's worker, whose shutdown cannot hang: the first SIGTERM (or SIGINT) starts the
+    normal stop and a watchdog thread that ends the process after the grace period plus a
+    margin, whatever state the stop is stuck in; a second signal ends it at once."""
+
+    def __init__(self, *args: Any, service: WorkerService, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.service = service
+        self._watchdog: threading.Timer | None = None
+
+    def _on_sigterm(self) -> None:
+        self._bound_shutdown()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._bound_shutdown()
+        super()._on_sigint()
+
+    def _bound_shutdown(self) -> None:
+        if self._watchdog is not None:
+            self._exit_now("second signal")
+        limit = self.service.settings.shutdown_grace_s + STOP_MARGIN_S
+        self._watchdog = threading.Timer(limit, self._exit_now, args=(f"{limit:.0f}s passed",))
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _exit_now(self, why: str) -> None:
+        code = 0 if self.service.stopped_cleanly else 1
+        log.warning("shutdown did not finish (%s); exiting now with %d (leases not released "
+                    "expire within LLM4RERANK_LEASE_S)", why, code)
+        with suppress(Exception):
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     datadir = settings.state_dir / settings.consumer_group
     datadir.mkdir(parents=True, exist_ok=True)
     app, service = build(settings, datadir)
-    worker = faust.Worker(app, service, loglevel=loglevel, quiet=True)
+    worker = BoundedWorker(app, service, loglevel=loglevel, quiet=True, service=service)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     worker.execute_from_commandline()

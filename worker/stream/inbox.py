@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -24,14 +25,20 @@ REPLAY_HEADER = "replay-of"
 class Inbox:
     def __init__(self, store: Store, runner: Runner, reranker: Reranker, limits: Limits,
                  send_and_wait: Callable[[str, bytes | None, bytes], Awaitable[Any]],
-                 dlq_topic: str) -> None:
+                 dlq_topic: str, deployment: str | None = None,
+                 result_topic: str | None = None) -> None:
         self.store, self.runner, self.reranker, self.limits = store, runner, reranker, limits
         self.send_and_wait = send_and_wait
         self.dlq_topic = dlq_topic
+        self.deployment, self.result_topic = deployment, result_topic
 
     async def accept(self, value: bytes | None, source: Source,
-                     headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Never raises: every message ends recorded, queued for a walk, or in the DLQ."""
+                     headers: list[tuple[str, bytes]] | None = None,
+                     timestamp: float | None = None) -> None:
+        """Never raises: every message ends recorded, queued for a walk, or in the DLQ.
+
+        `timestamp` (the Kafka message's, in seconds) starts the request's clock; receipt when
+        the message has none."""
         raw = value or b""
         try:
             request = parse_request(raw, self.limits)
@@ -44,8 +51,11 @@ class Inbox:
         delay = 0.2
         while True:
             try:
-                seen = await self.store.receive([(request, source)], replay_of=replay_of,
-                                                replay_mode="kafka" if replay_of else None)
+                seen = await self.store.receive(
+                    [(request, source)], replay_of=replay_of,
+                    replay_mode="kafka" if replay_of else None, receipts=[receipt_time(timestamp)],
+                    run_config=self.reranker.stored_config, deployment=self.deployment,
+                    result_topic=self.result_topic)
                 break
             except DB_DOWN as exc:
                 metrics.BACKPRESSURE.labels("postgres").set(1)
@@ -73,3 +83,10 @@ class Inbox:
                 log.warning("DLQ publish failed (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def receipt_time(timestamp: float | None) -> datetime | None:
+    """A Kafka timestamp as a datetime; None (receipt) when the message carries none."""
+    if timestamp is None or timestamp <= 0:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC)

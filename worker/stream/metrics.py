@@ -24,6 +24,10 @@ IN_FLIGHT = Gauge("llm4rerank_sessions_in_flight", "Walks running in this proces
 CONSUMER_LAG = Gauge("llm4rerank_consumer_lag", "Messages behind the high watermark", ["partition"])
 RESUMED = Counter("llm4rerank_sessions_resumed_total", "Sessions resumed from stored steps")
 PUBLISHED = Counter("llm4rerank_results_published_total", "Results acknowledged by Kafka")
+CRASHES = Counter("llm4rerank_walk_crashes_total", "Walks that raised (not outages); each "
+                  "releases its session's lease and is retried")
+CRASH_FAILED = Counter("llm4rerank_sessions_failed_by_crashes_total",
+                       "Sessions failed after crashing the walk LLM4RERANK_CRASH_LIMIT times")
 BACKPRESSURE = Gauge("llm4rerank_backpressure", "1 while a dependency is down", ["dependency"])
 
 

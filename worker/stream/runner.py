@@ -2,8 +2,10 @@
 
 The queue in front of the walks is as long as the concurrency limit: when it is full, the inbox
 waits, so the consumer stops fetching (backpressure) and memory stays flat under any backlog.
-When PostgreSQL or the LLM endpoint is down, a session waits and is retried from its stored
-steps; it is never failed for an outage.
+An LLM outage is handled inside the walk (retries until the deadline, then the heuristic answers).
+When PostgreSQL is down, a session waits and is retried from its stored steps; it is never failed
+for an outage. A walk that raises is a crash: its lease is released at once, it is retried, and
+after `crash_limit` crashes the session ends `failed` with the reason.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import logging
 from contextlib import suppress
 
 from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from ..policies.chat import LLMUnavailable, OpenAIChat
 from ..service import Reranker
-from ..sessions import run_session
+from ..sessions import CRASH_LIMIT, run_session
 from ..store.journal import GroupCommitWriter
 from ..store.store import Store
 from . import metrics
@@ -25,42 +27,20 @@ log = logging.getLogger(__name__)
 DB_DOWN = (OSError, ConnectionError, OperationalError, DBAPIError, asyncio.TimeoutError)
 
 
-class LLMGate:
-    """One shared wait for the endpoint to come back, probed with backoff."""
-
-    def __init__(self, chat: OpenAIChat | None) -> None:
-        self.chat = chat
-        self._probe: asyncio.Task[None] | None = None
-
-    async def wait_healthy(self) -> None:
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.create_task(self._wait())
-        await asyncio.shield(self._probe)
-
-    async def _wait(self) -> None:
-        metrics.BACKPRESSURE.labels("llm").set(1)
-        delay = 0.5
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                if self.chat is not None:
-                    await self.chat.client.models.list()
-                break
-            except Exception as exc:  # any failure means: still down
-                log.warning("LLM endpoint still unavailable (%s)", exc)
-                delay = min(delay * 2, 10.0)
-        metrics.BACKPRESSURE.labels("llm").set(0)
+class WalkCrashed(RuntimeError):
+    """A walk raised something that is not an outage; it was recorded and its lease released."""
 
 
 class Runner:
     def __init__(self, store: Store, writer: GroupCommitWriter, reranker: Reranker, owner: str,
-                 concurrency: int, lease_s: float, on_done: asyncio.Event) -> None:
+                 concurrency: int, lease_s: float, on_done: asyncio.Event,
+                 crash_limit: int = CRASH_LIMIT) -> None:
         self.store, self.writer, self.reranker = store, writer, reranker
         self.owner, self.lease_s = owner, lease_s
         self.concurrency = concurrency
+        self.crash_limit = crash_limit
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=concurrency)
         self.active: set[str] = set()
-        self.gate = LLMGate(reranker.chat if isinstance(reranker.chat, OpenAIChat) else None)
         self.on_done = on_done
         self.accepting = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -85,6 +65,8 @@ class Runner:
             metrics.IN_FLIGHT.inc()
             try:
                 await self._until_done(request_id)
+            except Exception:  # recording the crash failed too (database gone): a scan retries
+                log.exception("session %s left for a later retry", request_id)
             finally:
                 metrics.IN_FLIGHT.dec()
                 self.running.discard(request_id)
@@ -92,33 +74,47 @@ class Runner:
                 self.queue.task_done()
 
     async def _until_done(self, request_id: str) -> None:
-        delay = 0.2
-        while True:
-            try:
-                done = await run_session(self.store, self.writer, self.reranker, request_id,
-                                         self.owner, self.lease_s)
-            except LLMUnavailable as exc:
-                log.warning("%s waits for the LLM endpoint: %s", request_id, exc)
-                await self.gate.wait_healthy()
-                continue
-            except DB_DOWN as exc:
-                metrics.BACKPRESSURE.labels("postgres").set(1)
-                log.warning("%s waits for the database: %s", request_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            except Exception:
-                log.exception("walk of %s crashed; its session stays unfinished for a retry",
-                              request_id)
-                return
-            metrics.BACKPRESSURE.labels("postgres").set(0)
-            if done is not None:
-                result, outcome, replayed = done
+        """Run the session until it is stored finished: database outages are waited out (never
+        counted), crashes are recorded and retried until the session is failed for them."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((*DB_DOWN, WalkCrashed)),
+            wait=wait_exponential(multiplier=0.2, max=5.0),
+            reraise=True,
+            before_sleep=self._waiting,
+        ):
+            with attempt:
+                try:
+                    done = await run_session(self.store, self.writer, self.reranker, request_id,
+                                             self.owner, self.lease_s, self.crash_limit)
+                except DB_DOWN:
+                    raise
+                except Exception as exc:
+                    await self._crashed(request_id, exc)
+                    raise WalkCrashed(str(exc)) from exc
+        metrics.BACKPRESSURE.labels("postgres").set(0)
+        if done is not None:
+            result, outcome, replayed = done
+            if outcome is None:
+                metrics.REQUESTS.labels(result.status).inc()
+                metrics.CRASH_FAILED.inc()
+            else:
                 if replayed:
                     metrics.RESUMED.inc()
                 metrics.observe(result, outcome, replayed)
-                self.on_done.set()
-            return
+        self.on_done.set()
+
+    async def _crashed(self, request_id: str, exc: BaseException) -> None:
+        metrics.CRASHES.inc()
+        log.exception("walk of %s crashed; lease released for a retry", request_id)
+        await self.store.crashed(request_id, self.owner, f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _waiting(state: object) -> None:
+        outcome = getattr(state, "outcome", None)
+        exc = outcome.exception() if outcome is not None else None
+        if not isinstance(exc, WalkCrashed):
+            metrics.BACKPRESSURE.labels("postgres").set(1)
+            log.warning("a session waits for the database: %s", exc)
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking sessions; let walks in flight finish within the grace period, then cancel
@@ -135,7 +131,7 @@ class Runner:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with suppress(*DB_DOWN):
-            await self.store.release(self.owner)
+        with suppress(*DB_DOWN):  # the database down: the leases expire instead
+            await asyncio.wait_for(self.store.release(self.owner), 2.0)
         if unfinished:
             log.info("released %d unfinished session(s) for another worker", len(unfinished))
