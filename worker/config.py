@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     llm_temperature: float = Field(0.0, ge=0)
     llm_reasks: int = Field(1, ge=0, le=3)
     llm_retry_max_wait_s: float = Field(5.0, gt=0)
+    llm_breaker_failures: int = Field(5, ge=0, description="retryable LLM failures in a row after "
+                                      "which calls wait for one probe at a time (0: off)")
 
     request_topic: str = "rerank.requests"
     result_topic: str = "rerank.results"

@@ -49,6 +49,7 @@ async def run_session(
     result, outcome = await reranker.run(claim.request, config=config, journal=journal,
                                          recorded=recorded, live=True, replay_of=claim.replay_of,
                                          received_at=claim.receipt_at, attempts=claim.attempts)
+    await journal.flush()
     if not await store.complete(claim.session_id, owner, result,
                                 None if stored_config else config.model_dump(mode="json")):
         return None  # the lease was lost meanwhile; the holder stores its own result

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Local single-node Kafka (KRaft, broker+controller) from Maven Central jars.
-# Usage: infra/kafka/kafka.sh install|start|stop|restart|status|wait [timeout_s]
+# Usage: infra/kafka/kafka.sh install|start|stop|kill|restart|status|wait [timeout_s]
 # State lives in <repo>/.local/kafka (libs/, data/, server.properties, kafka.log, kafka.pid).
 # Only a broker whose PID is in kafka.pid is ever stopped; a broker found already answering
 # on 127.0.0.1:9092 is reused and left alone.
@@ -114,6 +114,14 @@ stop() {
   rm -f "$PIDF"
 }
 
+# Fault tests: SIGKILL our broker (no controlled shutdown); `start` brings it back.
+crash() {
+  local pid
+  if pid="$(our_pid)"; then kill -KILL "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    say "killed pid $pid (SIGKILL)"
+  else say "not running (nothing of ours to kill)"; fi
+}
+
 status() {
   local pid
   if pid="$(our_pid)"; then say "running (pid $pid, ours)"
@@ -135,6 +143,7 @@ case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop ;;
+  kill) crash ;;
   restart) stop; start ;;
   status) status ;;
   wait) wait_ready "${2:-90}" ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Local PostgreSQL for development and tests: a project-owned cluster on 127.0.0.1:5432.
-# Usage: infra/postgres/pg.sh install|start|stop|restart|status
+# Usage: infra/postgres/pg.sh install|start|stop|kill|restart|status
 # <repo>/.local/pg/datadir records where the project's cluster lives; `stop` only ever stops a
 # server running from that data dir. A server found already listening on 5432 (e.g. Debian's
 # own cluster) is reused for the database/role setup but never stopped.
@@ -122,6 +122,24 @@ stop() {
   fi
 }
 
+# Fault tests: SIGKILL the postmaster (no shutdown at all); `start` recovers the cluster.
+crash() {
+  if ours_running; then
+    local pid children
+    pid="$(head -n 1 "$(cat "$REC/datadir")/postmaster.pid")"
+    children="$(pgrep -P "$pid" || true)"
+    kill -KILL "$pid"
+    # its children notice and exit; stragglers would keep the port and shared memory
+    for _ in $(seq 1 50); do
+      [[ -z "$children" ]] || ! kill -0 $children 2>/dev/null && break; sleep 0.1
+    done
+    [[ -z "$children" ]] || kill -KILL $children 2>/dev/null || true
+    say "postmaster killed (SIGKILL)"
+  else
+    say "no cluster of ours running, nothing to kill"
+  fi
+}
+
 status() {
   if ours_running; then say "running (ours, $(cat "$REC/datadir"))"
   elif port_open; then say "something listens on $HOST:$PORT (not started by us)"
@@ -132,6 +150,7 @@ case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop ;;
+  kill) crash ;;
   restart) stop; start ;;
   status) status ;;
   *) echo "usage: $0 install|start|stop|restart|status" >&2; exit 2 ;;

@@ -4,7 +4,8 @@ The openai client's own retries are off; tenacity retries timeouts, connection e
 5xx with exponential backoff and jitter, never a 400, for as long as the request's deadline
 allows: an endpoint that stays down ends the call with DeadlineExceeded (the walk then answers
 with the heuristic policy), never with a failure. Every HTTP attempt is recorded with the call.
-A per-process semaphore bounds the calls in flight.
+A per-process semaphore bounds the calls in flight, and a breaker shared by the process stops
+every walk from hammering an endpoint that is down (one probe at a time instead).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 from ..config import Settings
 from ..engine.steps import HTTPAttempt, LLMCall
 from ..errors import ConfigError, DeadlineExceeded, ReplayExhausted
+from .breaker import Breaker, EndpointDown
 
 # below this much time left, another attempt could not finish: the deadline has come
 LAST_ATTEMPT_S = 0.05
@@ -63,6 +65,8 @@ class OpenAIChat:
         self.limit = asyncio.Semaphore(settings.llm_max_inflight)
         self.clock = clock
         self.in_flight = 0
+        self.breaker = Breaker(settings.llm_breaker_failures,
+                               max_probe_s=settings.llm_retry_max_wait_s, clock=clock)
 
     async def close(self) -> None:
         await self.client.close()
@@ -120,7 +124,7 @@ class OpenAIChat:
                                                stop=stop, reraise=True):
                 with attempt:
                     response = await self._attempt(messages, extra, deadline, attempts)
-        except DeadlineExceeded as exc:
+        except (DeadlineExceeded, EndpointDown) as exc:
             raise self._deadline(exc, record) from None
         except openai.APIStatusError as exc:
             if is_retryable(exc):
@@ -135,23 +139,29 @@ class OpenAIChat:
 
     async def _attempt(self, messages: list[dict[str, Any]], extra: dict[str, Any],
                        deadline: float, attempts: list[HTTPAttempt]) -> Any:
-        """One HTTP request, recorded in `attempts` whatever its outcome."""
-        started = self.clock()
-        try:
-            response = await self._once(messages, extra, deadline)
-        except DeadlineExceeded:
-            raise
-        except openai.APIStatusError as exc:
-            attempts.append(HTTPAttempt(status=exc.status_code, error=_describe(exc),
+        """One HTTP request, recorded in `attempts` whatever its outcome; while the endpoint is
+        known to be down, it waits for the breaker instead of sending."""
+        async with self.breaker.admit(deadline):
+            started = self.clock()
+            try:
+                response = await self._once(messages, extra, deadline)
+            except DeadlineExceeded:
+                raise
+            except openai.APIStatusError as exc:
+                attempts.append(HTTPAttempt(status=exc.status_code, error=_describe(exc),
+                                            latency_ms=round((self.clock() - started) * 1000, 3)))
+                self.breaker.failed() if is_retryable(exc) else self.breaker.answered()
+                raise
+            except Exception as exc:
+                attempts.append(HTTPAttempt(error=_describe(exc),
+                                            latency_ms=round((self.clock() - started) * 1000, 3)))
+                if is_retryable(exc):
+                    self.breaker.failed()
+                raise
+            self.breaker.answered()
+            attempts.append(HTTPAttempt(status=200,
                                         latency_ms=round((self.clock() - started) * 1000, 3)))
-            raise
-        except Exception as exc:
-            attempts.append(HTTPAttempt(error=_describe(exc),
-                                        latency_ms=round((self.clock() - started) * 1000, 3)))
-            raise
-        attempts.append(HTTPAttempt(status=200,
-                                    latency_ms=round((self.clock() - started) * 1000, 3)))
-        return response
+            return response
 
     async def _once(self, messages: list[dict[str, Any]], extra: dict[str, Any],
                     deadline: float) -> Any:
@@ -178,12 +188,17 @@ class OpenAIChat:
             self.in_flight -= 1
             self.limit.release()
 
-    @staticmethod
-    def _deadline(exc: BaseException, record: Callable[..., LLMCall]) -> DeadlineExceeded:
+    def _deadline(self, exc: BaseException, record: Callable[..., LLMCall]) -> DeadlineExceeded:
         """The deadline came while the endpoint failed or hung: the call, with every attempt,
         goes to the trace, and the message names the outage."""
         call = record(error=f"deadline passed: {exc}", deadline_passed=True)
+        if isinstance(exc, EndpointDown):  # nothing sent: others' attempts showed it down
+            return DeadlineExceeded(f"LLM endpoint unavailable ({exc}; "
+                                    f"{len(call.attempts)} attempt(s) by this call)", [call])
         if not call.attempts:
+            if self.breaker.open:
+                return DeadlineExceeded(f"LLM endpoint unavailable ({self.breaker.describe()}); "
+                                        f"{exc}", [call])
             return DeadlineExceeded(str(exc))
         last = call.attempts[-1]
         what = f"HTTP {last.status}" if last.status else (last.error or "no answer")

@@ -41,10 +41,14 @@ class GroupCommitWriter:
             self._task = None
 
     async def write(self, session_id: int, step: StepRecord) -> None:
+        await self.enqueue(session_id, step)
+
+    def enqueue(self, session_id: int, step: StepRecord) -> asyncio.Future[None]:
+        """Queue a step; the future resolves once it is committed."""
         self.start()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self.queue.put((session_id, step, done))
-        await done
+        self.queue.put_nowait((session_id, step, done))
+        return done
 
     async def _run(self) -> None:
         while True:
@@ -69,14 +73,27 @@ class GroupCommitWriter:
 
 
 class SessionJournal:
-    """Journal of one session; steps already persisted (a resumed walk's) are not written again."""
+    """Journal of one session; steps already persisted (a resumed walk's) are not written again.
+
+    A step with LLM calls is committed before the walk goes on (so no call is ever repeated);
+    a step without (heuristic, Stop) is only queued, as a resume recomputes it the same way, and
+    `flush` waits for all of them before the result is stored."""
 
     def __init__(self, writer: GroupCommitWriter, session_id: int, persisted: int = 0) -> None:
         self.writer = writer
         self.session_id = session_id
         self.persisted = persisted
+        self._pending: list[asyncio.Future[None]] = []
 
     async def record(self, step: StepRecord) -> None:
         if step.step <= self.persisted:
             return
-        await self.writer.write(self.session_id, step)
+        done = self.writer.enqueue(self.session_id, step)
+        if step.calls:
+            await done
+        else:
+            self._pending.append(done)
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        await asyncio.gather(*pending)

@@ -127,7 +127,7 @@ class Store:
                            sessions.c.lease_until < now))
                 .values(status=RUNNING, lease_owner=owner,
                         lease_until=now + timedelta(seconds=lease_s),
-                        attempts=sessions.c.attempts + 1,
+                        attempts=sessions.c.attempts + 1, claimed_at=now,
                         started_at=func.coalesce(sessions.c.started_at, now))
                 .returning(sessions.c.id, sessions.c.request, sessions.c.attempts,
                            sessions.c.replay_of, sessions.c.run_config, sessions.c.receipt_at,

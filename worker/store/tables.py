@@ -65,6 +65,7 @@ sessions = Table(
     Column("result_topic", String(256)),
     Column("crashes", Integer, nullable=False, default=0, server_default="0"),
     Column("last_error", Text),
+    Column("claimed_at", DateTime(timezone=True)),
     Index("ix_sessions_user_time", "user_id", "received_at"),
     Index("ix_sessions_time", "received_at"),
     Index("ix_sessions_status_time", "status", "received_at"),

@@ -2,7 +2,8 @@
 
 receipt_at is when the request's clock started (its Kafka timestamp, or receipt); deployment and
 result_topic say which consumer group resumes and publishes a session, and where; crashes counts
-walks that raised (outages do not count), last_error keeps the latest reason.
+walks that raised (outages do not count), last_error keeps the latest reason; claimed_at is when
+a worker last took the session up (how fast a dead worker's sessions moved).
 
 Revision ID: 0004
 Revises: 0002
@@ -24,11 +25,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("result_topic", sa.String(256)))
         batch.add_column(sa.Column("crashes", sa.Integer, nullable=False, server_default="0"))
         batch.add_column(sa.Column("last_error", sa.Text))
+        batch.add_column(sa.Column("claimed_at", sa.DateTime(timezone=True)))
     op.create_index("ix_sessions_deployment_status", "sessions", ["deployment", "status"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_sessions_deployment_status", "sessions")
     with op.batch_alter_table("sessions") as batch:
-        for name in ("last_error", "crashes", "result_topic", "deployment", "receipt_at"):
+        for name in ("claimed_at", "last_error", "crashes", "result_topic", "deployment", "receipt_at"):
             batch.drop_column(name)
