@@ -23,6 +23,7 @@ from fault_kit import (
     send_paced,
     until_finished,
 )
+from service_kit import free_port
 from stream_helpers import make_requests, query
 
 pytestmark = pytest.mark.integration
@@ -70,7 +71,8 @@ async def test_one_of_several_workers_sigkilled(workers, sim_llm, stream_env, st
     prefix = f"fail{workers}"
     requests = make_requests(150, seed=12 + workers, prefix=prefix)
     url = env["LLM4RERANK_DATABASE_URL"]
-    fleet = [start_worker(env) for _ in range(workers)]
+    fleet = [start_worker({**env, "LLM4RERANK_METRICS_PORT": str(free_port())})
+             for _ in range(workers)]
     await send(env, requests)
     victim = fleet[0]
     # kill it while it holds sessions
