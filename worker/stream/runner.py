@@ -14,6 +14,7 @@ import asyncio
 import logging
 from contextlib import suppress
 
+from asyncpg import exceptions as pg_errors
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
@@ -24,7 +25,10 @@ from ..store.store import Store
 from . import metrics
 
 log = logging.getLogger(__name__)
-DB_DOWN = (OSError, ConnectionError, OperationalError, DBAPIError, asyncio.TimeoutError)
+# the database unreachable, restarting or shutting down: waited out, never a crash
+DB_DOWN = (OSError, ConnectionError, OperationalError, DBAPIError, asyncio.TimeoutError,
+           pg_errors.OperatorInterventionError, pg_errors.PostgresConnectionError,
+           pg_errors.TooManyConnectionsError)
 
 
 class WalkCrashed(RuntimeError):
