@@ -60,7 +60,8 @@ def _env(url: str | None) -> dict[str, str]:
 def _eval(out: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN), "eval", "--dataset", "synthetic", "--users", str(USERS), "--goals", ",".join(GOALS),
-         "--policy", "llm,heuristic,upstream,random,popularity,mmr,dpp,fair", "--out", str(out), "--concurrency", "4",
+         "--policy", "llm,heuristic,upstream,random,popularity,mmr,dpp,fair", "--out", str(out),
+         "--concurrency", "4",
          "--seed", "3", "--no-progress", *extra],
         capture_output=True, text=True, env=_env(url), cwd=out.parent, timeout=240)
 

@@ -205,8 +205,9 @@ def _time_key(values: Sequence[Any], path: Path, rows: Sequence[int] | None = No
     for j, value in enumerate(values):
         text = "" if value is None else str(value).strip()
         if not text:
-            raise DataError(f"{where(j)}: blank time; every interaction needs a time (a number or an "
-                            "ISO date), or drop the time column to keep the file order")
+            raise DataError(f"{where(j)}: blank or missing time (empty, or a null marker such as NA); "
+                            "every interaction needs a time (a number or an ISO date), or drop the time "
+                            "column to keep the file order")
         try:
             number, found = float(text), "number"
             if not math.isfinite(number):
