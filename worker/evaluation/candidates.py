@@ -82,8 +82,8 @@ class Case:
 
 
 PROTOCOLS: dict[str, str] = {
-    "paper": "the paper's protocol: the held-out item plus GMF's top n-1 unseen items, in GMF order "
-             "(a held-out item GMF ranks lower sits last)",
+    "paper": "the held-out item plus GMF's top n-1 unseen items, in GMF order (a held-out item GMF "
+             "ranks lower sits last)",
     "random-position": "the same candidates, the held-out item moved to a uniformly random position "
                        "(the score column stays in list order, so neither position nor score gives it away)",
     "retrieved": "only users whose held-out item is among GMF's top n unseen items; the candidates are "

@@ -283,7 +283,8 @@ def plot_metrics(t2: list[dict[str, Any]], ks: Sequence[int], path: Path, title:
         for y, v in enumerate(values):
             text = "n/a" if math.isnan(v) else f"{v:.3f}"
             ax.text((left if math.isnan(v) else max(v, left)) + 0.01 * (right - left), y, text,
-                    va="center", fontsize=7)
+                    va="center", fontsize=7, zorder=3,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
         for method, ref in refs.items():
             if ref is not None and not math.isnan(ref.get(column, math.nan)):
                 style, colour = styles[method]
