@@ -37,7 +37,7 @@ def main() -> None:
     config = GMFConfig(seed=args.seed, batch_size=8192)
     model = train_gmf(split.train_user, split.train_item, inter.n_users, inter.n_items, config)
     t2 = time.perf_counter()
-    print(f"GMF trained in {t2 - t1:.1f} s: {len(model.losses)} epochs (best validation epoch "
+    print(f"split and GMF trained in {t2 - t1:.1f} s: {len(model.losses)} epochs (best validation epoch "
           f"{model.best_epoch}), final loss {model.losses[-1]:.4f} against the base-rate loss "
           f"{model.base_rate_loss:.4f}")
     users = pick_users(split, args.users, args.seed)
