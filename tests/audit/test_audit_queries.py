@@ -196,6 +196,21 @@ def test_render_session_names_repairs_and_costs() -> None:
     assert "retries 2, tokens 10+5" in text and "next: stop" in text
 
 
+def test_render_session_shows_resumes_and_every_http_attempt() -> None:
+    call = {"messages": [{"role": "user", "content": "rank"}], "error": "deadline passed: HTTP 500",
+            "attempts": [{"status": 500, "error": "HTTP 500: down", "latency_ms": 12.0},
+                         {"status": None, "error": "APITimeoutError: timed out", "latency_ms": 900.0}]}
+    data = {"request_id": "r", "status": "degraded", "user_id": "u", "goal": "g",
+            "path": ["accuracy", "stop"], "attempts": 3, "crashes": 1,
+            "request": {"candidates": [{"item_id": "a"}, {"item_id": "b"}]},
+            "steps": [{"step": 1, "node": "accuracy", "policy": "llm", "offered": ["accuracy"],
+                       "calls": [call], "retries": 1, "problem": "deadline of 2000 ms passed"}]}
+    text = render_session(data, calls=True)
+    assert "taken up 3 time(s) (resumes: 2), crashes 1" in text
+    assert "HTTP attempt 1: status 500, 12.0 ms, HTTP 500: down" in text
+    assert "HTTP attempt 2: status -, 900.0 ms, APITimeoutError: timed out" in text
+
+
 def test_export_one_row_per_step(sqlite_store: str, tmp_path: Path) -> None:
     async def main() -> tuple[tuple[int, int], tuple[int, int], bytes, int]:
         engine = read_only_engine(sqlite_store)

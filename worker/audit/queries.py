@@ -28,6 +28,7 @@ SUMMARY_COLUMNS = (
 DETAIL_EXTRA = (
     sessions.c.request, sessions.c.started_at, sessions.c.attempts, sessions.c.source_topic,
     sessions.c.source_partition, sessions.c.source_offset, sessions.c.run_config,
+    sessions.c.receipt_at, sessions.c.crashes, sessions.c.deployment, sessions.c.result_topic,
 )
 STEP_COLUMNS = tuple(c for c in steps.c if c.name not in ("id", "session_id", "calls"))
 
@@ -100,7 +101,7 @@ def plain(row: Any) -> dict[str, Any]:
 def summary(row: Any) -> dict[str, Any]:
     data = plain(row)
     data.pop("id", None)
-    for key in ("received_at", "completed_at", "started_at"):
+    for key in ("received_at", "completed_at", "started_at", "receipt_at"):
         if key in data:
             data[key] = utc(data[key])
     return data

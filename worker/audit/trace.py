@@ -91,6 +91,10 @@ def render_session(data: dict[str, Any], *, calls: bool = False) -> str:
         lines.append(f"replay of: {data['replay_of']} ({data.get('replay_mode') or '?'})")
     if data.get("reason"):
         lines.append(f"reason: {data['reason']}")
+    if data.get("attempts"):
+        lines.append(f"taken up {data['attempts']} time(s) (resumes: {data['attempts'] - 1}), "
+                     f"crashes {data.get('crashes') or 0}; clock from "
+                     f"{_when(data.get('receipt_at') or data.get('received_at'))}")
     upstream = upstream_of(request)
     for step in with_lists(request, data.get("steps") or []):
         lines.append("")
@@ -136,6 +140,10 @@ def _calls_text(calls: Iterable[dict[str, Any]]) -> list[str]:
         out.append(f"  --- call {n} answer ---")
         if call.get("error"):
             out.append(f"    error: {call['error']}")
+        for i, attempt in enumerate(call.get("attempts") or [], start=1):
+            out.append(f"    HTTP attempt {i}: status {attempt.get('status') or '-'}, "
+                       f"{attempt.get('latency_ms') or 0:.1f} ms"
+                       + (f", {attempt['error']}" if attempt.get("error") else ""))
         out.extend("    " + line for line in str(call.get("raw") or "").splitlines())
     return out
 
