@@ -47,6 +47,7 @@ class Runner:
         self.active: set[str] = set()
         self.on_done = on_done
         self.accepting = True
+        self._closing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.running: set[str] = set()
 
@@ -55,12 +56,25 @@ class Runner:
                        for i in range(self.concurrency)]
 
     async def submit(self, request_id: str) -> bool:
-        """Queue a session unless this process already has it; waits while the queue is full."""
+        """Queue a session unless this process already has it; waits while the queue is full,
+        but not past `close` (the session is stored: a scan or another worker takes it up)."""
         if not self.accepting or request_id in self.active:
             return False
         self.active.add(request_id)
-        await self.queue.put(request_id)
-        return True
+        put = asyncio.ensure_future(self.queue.put(request_id))
+        closing = asyncio.ensure_future(self._closing.wait())
+        await asyncio.wait((put, closing), return_when=asyncio.FIRST_COMPLETED)
+        closing.cancel()
+        if put.done():
+            return True
+        put.cancel()
+        self.active.discard(request_id)
+        return False
+
+    def close(self) -> None:
+        """Take no more sessions (shutdown): a waiting `submit` returns at once."""
+        self.accepting = False
+        self._closing.set()
 
     async def _work(self) -> None:
         while True:
@@ -123,7 +137,7 @@ class Runner:
     async def drain(self, grace_s: float) -> None:
         """Stop taking sessions; let walks in flight finish within the grace period, then cancel
         them (their steps so far are stored, so they resume elsewhere) and release their leases."""
-        self.accepting = False
+        self.close()
         while not self.queue.empty():
             self.active.discard(self.queue.get_nowait())
             self.queue.task_done()
