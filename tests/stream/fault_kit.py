@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import subprocess
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Figures:
     replayed: int = 0
     reproduced: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         over = "-" if self.max_over_deadline_ms is None else f"{self.max_over_deadline_ms} ms"
@@ -56,7 +58,7 @@ class Figures:
         return (f"FAULT MATRIX | {self.case} | requests {self.requests} | lost {self.lost} | "
                 f"repeated calls {self.repeated_calls} of {self.checked_calls} | max latency "
                 f"over deadline {over} | failover {failover} | replay {self.reproduced}/"
-                f"{self.replayed} | {self.statuses}")
+                f"{self.replayed} | {self.statuses} | {self.reasons}")
 
 
 async def send(env: dict[str, str], requests: list[dict[str, Any]]) -> None:
@@ -115,6 +117,9 @@ async def check_run(case: str, env: dict[str, str], requests: list[dict[str, Any
     assert len(rows) == len(ids)
     for row in rows:
         figures.statuses[row["status"]] = figures.statuses.get(row["status"], 0) + 1
+        if row["result"]["reason"]:
+            kind = re.sub(r"\d+", "N", re.split(r"[:;]", row["result"]["reason"])[0])
+            figures.reasons[kind] = figures.reasons.get(kind, 0) + 1
         assert row["status"] in ("ok", "degraded"), (row["request_id"], row["result"])
         assert rankings[row["request_id"]][0] == row["result"]["ranking"]
         assert row["run_config"], "the run configuration is stored with every session"
