@@ -186,7 +186,10 @@ async def test_llm_failing_longer_than_the_deadline(fault, sim_llm, stream_env, 
     attempts = [a for s in steps for c in s["calls"] for a in c["attempts"]]
     assert len(steps) >= len(outage) and attempts
     if fault == "500":
-        assert all(a["status"] == 500 for a in attempts)
+        # each attempt got its 500, or (on a loaded machine) was cut by the deadline waiting for it
+        assert all(a["status"] == 500 or (a["status"] is None and "Timeout" in a["error"])
+                   for a in attempts), [a for a in attempts if a["status"] != 500][:3]
+        assert sum(a["status"] == 500 for a in attempts) > len(attempts) / 2
         assert sum(len(c["attempts"]) > 1 for s in steps for c in s["calls"]) > 0, "no retries"
     else:
         assert all(a["status"] is None and "Timeout" in a["error"] for a in attempts)
