@@ -316,7 +316,7 @@ async def test_never_usable_falls_back_to_the_heuristic(request_) -> None:
 
 async def test_an_llm_error_at_the_first_step_falls_back(request_) -> None:
     class Failing(ScriptedChat):
-        async def complete(self, messages, response_format, deadline):
+        async def complete(self, messages, response_format, deadline, max_tokens=None):
             self.requests.append({"messages": messages})
             from worker.engine.steps import LLMCall
             return LLMCall(messages=messages, error="HTTP 400: bad request")

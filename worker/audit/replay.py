@@ -118,7 +118,7 @@ class _AfterRecording:
         self.deadline = deadline
 
     async def complete(self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-                       deadline: float) -> LLMCall:
+                       deadline: float, max_tokens: int | None = None) -> LLMCall:
         if self.deadline:
             raise DeadlineExceeded("the stored session ran out of time here")
         raise ReplayExhausted("the walk asked for more LLM answers than the session stored")

@@ -22,6 +22,26 @@ class LLMCall(BaseModel):
     latency_ms: float = 0.0
     retries: int = 0
     error: str | None = None
+    finish_reason: str | None = Field(None, description="stop, length, ... as the server said")
+    model: str | None = Field(None, description="the model id the server answered with")
+    cached_tokens: int | None = Field(None, description="prompt tokens served from the server's "
+                                      "prefix cache, where it reports them")
+    window: list[int] | None = Field(None, description="[first, last] positions (1-based) of the "
+                                     "previous list this call reranked, for a windowed step")
+
+
+class RepairCount(BaseModel):
+    """How far the model's answers were from a permutation (see engine.parse.Repair)."""
+
+    answers: int = 0
+    permutations: int = Field(0, description="answers that were a permutation before repair")
+    appended: int = 0
+    duplicates: int = 0
+    unknown: int = 0
+    ties: int = 0
+
+    def add(self, other: RepairCount) -> RepairCount:
+        return RepairCount(**{k: getattr(self, k) + getattr(other, k) for k in type(self).model_fields})
 
 
 class StepRecord(BaseModel):
@@ -42,6 +62,10 @@ class StepRecord(BaseModel):
     completion_tokens: int = 0
     latency_ms: float = 0.0
     retries: int = 0
+    repair: RepairCount | None = Field(None, description="what repair did to this step's answers")
+    withdrawn: list[list[str]] | None = Field(None, description="lists Backward withdrew, as the "
+                                              "step's prompt showed them")
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,6 +81,7 @@ class NodeAsk:
     visited: tuple[str, ...]
     calls_left: int
     deadline: float
+    withdrawn: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def previous(self) -> list[str]:
@@ -76,6 +101,7 @@ class NodeAnswer:
     calls: list[LLMCall] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problem: str | None = None
+    repair: RepairCount | None = None
 
 
 class Policy(Protocol):
