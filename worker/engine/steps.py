@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from ..schemas import RerankRequest
+from ..schemas import RepairSummary, RerankRequest
 from .nodes import WalkPlan
 
 
@@ -30,18 +30,12 @@ class LLMCall(BaseModel):
                                      "previous list this call reranked, for a windowed step")
 
 
-class RepairCount(BaseModel):
+class RepairCount(RepairSummary):
     """How far the model's answers were from a permutation (see engine.parse.Repair)."""
 
-    answers: int = 0
-    permutations: int = Field(0, description="answers that were a permutation before repair")
-    appended: int = 0
-    duplicates: int = 0
-    unknown: int = 0
-    ties: int = 0
-
-    def add(self, other: RepairCount) -> RepairCount:
-        return RepairCount(**{k: getattr(self, k) + getattr(other, k) for k in type(self).model_fields})
+    def add(self, other: RepairSummary) -> RepairCount:
+        return RepairCount(**{k: getattr(self, k) + getattr(other, k)
+                              for k in RepairSummary.model_fields})
 
 
 class StepRecord(BaseModel):
