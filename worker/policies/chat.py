@@ -18,6 +18,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 from ..config import Settings
 from ..engine.steps import LLMCall
 from ..errors import ConfigError, DeadlineExceeded, ReplayExhausted
+from .formats import SETTING as FORMAT_SETTING
+from .formats import probe_format
 
 MAX_ATTEMPTS = 6
 
@@ -76,12 +78,14 @@ class OpenAIChat:
         self.limit = asyncio.Semaphore(settings.llm_max_inflight)
         self.clock = clock
         self.in_flight = 0
+        self.context_tokens: int | None = settings.llm_context_tokens
 
     async def close(self) -> None:
         await self.client.close()
 
     async def check(self) -> list[str]:
-        """The served model ids; raises ConfigError naming what to fix."""
+        """The served model ids; reads the context length and sends one request in the answer
+        format. Raises ConfigError naming what to fix."""
         try:
             models = [m.id async for m in self.client.models.list()]
         except openai.APIConnectionError as exc:
@@ -99,6 +103,8 @@ class OpenAIChat:
                 f"model {self.model!r} is not served by {self.settings.llm_base_url} "
                 f"(it serves {models}); set LLM4RERANK_LLM_MODEL"
             )
+        self.context_tokens = self.settings.llm_context_tokens or await self.context_length()
+        await self.probe(probe_format(self.settings.llm_structured), FORMAT_SETTING)
         return models
 
     async def context_length(self) -> int | None:
