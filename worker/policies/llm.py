@@ -44,7 +44,7 @@ def answer_tokens(n: int, shape: str, ranking: bool) -> int:
     """Room for the answer: each item as digits, a separator and spacing, plus the node."""
     if not ranking:
         return 48
-    per = 2 * len(str(n)) + 6 if shape == "keys" else len(str(n)) + 3
+    per = 2 * len(str(n)) + 10 if shape == "keys" else len(str(n)) + 3
     return n * per + 48
 
 
@@ -274,6 +274,8 @@ class LLMPolicy:
                 repair = repair.add(RepairCount(
                     answers=1, permutations=int(fix.was_permutation), appended=fix.appended,
                     duplicates=fix.duplicates, unknown=fix.unknown, ties=fix.ties))
+            elif expect_ranking:
+                repair = repair.add(RepairCount(answers=1))  # no list at all: not a permutation
             notes += [f"{label}call {attempt + 1}: {note}" for note in parsed.notes]
             if parsed.problem is None:
                 break
