@@ -113,12 +113,12 @@ def create_app(state: SimState) -> Starlette:
                 try:
                     ask, reader = state.read(messages)
                 except UnreadablePrompt as exc:
-                    if schema is None:
+                    if not wants_json(fmt):
                         return _error(400, f"sim-llm could not read this prompt: {exc}",
                                       "BadRequestError")
                     ask, reader = None, None  # e.g. a startup probe: answer the schema minimally
                 if ask is None or reader is None:
-                    content = orjson.dumps(minimal_instance(schema)).decode()
+                    content = orjson.dumps(minimal_instance(schema or {"type": "object"})).decode()
                 else:
                     answer = state.policy.answer_now(ask)
                     next_node = answer.next_node
