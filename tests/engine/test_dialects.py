@@ -50,6 +50,7 @@ async def test_startup_check_and_walks_per_dialect(sim_factory, dialect: str) ->
                     await chat.check()
                 continue
             await chat.check()
+            assert chat.context_tokens == (8192 if dialect == "vllm" else None)
             result, outcome = await Reranker(settings, chat).run(request)
         finally:
             await chat.close()

@@ -26,6 +26,7 @@ from .faults import Dice, Faults, malform
 from .reader import PromptReader, UnreadablePrompt, load_readers
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+SIM_MAX_MODEL_LEN = 8192
 
 
 def count_tokens(text: str) -> int:
@@ -73,9 +74,11 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
 
 def create_app(state: SimState) -> Starlette:
     async def models(_: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{
-            "id": state.model, "object": "model", "created": 0, "owned_by": "sim-llm (simulated)",
-        }]})
+        model: dict[str, Any] = {"id": state.model, "object": "model", "created": 0,
+                                 "owned_by": "sim-llm (simulated)"}
+        if state.dialect == "vllm":
+            model["max_model_len"] = SIM_MAX_MODEL_LEN  # as vLLM reports its context length
+        return JSONResponse({"object": "list", "data": [model]})
 
     async def completions(request: Request) -> Response:
         try:
