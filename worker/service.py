@@ -65,6 +65,10 @@ class Reranker:
             "policy": self.policy, "prompts": self.prompts.name if self.prompts else None,
             "llm_structured": self.settings.llm_structured, "llm_reasks": self.settings.llm_reasks,
             "llm_answer_shape": self.settings.llm_answer_shape,
+            "llm_max_repair_share": self.settings.llm_max_repair_share,
+            "llm_window": self.settings.llm_window, "llm_window_step": self.settings.llm_window_step,
+            "llm_context_tokens": self.llm_options().context_tokens if self.policy == "llm" else None,
+            "llm_tokenizer": str(self.settings.llm_tokenizer) if self.settings.llm_tokenizer else None,
             "max_steps": plan.max_steps, "deadline_ms": plan.deadline_ms,
             "aspects": {name: (a.model_dump(exclude_none=True) if a is not None else None)
                         for name, a in plan.aspects.items()},
