@@ -40,9 +40,9 @@ def test_dialect_table(dialect: str, mode: str) -> None:
 async def test_startup_check_and_walks_per_dialect(sim_factory, dialect: str) -> None:
     sim = sim_factory("--dialect", dialect)
     request = example_requests()[0]
-    for mode in MODES:
+    for mode, shape in [(m, "list") for m in MODES] + [("json_schema", "keys")]:
         settings = Settings(llm_base_url=sim.base_url, llm_model=SIM_MODEL, llm_structured=mode,
-                            llm_retry_max_wait_s=0.05)
+                            llm_answer_shape=shape, llm_retry_max_wait_s=0.05)
         chat = OpenAIChat(settings)
         try:
             if mode not in ACCEPTS[dialect]:
@@ -59,6 +59,9 @@ async def test_startup_check_and_walks_per_dialect(sim_factory, dialect: str) ->
         calls = [c for s in outcome.steps for c in s.calls]
         assert all(c.error is None and c.finish_reason == "stop" and c.model == SIM_MODEL
                    for c in calls)
+        if shape == "keys":
+            keyed = [c for c in calls if "positions" in str(c.response_format)]
+            assert keyed and all('"positions"' in (c.raw or "") for c in keyed)
 
 
 def test_the_cli_refuses_to_start_on_a_refused_format(sim_factory, tmp_path) -> None:
