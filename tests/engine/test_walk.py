@@ -530,3 +530,26 @@ async def test_random_answers_at_the_first_step_always_give_a_permutation() -> N
 async def test_random_answers_always_give_a_permutation() -> None:
     degraded = await random_walks(300, seed=2406)
     assert degraded > 30
+
+
+async def test_backward_offers_stop_when_the_dropped_node_was_the_only_one() -> None:
+    request = make_request(3, n=6, aspects={})  # only Accuracy is enabled
+    outcome, chat = await run(request, [js(list(range(1, 7)), "backward"), "stop"])
+    back = outcome.steps[1]
+    assert back.node == "backward" and back.offered == ["stop"]
+    assert chat.requests[1]["response_format"]["json_schema"]["schema"]["properties"][
+        "next_node"]["enum"] == ["stop"]
+    assert outcome.path == ["accuracy", "backward", "stop"] and outcome.ranking == ids(request)
+
+
+async def test_after_backward_the_withdrawn_list_is_in_every_later_prompt(request_) -> None:
+    script = [js(A, "diversity"), js(D, "backward"), "fairness", js(F, "accuracy"), js(A, "stop")]
+    outcome, chat = await run(request_, script, max_steps=5)
+    assert outcome.path == ["accuracy", "diversity", "backward", "fairness", "accuracy", "stop"]
+    assert outcome.steps[2].offered == ["accuracy", "fairness", "backward", "stop"]
+    withdrawn = "withdrawn by backward, do not repeat: diversity: " + ",".join(map(str, D))
+    for later in chat.requests[3:]:  # from the step after Backward on
+        assert withdrawn in later["messages"][1]["content"]
+    assert outcome.steps[3].withdrawn == [labels(request_, D)]
+    prompts = [json.dumps(r["messages"]) for r in chat.requests]
+    assert len(prompts) == len(set(prompts))
