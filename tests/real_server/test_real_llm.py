@@ -71,6 +71,9 @@ def check_calls(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
         assert call["model"] == MODEL_ID
         assert call["cached_tokens"] is not None
         assert call["prompt_tokens"] + call["completion_tokens"] <= CONTEXT
+        # counted before sending with the model's tokenizer: never below what the server counted
+        assert call["counted_tokens"] >= call["prompt_tokens"]
+        assert call["completion_tokens"] <= call["max_tokens"]
     return calls
 
 

@@ -28,6 +28,9 @@ class LLMCall(BaseModel):
                                       "prefix cache, where it reports them")
     window: list[int] | None = Field(None, description="[first, last] positions (1-based) of the "
                                      "previous list this call reranked, for a windowed step")
+    max_tokens: int | None = Field(None, description="the answer budget this call was sent with")
+    counted_tokens: int | None = Field(None, description="prompt tokens as counted before sending "
+                                       "(the configured tokenizer, or the estimate)")
 
 
 class RepairCount(RepairSummary):

@@ -238,7 +238,8 @@ class LLMPolicy:
         repair = RepairCount()
         parsed: Parsed | None = None
         for attempt in range(max(1, min(1 + self.reasks, ask.calls_left))):
-            room = self.options.context_tokens - prompt_tokens(self.options.counter, conversation)
+            counted = prompt_tokens(self.options.counter, conversation)
+            room = self.options.context_tokens - counted
             max_tokens = min(self.options.max_tokens, max(budget, 16), max(room, 0))
             if attempt and max_tokens < budget:
                 notes.append(f"{label}no re-ask: it would not fit the context")
@@ -256,8 +257,8 @@ class LLMPolicy:
                                      window=window))
                 return NodeAnswer(None, None, self.name, calls, notes, repair=repair,
                                   problem=f"LLM endpoint unavailable: {exc}")
-            if window is not None:
-                call = call.model_copy(update={"window": window})
+            call = call.model_copy(update={"window": window, "max_tokens": max_tokens,
+                                           "counted_tokens": counted})
             calls.append(call)
             if call.raw is None:
                 return NodeAnswer(None, None, self.name, calls, notes, repair=repair,
