@@ -118,12 +118,12 @@ async def test_backward_chain_empties_the_pool(request_) -> None:
     assert outcome.path == ["accuracy", "diversity", "backward", "backward", "fairness", "stop"]
     assert [s.removed for s in outcome.steps[2:4]] == [labels(request_, D), labels(request_, A)]
     assert [s.pool_size for s in outcome.steps] == [1, 2, 1, 0, 1, 1]
-    # Backward does not offer the node whose list it drops; with an empty pool after it, the
+    # Backward offers no node whose list was withdrawn; with an empty pool after it, the
     # second Backward offers neither backward nor stop
     assert outcome.steps[2].offered == ["accuracy", "fairness", "backward", "stop"]
-    assert outcome.steps[3].offered == ["diversity", "fairness"]
+    assert outcome.steps[3].offered == ["fairness"]
     assert chat.requests[3]["response_format"]["json_schema"]["schema"]["properties"][
-        "next_node"]["enum"] == ["diversity", "fairness"]
+        "next_node"]["enum"] == ["fairness"]
     assert outcome.ranking == labels(request_, F) and outcome.status == "ok"
 
 

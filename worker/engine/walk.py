@@ -3,8 +3,9 @@
 Start at Accuracy. An aspect node (Accuracy, Diversity, Fairness, ...) answers a full reranked
 list, which joins the historical pool, and names the next node. Backward drops the latest pool
 entry and only names the next node; the dropped list stays in later prompts as withdrawn, and
-the node that produced it is not offered by Backward itself, so the walk never asks the same
-question twice in a row (at temperature 0 it would get the same answer: a loop).
+Backward does not offer a node whose list was withdrawn, so the walk never asks the same
+question again (at temperature 0 it would get the same answer: a loop) and Backward can undo
+each aspect at most once.
 Stop ends the walk with the latest pool entry (the upstream
 order when the pool is empty). Every LLM call counts toward the step cap, which forces Stop.
 The Goal sentence and the pool reach every prompt through the policy.
@@ -67,8 +68,9 @@ async def walk(
         # Backward's prompt already shows the pool without the entry it drops
         shown = tuple(pool[:-1]) if node == BACKWARD else tuple(pool)
         offered = offered_after(plan, len(shown) + (0 if node == BACKWARD else 1))
-        if node == BACKWARD and pool:
-            offered = tuple(n for n in offered if n != pool[-1][0]) or (STOP,)
+        if node == BACKWARD and pool:  # never back to a node whose list was withdrawn
+            undone = {pool[-1][0], *(n for n, _ in withdrawn)}
+            offered = tuple(n for n in offered if n not in undone) or (STOP,)
         ask = NodeAsk(request, plan, node, len(steps) + 1, shown, offered, tuple(path),
                       plan.max_steps - calls, deadline, tuple(withdrawn))
         try:
