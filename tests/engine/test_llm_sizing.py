@@ -169,3 +169,22 @@ def test_the_estimate_is_not_below_the_real_tokenizer_on_prompts() -> None:
                                                     ask.offered)
             for m in messages:
                 assert estimate.count(m["content"]) >= real.count(m["content"]), prompts
+
+
+KEYS = st.one_of(st.sampled_from(["1", "2", "3", "4", "5", "6", "0", "-1", "01", "x"]), st.text(max_size=4))
+VALUES = st.one_of(st.integers(-3, 9), st.floats(allow_nan=True), st.text(max_size=3), st.booleans(),
+                   st.none(), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(KEYS, VALUES, max_size=8), st.floats(0, 1))
+def test_hostile_keys_answers_give_a_permutation_or_a_problem(positions, share) -> None:
+    candidates = ["m1", "m2", "m3", "m4", "m5", "m6"]
+    raw = json.dumps({"positions": positions, "next_node": "stop"})
+    parsed = parse_answer(raw, candidates=candidates, previous=candidates[::-1], offered=("stop",),
+                          expect_ranking=True, aliases=True, max_repair_share=share)
+    if parsed.ranking is None:
+        assert parsed.problem
+    else:
+        assert sorted(parsed.ranking) == sorted(candidates)
+        assert parsed.repair is not None and parsed.repair.share(6) <= share
