@@ -23,8 +23,14 @@ class RunConfig(BaseModel):
     prompts: str | None = Field(None, description="prompt set name (None for the heuristic)")
     prompt_version: str | None = None
     model: str | None = None
-    llm_structured: Literal["json_schema", "none"] = "json_schema"
+    llm_structured: str = "json_schema"
     llm_reasks: int = 1
+    llm_answer_shape: str = "list"
+    llm_max_repair_share: float | None = None
+    llm_window: int | None = None
+    llm_window_step: int | None = None
+    llm_context_tokens: int | None = None
+    llm_tokenizer: str | None = None
     max_steps: int
     deadline_ms: int
     aspects: dict[str, dict[str, Any] | None] = Field(

@@ -103,6 +103,17 @@ class Usage(BaseModel):
 Status = Literal["ok", "degraded", "failed"]
 
 
+class RepairSummary(BaseModel):
+    """Model answers parsed, how many were a permutation as given, and what repair did."""
+
+    answers: int = 0
+    permutations: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    unknown: int = 0
+    ties: int = 0
+
+
 class RerankResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -121,6 +132,8 @@ class RerankResult(BaseModel):
     replay_of: str | None = Field(None, description="the original request_id of a replay")
     attempts: int = Field(1, description="how many times a worker took the session up (1: it was "
                           "never resumed); latency_ms counts from receipt across all of them")
+    repair: RepairSummary | None = Field(None, description="how far the model's answers were from "
+                                         "a permutation over the walk; null without model answers")
 
 
 class ErrorInfo(BaseModel):

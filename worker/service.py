@@ -13,11 +13,12 @@ from typing import Any
 from .config import Settings
 from .engine.nodes import WalkPlan, plan_walk
 from .engine.prompts import PromptSet
-from .engine.steps import Journal, LLMCall, Policy
+from .engine.steps import Journal, LLMCall, Policy, RepairCount
+from .engine.tokens import TokenCounter, counter_for
 from .engine.walk import WalkOutcome, walk
 from .policies.chat import ChatTransport, RecordedChat
 from .policies.heuristic import HeuristicPolicy
-from .policies.llm import LLMPolicy
+from .policies.llm import LLMOptions, LLMPolicy
 from .runconfig import RunConfig
 from .schemas import Limits, RerankRequest, RerankResult, utcnow
 
@@ -41,6 +42,7 @@ class Reranker:
     policy: str = "llm"
     prompts: PromptSet | None = None
     _prompt_sets: dict[str, PromptSet] = field(default_factory=dict, repr=False)
+    _counter: TokenCounter | None = None
 
     def __post_init__(self) -> None:
         if self.prompts is None:
@@ -63,11 +65,17 @@ class Reranker:
     def run_config(self, request: RerankRequest) -> RunConfig:
         """What this request will run with; stored at receipt, read by every resume and replay."""
         assert self.prompts is not None
+        s = self.settings
+        llm = self.policy == "llm"
         return RunConfig.of_plan(
             self.plan(request), policy=self.policy,  # type: ignore[arg-type]
-            prompts=self.prompts.name if self.policy == "llm" else None,
+            prompts=self.prompts.name if llm else None,
             prompt_version=self.prompt_version, model=self.model,
-            llm_structured=self.settings.llm_structured, llm_reasks=self.settings.llm_reasks)
+            llm_structured=s.llm_structured, llm_reasks=s.llm_reasks,
+            llm_answer_shape=s.llm_answer_shape, llm_max_repair_share=s.llm_max_repair_share,
+            llm_window=s.llm_window, llm_window_step=s.llm_window_step,
+            llm_context_tokens=self.llm_options().context_tokens if llm else None,
+            llm_tokenizer=str(s.llm_tokenizer) if s.llm_tokenizer else None)
 
     def stored_config(self, request: RerankRequest) -> dict[str, Any]:
         """The run configuration as the store keeps it."""
@@ -90,8 +98,29 @@ class Reranker:
             chat = RecordedChat(recorded, then=chat if live else None)
         assert chat is not None
         return LLMPolicy(chat, self.prompt_set(config.prompts),
-                         structured=config.llm_structured == "json_schema",
-                         reasks=config.llm_reasks)
+                         structured=config.llm_structured != "none",
+                         reasks=config.llm_reasks, options=self.llm_options(config))
+
+    def llm_options(self, config: RunConfig | None = None) -> LLMOptions:
+        """The policy's sizing: the session's RunConfig, else the settings (the context from the
+        settings, else what the server reported)."""
+        s = self.settings
+        if self._counter is None:
+            self._counter = counter_for(s.llm_tokenizer)
+        context = s.llm_context_tokens or getattr(self.chat, "context_tokens", None) or 4096
+
+        def of(name: str, default: Any) -> Any:
+            value = getattr(config, name, None) if config is not None else None
+            return default if value is None else value
+
+        return LLMOptions(mode=of("llm_structured", s.llm_structured),
+                          shape=of("llm_answer_shape", s.llm_answer_shape),
+                          context_tokens=of("llm_context_tokens", context),
+                          max_tokens=s.llm_max_tokens,
+                          max_repair_share=of("llm_max_repair_share", s.llm_max_repair_share),
+                          window=of("llm_window", s.llm_window),
+                          window_step=of("llm_window_step", s.llm_window_step),
+                          counter=self._counter)
 
     async def run(
         self,
@@ -134,5 +163,15 @@ class Reranker:
             policy=outcome.policy,
             replay_of=replay_of,
             attempts=attempts,
+            repair=_repair_of(outcome),
         )
         return result, outcome
+
+
+def _repair_of(outcome: WalkOutcome) -> RepairCount | None:
+    """What repair did over the whole walk, None when no model answer was parsed."""
+    total, seen = RepairCount(), False
+    for step in outcome.steps:
+        if step.repair is not None:
+            total, seen = total.add(step.repair), True
+    return total if seen else None

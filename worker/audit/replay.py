@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -122,7 +123,7 @@ class _AfterRecording:
         self.deadline = deadline
 
     async def complete(self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-                       deadline: float) -> LLMCall:
+                       deadline: float, max_tokens: int | None = None) -> LLMCall:
         if self.deadline:
             raise DeadlineExceeded("the stored session ran out of time here")
         raise ReplayExhausted("the walk asked for more LLM answers than the session stored")
@@ -182,7 +183,13 @@ class RecordedReplayer:
         version = row.get("prompt_version") or ""
         if not heuristic and version and prompts.version != version:
             notes.append(f"prompt templates changed since the session ran ({version} -> {prompts.version})")
-        update = {"prompts": name, "llm_model": row.get("model") or self.settings.llm_model}
+        update: dict[str, Any] = {"prompts": name,
+                                  "llm_model": row.get("model") or self.settings.llm_model}
+        raw = row["run_config"]
+        for key in ("llm_answer_shape", "llm_max_repair_share", "llm_window", "llm_window_step",
+                    "llm_context_tokens", "llm_tokenizer"):  # sizing, stored since 0005
+            if raw.get(key) is not None:
+                update[key] = Path(raw[key]) if key == "llm_tokenizer" else raw[key]
         deadline = "deadline of" in (row.get("reason") or "")
         reranker = Reranker(self.settings.model_copy(update=update), _AfterRecording(deadline),
                             policy=config.policy, prompts=prompts)

@@ -22,6 +22,8 @@ from ..config import Settings
 from ..engine.steps import HTTPAttempt, LLMCall
 from ..errors import ConfigError, DeadlineExceeded, ReplayExhausted
 from .breaker import Breaker, EndpointDown
+from .formats import SETTING as FORMAT_SETTING
+from .formats import probe_format
 
 # below this much time left, another attempt could not finish: the deadline has come
 LAST_ATTEMPT_S = 0.05
@@ -30,14 +32,26 @@ LAST_ATTEMPT_S = 0.05
 class ChatTransport(Protocol):
     async def complete(
         self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-        deadline: float,
+        deadline: float, max_tokens: int | None = None,
     ) -> LLMCall: ...
+
+
+_VALIDATION = ("validation", "input should be", "invalid_request", "context_length",
+               "must be one of", "unsupported", "not supported")
+
+
+def is_validation_error(exc: openai.APIStatusError) -> bool:
+    """A 5xx that only says our request was invalid (llama-cpp-python answers a pydantic
+    validation error with 500): sending it again gives the same answer."""
+    text = f"{exc.message} {exc.body}".casefold()
+    return any(word in text for word in _VALIDATION)
 
 
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | openai.RateLimitError):
         return True
-    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+    return (isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+            and not is_validation_error(exc))
 
 
 class OpenAIChat:
@@ -67,12 +81,14 @@ class OpenAIChat:
         self.in_flight = 0
         self.breaker = Breaker(settings.llm_breaker_failures,
                                max_probe_s=settings.llm_retry_max_wait_s, clock=clock)
+        self.context_tokens: int | None = settings.llm_context_tokens
 
     async def close(self) -> None:
         await self.client.close()
 
     async def check(self) -> list[str]:
-        """The served model ids; raises ConfigError naming what to fix."""
+        """The served model ids; reads the context length and sends one request in the answer
+        format. Raises ConfigError naming what to fix."""
         try:
             models = [m.id async for m in self.client.models.list()]
         except openai.APIConnectionError as exc:
@@ -90,11 +106,44 @@ class OpenAIChat:
                 f"model {self.model!r} is not served by {self.settings.llm_base_url} "
                 f"(it serves {models}); set LLM4RERANK_LLM_MODEL"
             )
+        self.context_tokens = self.settings.llm_context_tokens or await self.context_length()
+        await self.probe(probe_format(self.settings.llm_structured), FORMAT_SETTING)
         return models
+
+    async def context_length(self) -> int | None:
+        """max_model_len as vLLM reports it in /v1/models (other servers: None)."""
+        try:
+            async for m in self.client.models.list():
+                if m.id == self.model:
+                    value = (m.model_extra or {}).get("max_model_len")
+                    return int(value) if isinstance(value, int) else None
+        except openai.OpenAIError:
+            return None
+        return None
+
+    async def probe(self, response_format: dict[str, Any] | None, setting: str) -> None:
+        """One tiny request in the configured answer format; a server that refuses the format
+        stops the worker with a line naming the setting to change."""
+        if response_format is None:
+            return
+        try:
+            await self.client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": "Answer {\"next_node\": \"stop\"}"}],
+                max_tokens=16, temperature=0, response_format=response_format,  # type: ignore[arg-type]
+            )
+        except openai.APIStatusError as exc:
+            if exc.status_code < 500 or is_validation_error(exc):
+                raise ConfigError(
+                    f"the LLM server refused response_format type {response_format.get('type')!r} "
+                    f"(HTTP {exc.status_code}: {exc.message[:200]}); set {setting} to one it "
+                    "accepts: json_schema (vLLM, SGLang, llama.cpp), tgi (TGI), json_object "
+                    "(llama-cpp-python) or none"
+                ) from None
+            raise
 
     async def complete(
         self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-        deadline: float,
+        deadline: float, max_tokens: int | None = None,
     ) -> LLMCall:
         started = self.clock()
         attempts: list[HTTPAttempt] = []
@@ -123,7 +172,8 @@ class OpenAIChat:
             async for attempt in AsyncRetrying(retry=retry_if_exception(is_retryable), wait=wait,
                                                stop=stop, reraise=True):
                 with attempt:
-                    response = await self._attempt(messages, extra, deadline, attempts)
+                    response = await self._attempt(messages, extra, deadline, attempts,
+                                                  max_tokens)
         except (DeadlineExceeded, EndpointDown) as exc:
             raise self._deadline(exc, record) from None
         except openai.APIStatusError as exc:
@@ -133,18 +183,22 @@ class OpenAIChat:
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
             raise self._deadline(exc, record) from exc
         usage = response.usage
+        details = getattr(usage, "prompt_tokens_details", None) if usage else None
         return record(raw=response.choices[0].message.content or "",
                       prompt_tokens=usage.prompt_tokens if usage else 0,
-                      completion_tokens=usage.completion_tokens if usage else 0)
+                      completion_tokens=usage.completion_tokens if usage else 0,
+                      finish_reason=response.choices[0].finish_reason, model=response.model,
+                      cached_tokens=getattr(details, "cached_tokens", None))
 
     async def _attempt(self, messages: list[dict[str, Any]], extra: dict[str, Any],
-                       deadline: float, attempts: list[HTTPAttempt]) -> Any:
+                       deadline: float, attempts: list[HTTPAttempt],
+                       max_tokens: int | None = None) -> Any:
         """One HTTP request, recorded in `attempts` whatever its outcome; while the endpoint is
         known to be down, it waits for the breaker instead of sending."""
         async with self.breaker.admit(deadline):
             started = self.clock()
             try:
-                response = await self._once(messages, extra, deadline)
+                response = await self._once(messages, extra, deadline, max_tokens)
             except DeadlineExceeded:
                 raise
             except openai.APIStatusError as exc:
@@ -164,7 +218,7 @@ class OpenAIChat:
             return response
 
     async def _once(self, messages: list[dict[str, Any]], extra: dict[str, Any],
-                    deadline: float) -> Any:
+                    deadline: float, max_tokens: int | None = None) -> Any:
         left = deadline - self.clock()
         if left <= 0:
             raise DeadlineExceeded("deadline passed before the LLM call")
@@ -180,7 +234,8 @@ class OpenAIChat:
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 temperature=self.settings.llm_temperature,
-                max_tokens=self.settings.llm_max_tokens,
+                max_tokens=min(max_tokens or self.settings.llm_max_tokens,
+                               self.settings.llm_max_tokens),
                 timeout=timeout,
                 **extra,
             )
@@ -223,7 +278,7 @@ class RecordedChat:
 
     async def complete(
         self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-        deadline: float,
+        deadline: float, max_tokens: int | None = None,
     ) -> LLMCall:
         if self.served < len(self.calls):
             call = self.calls[self.served].model_copy(update={"messages": messages})
@@ -235,7 +290,7 @@ class RecordedChat:
             raise ReplayExhausted(
                 f"the walk asked for LLM call {self.served + 1}, the session stored {len(self.calls)}"
             )
-        return await self.then.complete(messages, response_format, deadline)
+        return await self.then.complete(messages, response_format, deadline, max_tokens)
 
     @property
     def exhausted(self) -> bool:

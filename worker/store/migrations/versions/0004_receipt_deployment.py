@@ -6,14 +6,14 @@ walks that raised (outages do not count), last_error keeps the latest reason; cl
 a worker last took the session up (how fast a dead worker's sessions moved).
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0005
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
