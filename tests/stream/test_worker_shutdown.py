@@ -88,7 +88,7 @@ async def test_sigterm_ends_in_time_in_every_state(owned_services, sim_llm, stre
     # starting, its LLM endpoint unreachable (the worker waits for it)
     dead_llm = {**env, "LLM4RERANK_LLM_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"}
     worker = start_worker(dead_llm)
-    await _logged(worker, "sessions wait until it answers")
+    await _logged(worker, "until it answers, requests get the heuristic")
     took["starting, LLM unreachable"] = await _sigterm(worker)
 
     # starting while PostgreSQL is down
@@ -106,9 +106,10 @@ async def test_sigterm_ends_in_time_in_every_state(owned_services, sim_llm, stre
     await until_finished(url, "states", 10, timeout_s=120)
     took["backlog"] = await _sigterm(worker)
 
-    # the LLM failing every call while walks are in flight
+    # the LLM failing every call (from before the worker starts) while walks are in flight
     sim.faults(error_rate=1.0)
     worker = start_worker(env)
+    await _logged(worker, "LLM endpoint failing at start")
     await _until_running(url)
     await asyncio.sleep(1)
     took["LLM down"] = await _sigterm(worker)

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import openai
 from mode import Service
 from prometheus_client import start_http_server
 
 from ..config import Settings
 from ..errors import ConfigError
-from ..policies.chat import OpenAIChat
+from ..policies.chat import OpenAIChat, is_retryable
 from ..schemas import Source
 from ..service import Reranker, limits_of
 from ..store.journal import GroupCommitWriter
@@ -104,7 +105,13 @@ class WorkerService(Service):
         except ConfigError as exc:
             if "unreachable" not in str(exc):
                 raise
-            log.warning("%s; sessions wait until it answers", exc)
+            log.warning("%s; until it answers, requests get the heuristic's list at their "
+                        "deadline", exc)
+        except openai.OpenAIError as exc:  # failing (5xx, 429, timeouts): an outage, not a mistake
+            if not is_retryable(exc):
+                raise
+            log.warning("LLM endpoint failing at start (%s), answer format not probed; until it "
+                        "answers, requests get the heuristic's list at their deadline", exc)
         self.runner.start()
         self.writer.start()
         self._tasks = [asyncio.create_task(self.publisher.run(), name="outbox"),
