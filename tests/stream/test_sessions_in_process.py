@@ -35,11 +35,11 @@ class PoisonChat:
         self.raised = 0
 
     async def complete(self, messages: list[dict[str, Any]], response_format: Any,
-                       deadline: float) -> Any:
+                       deadline: float, max_tokens: int | None = None) -> Any:
         if self.marker in str(messages) and (self.times is None or self.raised < self.times):
             self.raised += 1
             raise RuntimeError("simulated bug in the walk")
-        return await self.inner.complete(messages, response_format, deadline)
+        return await self.inner.complete(messages, response_format, deadline, max_tokens)
 
 
 def _requests(n: int, prefix: str, seed: int = 3) -> list[RerankRequest]:
