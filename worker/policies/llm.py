@@ -62,6 +62,9 @@ class LLMPolicy:
                 return NodeAnswer(None, None, self.name, calls, notes,
                                   problem=f"LLM endpoint unavailable: {exc}")
             calls.append(call)
+            if call.raw_replaced:
+                notes.append(f"call {attempt + 1}: {len(call.raw_replaced)} character(s) the store "
+                             "cannot hold (U+0000, lone surrogates) kept as U+FFFD (raw_replaced)")
             if call.raw is None:
                 return NodeAnswer(None, None, self.name, calls, notes,
                                   problem=f"LLM error: {call.error}")

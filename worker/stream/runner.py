@@ -17,9 +17,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from ..policies.chat import LLMUnavailable, OpenAIChat
 from ..service import Reranker
 from ..sessions import run_session
+from ..store.faults import is_data_error
 from ..store.journal import GroupCommitWriter
 from ..store.store import Store
 from . import metrics
+from .budget import ByteBudget
 
 log = logging.getLogger(__name__)
 DB_DOWN = (OSError, ConnectionError, OperationalError, DBAPIError, asyncio.TimeoutError)
@@ -65,16 +67,23 @@ class Runner:
         self.accepting = True
         self._tasks: list[asyncio.Task[None]] = []
         self.running: set[str] = set()
+        self.budget: ByteBudget | None = None  # request bytes in flight (LLM4RERANK_INFLIGHT_BYTES)
+        self.held: dict[str, int] = {}
+        self.orphan_bytes = 1_000_000  # what a resumed session counts for: its size is not read
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"walk-{i}")
                        for i in range(self.concurrency)]
 
-    async def submit(self, request_id: str) -> bool:
-        """Queue a session unless this process already has it; waits while the queue is full."""
+    async def submit(self, request_id: str, size: int | None = None) -> bool:
+        """Queue a session unless this process already has it; waits while the queue is full or
+        its bytes do not fit the budget."""
         if not self.accepting or request_id in self.active:
             return False
         self.active.add(request_id)
+        if self.budget is not None:
+            self.held[request_id] = await self.budget.acquire(
+                self.orphan_bytes if size is None else size)
         await self.queue.put(request_id)
         return True
 
@@ -89,6 +98,8 @@ class Runner:
                 metrics.IN_FLIGHT.dec()
                 self.running.discard(request_id)
                 self.active.discard(request_id)
+                if self.budget is not None:
+                    await self.budget.release(self.held.pop(request_id, 0))
                 self.queue.task_done()
 
     async def _until_done(self, request_id: str) -> None:
@@ -102,6 +113,9 @@ class Runner:
                 await self.gate.wait_healthy()
                 continue
             except DB_DOWN as exc:
+                if is_data_error(exc):  # a value the database refused: not an outage
+                    log.error("walk of %s: the store refused a value (%s)", request_id, exc)
+                    return
                 metrics.BACKPRESSURE.labels("postgres").set(1)
                 log.warning("%s waits for the database: %s", request_id, exc)
                 await asyncio.sleep(delay)
@@ -125,7 +139,10 @@ class Runner:
         them (their steps so far are stored, so they resume elsewhere) and release their leases."""
         self.accepting = False
         while not self.queue.empty():
-            self.active.discard(self.queue.get_nowait())
+            dropped = self.queue.get_nowait()
+            self.active.discard(dropped)
+            if self.budget is not None:
+                await self.budget.release(self.held.pop(dropped, 0))
             self.queue.task_done()
         with suppress(TimeoutError):
             async with asyncio.timeout(grace_s):

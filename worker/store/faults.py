@@ -1,0 +1,45 @@
+"""Which store failures belong to the data and which mean the database is unreachable.
+
+PostgreSQL reports a value it cannot take with SQLSTATE class 22 (data exception: invalid text,
+U+0000, numeric out of range, value too long, ...), 23 (integrity) or 54 (program limit); the
+driver refuses text it cannot encode before sending it. Those are a record's own outcome, never
+backpressure. Everything connection-shaped (class 08, 53, 57, OS errors, timeouts) is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+DATA_CLASSES = ("22", "23", "54")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None)
+    for source in (orig, getattr(orig, "__cause__", None), exc):
+        code = getattr(source, "sqlstate", None) or getattr(source, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when the failure is caused by the values written, not by the connection."""
+    if isinstance(exc, UnicodeError | OverflowError):
+        return True
+    if isinstance(exc, DBAPIError):
+        code = sqlstate(exc)
+        if code is not None:
+            return code[:2] in DATA_CLASSES
+        orig = getattr(exc, "orig", None)
+        return isinstance(getattr(orig, "__cause__", None), UnicodeError | OverflowError | ValueError)
+    return False
+
+
+def is_db_down(exc: BaseException) -> bool:
+    """True for failures that mean: wait for the database and try again."""
+    if is_data_error(exc):
+        return False
+    return isinstance(exc, OSError | ConnectionError | OperationalError | DBAPIError
+                      | asyncio.TimeoutError)
