@@ -75,7 +75,8 @@ class Reranker:
             chat = RecordedChat(recorded, then=chat if live else None)
         assert chat is not None and self.prompts is not None
         return LLMPolicy(chat, self.prompts, structured=self.settings.llm_structured == "json_schema",
-                         reasks=self.settings.llm_reasks, on_unavailable=self.on_unavailable)
+                         reasks=self.settings.llm_reasks, on_unavailable=self.on_unavailable,
+                         field_max_chars=self.settings.prompt_field_max_chars)
 
     async def run(
         self,

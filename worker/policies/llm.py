@@ -7,7 +7,7 @@ from typing import Any
 from ..engine.heuristics import next_by_goal
 from ..engine.nodes import BACKWARD
 from ..engine.parse import parse_answer
-from ..engine.prompts import PromptSet, SessionPrompts
+from ..engine.prompts import FIELD_MAX_CHARS, PromptSet, SessionPrompts
 from ..engine.steps import LLMCall, NodeAnswer, NodeAsk
 from .chat import ChatTransport, LLMUnavailable
 
@@ -29,17 +29,20 @@ class LLMPolicy:
         structured: bool = True,
         reasks: int = 1,
         on_unavailable: str = "degrade",
+        field_max_chars: int = FIELD_MAX_CHARS,
     ) -> None:
         self.chat = chat
         self.prompts = prompts
         self.structured = structured
         self.reasks = reasks
         self.on_unavailable = on_unavailable
+        self.field_max_chars = field_max_chars
         self._session: SessionPrompts | None = None
 
     def session(self, ask: NodeAsk) -> SessionPrompts:
         if self._session is None or self._session.request is not ask.request:
-            self._session = SessionPrompts(self.prompts, ask.request, ask.plan, self.structured)
+            self._session = SessionPrompts(self.prompts, ask.request, ask.plan, self.structured,
+                                           self.field_max_chars)
         return self._session
 
     async def answer(self, ask: NodeAsk) -> NodeAnswer:
@@ -50,7 +53,7 @@ class LLMPolicy:
         fmt = self.response_format(ask, session) if self.structured else None
         candidates = [c.item_id for c in ask.request.candidates]
         calls: list[LLMCall] = []
-        notes: list[str] = []
+        notes: list[str] = list(session.notes)
         parsed = None
         for attempt in range(max(1, min(1 + self.reasks, ask.calls_left))):
             try:
