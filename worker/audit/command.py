@@ -357,12 +357,15 @@ def audit_api_command(
     /openapi.json."""
     import uvicorn
 
-    from .api import create_app
+    from ..errors import ConfigError
+    from .api import check_tokens, create_app
     from .db import read_only_engine, reader_url, safe_url
 
     settings = settings_or_exit()
-    if not settings.audit_tokens:
-        raise fail("no audit tokens: set LLM4RERANK_AUDIT_TOKENS (comma-separated bearer tokens)")
+    try:
+        check_tokens(settings.audit_tokens)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     url = db or reader_url(settings)
 
     async def ping() -> None:

@@ -5,6 +5,7 @@ and the viewer describe a session the same way."""
 from __future__ import annotations
 
 import textwrap
+import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,32 @@ from ..engine.nodes import BACKWARD, STOP
 
 ARROW = " → "
 SHORT = {"accuracy": "A", "diversity": "D", "fairness": "F", "novelty": "N", "backward": "B", "stop": "S"}
+
+
+_BIDI = {0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
+
+
+def _hidden(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") or ord(ch) in _BIDI
+
+
+def visible(text: str) -> str:
+    """Stored text made safe for a terminal: every control character (ESC, CR, LF, NUL, ...),
+    line separator and bidi override is shown as a \\xNN / \\uNNNN escape."""
+    if not any(_hidden(ch) for ch in text):
+        return text
+    return "".join((f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+                   if _hidden(ch) else ch for ch in text)
+
+
+def _visible_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, list):
+        return [_visible_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {k: (v if k == "calls" else _visible_tree(v)) for k, v in value.items()}
+    return value
 
 
 def upstream_of(request: dict[str, Any]) -> list[str]:
@@ -74,7 +101,9 @@ def _request_summary(request: dict[str, Any]) -> str:
 
 
 def render_session(data: dict[str, Any], *, calls: bool = False) -> str:
-    """The `trace show` text: a header, the path, then every step with its list and costs."""
+    """The `trace show` text: a header, the path, then every step with its list and costs.
+    Stored text is printed through `visible`, so nothing stored can drive the terminal."""
+    data = _visible_tree(data)
     request = data.get("request") or {}
     lines = [
         f"session {data['request_id']}  status {data['status']}  model {data.get('model') or '-'}  "
@@ -131,12 +160,12 @@ def _calls_text(calls: Iterable[dict[str, Any]]) -> list[str]:
     for n, call in enumerate(calls, start=1):
         out.append(f"  --- call {n} prompt ---")
         for message in call.get("messages") or []:
-            out.append(f"  [{message.get('role')}]")
-            out.extend("    " + line for line in str(message.get("content", "")).splitlines())
+            out.append(f"  [{visible(str(message.get('role')))}]")
+            out.extend("    " + visible(line) for line in str(message.get("content", "")).split("\n"))
         out.append(f"  --- call {n} answer ---")
         if call.get("error"):
-            out.append(f"    error: {call['error']}")
-        out.extend("    " + line for line in str(call.get("raw") or "").splitlines())
+            out.append(f"    error: {visible(str(call['error']))}")
+        out.extend("    " + visible(line) for line in str(call.get("raw") or "").split("\n"))
     return out
 
 
@@ -160,4 +189,5 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _clip(text: str, width: int) -> str:
+    text = visible(text)
     return text if len(text) <= width else text[: width - 1] + "…"
