@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import time
 import uuid
@@ -20,7 +21,7 @@ from starlette.routing import Route
 from ..engine.steps import NodeAsk
 from ..policies.heuristic import HeuristicPolicy
 from . import SIMULATED_MODEL
-from .faults import Dice, Faults, malform
+from .faults import Dice, Faults, inject, malform
 from .reader import PromptReader, UnreadablePrompt, load_readers
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -60,6 +61,11 @@ class SimState:
             except (UnreadablePrompt, KeyError, ValueError) as exc:
                 problems.append(f"{reader.prompts.name}: {exc}")
         raise UnreadablePrompt("; ".join(problems))
+
+
+def _ascii_json(body: dict[str, Any]) -> Response:
+    """JSON with every non-ASCII character escaped: an answer may hold lone surrogates."""
+    return Response(json.dumps(body, ensure_ascii=True), media_type="application/json")
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -111,11 +117,13 @@ def create_app(state: SimState) -> Starlette:
                 content = render_answer(answer.ranking, answer.next_node, structured, reader)
                 if rng.random() < f.malformed_rate:
                     content = malform(content, rng)
+                if f.inject_rate and rng.random() < f.inject_rate:
+                    content = inject(content, f, rng)
                 state.served += 1
             finally:
                 state.in_flight -= 1
         prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages)
-        return JSONResponse({
+        return _ascii_json({
             "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
             "object": "chat.completion",
             "created": int(time.time()),
