@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +53,16 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return dump_json(content)
+
+
+def dump_json(content: Any) -> bytes:
+    """orjson, or the standard library for what orjson refuses: integers beyond 64 bits, which
+    JSONB gives back for a number such as 1e30 in a stored request."""
+    try:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(content, default=_iso, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSON:
@@ -253,3 +263,7 @@ def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
     ]
     app = Starlette(routes=routes, exception_handlers={SQLAlchemyError: db_error, OSError: db_error})
     return Guard(app, check)
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

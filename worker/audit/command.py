@@ -118,9 +118,9 @@ def _with_db(url: str, coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _dump(obj: Any) -> bytes:
-    import orjson
+    from .api import dump_json
 
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+    return dump_json(obj)
 
 
 # trace ------------------------------------------------------------------------------------------

@@ -138,10 +138,10 @@ def create_app(state: SimState) -> Starlette:
     async def faults(request: Request) -> Response:
         """Change faults at run time (tests make the endpoint fail, then recover)."""
         if request.method == "POST":
-            update = orjson.loads(await request.body())
+            update = json.loads(await request.body())  # inject_texts may hold lone surrogates
             state.faults = Faults.model_validate({**state.faults.model_dump(), **update})
-        return JSONResponse({**state.faults.model_dump(), "served": state.served,
-                             "peak_in_flight": state.peak_in_flight})
+        return _ascii_json({**state.faults.model_dump(), "served": state.served,
+                            "peak_in_flight": state.peak_in_flight})
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok", "simulated": True})
