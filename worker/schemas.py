@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -35,12 +36,15 @@ _ID_BAD = frozenset(chr(c) for c in [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2
                                       *_SURROGATES])
 
 
+_FIND = {_TEXT_BAD: re.compile(f"[{TEXT_FORBIDDEN}]"), _ID_BAD: re.compile(f"[{ID_FORBIDDEN}]")}
+
+
 def forbidden_char(value: str, bad: frozenset[str]) -> str | None:
     """How the first refused character of `value` is named in an error, or None."""
-    for index, ch in enumerate(value):
-        if ch in bad:
-            return f"the control character U+{ord(ch):04X} at index {index}"
-    return None
+    found = _FIND[bad].search(value)
+    if found is None:
+        return None
+    return f"the control character U+{ord(found.group()):04X} at index {found.start()}"
 
 
 def _refuse(bad: frozenset[str], what: str) -> Any:

@@ -4,32 +4,28 @@ and the viewer describe a session the same way."""
 
 from __future__ import annotations
 
+import re
 import textwrap
-import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from ..engine.nodes import BACKWARD, STOP
+from ..engine.prompts import BREAKS
 
 ARROW = " → "
 SHORT = {"accuracy": "A", "diversity": "D", "fairness": "F", "novelty": "N", "backward": "B", "stop": "S"}
 
 
-_BIDI = {0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
-
-
-def _hidden(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") or ord(ch) in _BIDI
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def visible(text: str) -> str:
     """Stored text made safe for a terminal: every control character (ESC, CR, LF, NUL, ...),
     line separator and bidi override is shown as a \\xNN / \\uNNNN escape."""
-    if not any(_hidden(ch) for ch in text):
-        return text
-    return "".join((f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-                   if _hidden(ch) else ch for ch in text)
+    return BREAKS.sub(_escape, text)
 
 
 def _visible_tree(value: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import unicodedata
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -23,12 +23,9 @@ from .nodes import FUNCTIONAL, WalkPlan
 
 HISTORY_SHOWN = 10
 FIELD_MAX_CHARS = 500
-# Bidirectional overrides and isolates: they reorder what a reader (or model) sees.
-_BIDI = {0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
-
-
-def _is_break(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") or ord(ch) in _BIDI
+# Unicode categories Cc, Zl, Zp and Cs, and the bidirectional overrides and isolates (they
+# reorder what a reader, or a model, sees).
+BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
 
 
 def clean_text(text: str, max_chars: int = FIELD_MAX_CHARS, cut: list[int] | None = None) -> str:
@@ -36,12 +33,13 @@ def clean_text(text: str, max_chars: int = FIELD_MAX_CHARS, cut: list[int] | Non
     VT, FF, U+0085, U+2028, U+2029, ...) and bidi override becomes a space, runs of whitespace
     become one space, and text over `max_chars` is cut with an ellipsis (its length is appended
     to `cut`). Request text can then never start a line of its own in a prompt."""
-    if any(_is_break(ch) for ch in text):
-        text = "".join(" " if _is_break(ch) else ch for ch in text)
-    text = " ".join(text.split())
-    if len(text) > max_chars:
+    original = len(text)
+    if original > 4 * max_chars:  # do not normalise megabytes only to cut them
+        text = text[: 4 * max_chars]
+    text = " ".join(BREAKS.sub(" ", text).split())
+    if len(text) > max_chars or original > 4 * max_chars:
         if cut is not None:
-            cut.append(len(text))
+            cut.append(original)
         text = text[: max_chars - 1] + "…"
     return text
 
