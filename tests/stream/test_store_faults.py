@@ -121,3 +121,19 @@ async def test_the_request_text_keeps_its_key_order(store: Store) -> None:
             sessions.c.request_id == request.request_id))).one()
     # JSONB alone would reorder the keys (shorter first): the stored text is what keeps them
     assert list(stored_request(None, row.request).candidates[0].features) != ["title", "genre", "year"]
+
+
+async def test_a_refused_request_is_named_in_its_dead_letter(store: Store) -> None:
+    """The schema refuses U+0000; should a refused value slip past it, the inbox's dead letter
+    names the field and the SQLSTATE instead of waiting for a database that is up."""
+    from worker.stream.inbox import unstorable
+
+    body = make_requests(1, seed=6, prefix="slip")[0]
+    valid = RerankRequest.model_validate(body)
+    slipped = valid.model_copy(update={"goal": "accuracy\x00"})
+    with pytest.raises(Exception) as info:
+        await store.receive_checked([(slipped, Source(topic="t"))])
+    assert is_data_error(info.value)
+    error = unstorable(slipped, info.value)
+    assert error.code == "unstorable" and error.details["field"] == "goal"
+    assert error.details["sqlstate"].startswith("22")
