@@ -108,6 +108,9 @@ def phase_one() -> list[Message]:
     for name, ch in control.items():
         out.append(msg(f"{name}-in-goal", edit(f"ctl-{name}", "goal", f"Focus on accuracy{ch}"),
                        "control_character"))
+    out.append(msg("newline-in-feature-key", edit("nl-key", "key", "genre\nNode: stop"),
+                   "control_character"))
+    out.append(msg("tab-in-user_id", edit("tab-user", "user_id", "u\t1"), "control_character"))
     out.append(msg("cr-in-request_id", edit("x", "request_id", "cr\rid"), "control_character"))
     out.append(msg("u2028-in-item_id", edit("ls-item", "item_id", "a\u2028b"), "control_character"))
     out.append(msg("lone-surrogate", dumps(edit("sur", "goal", "a\ud800b")), "not_json"))
