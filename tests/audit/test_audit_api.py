@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -127,6 +128,7 @@ def test_short_tokens_refuse_to_start() -> None:
 
 async def test_paging_filters_and_detail(client: httpx.AsyncClient, populated: Any) -> None:
     seen: list[str] = []
+    received: list[str] = []
     cursor = None
     while True:
         params: dict[str, Any] = {"limit": 64, "replays": "exclude", "order": "asc"}
@@ -134,10 +136,13 @@ async def test_paging_filters_and_detail(client: httpx.AsyncClient, populated: A
             params["cursor"] = cursor
         page = (await client.get("/api/sessions", params=params, headers=AUTH)).json()
         seen += [s["request_id"] for s in page["items"]]
+        received += [s["received_at"] for s in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert seen == populated.request_ids or sorted(seen) == sorted(populated.request_ids)
+    assert sorted(seen) == sorted(populated.request_ids)
+    assert [datetime.fromisoformat(t) for t in received] == sorted(
+        datetime.fromisoformat(t) for t in received), "pages are not in ascending receipt order"
     assert len(seen) == len(set(seen)) == len(populated.request_ids)
 
     rid = populated.request_ids[3]
