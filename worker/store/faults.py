@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 DATA_CLASSES = ("22", "23", "54")
+# connection exception, insufficient resources, operator intervention (shutting down, starting up)
+DOWN_CLASSES = ("08", "53", "57")
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -28,10 +31,10 @@ def is_data_error(exc: BaseException) -> bool:
     """True when the failure is caused by the values written, not by the connection."""
     if isinstance(exc, UnicodeError | OverflowError):
         return True
+    code = sqlstate(exc)  # SQLAlchemy's wrapper, or asyncpg's own error
+    if code is not None:
+        return code[:2] in DATA_CLASSES
     if isinstance(exc, DBAPIError):
-        code = sqlstate(exc)
-        if code is not None:
-            return code[:2] in DATA_CLASSES
         orig = getattr(exc, "orig", None)
         return isinstance(getattr(orig, "__cause__", None), UnicodeError | OverflowError | ValueError)
     return False
@@ -41,5 +44,8 @@ def is_db_down(exc: BaseException) -> bool:
     """True for failures that mean: wait for the database and try again."""
     if is_data_error(exc):
         return False
+    code = sqlstate(exc)
+    if code is not None and code[:2] in DOWN_CLASSES:  # also asyncpg's own, unwrapped at connect
+        return True
     return isinstance(exc, OSError | ConnectionError | OperationalError | DBAPIError
-                      | asyncio.TimeoutError)
+                      | asyncio.TimeoutError | asyncpg.InterfaceError)

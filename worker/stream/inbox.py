@@ -9,12 +9,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..errors import RequestError
 from ..schemas import DLQ_PAYLOAD_MAX_BYTES, Limits, RerankRequest, Source, dead_letter, parse_request
 from ..service import Reranker
-from ..store.faults import is_data_error, sqlstate
+from ..store.faults import is_data_error, is_db_down, sqlstate
 from ..store.store import Receipt, Store
 from . import metrics
 from .runner import Runner
@@ -82,7 +81,7 @@ class Inbox:
                 if is_data_error(exc):
                     await self._dead_letter(raw, unstorable(request, exc), source)
                     return None
-                if not isinstance(exc, DB_DOWN_TYPES):
+                if not is_db_down(exc):
                     unknown += 1
                     log.exception("recording %s failed", request.request_id)
                     if unknown >= UNKNOWN_ERROR_ATTEMPTS:
@@ -112,9 +111,6 @@ class Inbox:
                 log.warning("DLQ publish failed (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-
-
-DB_DOWN_TYPES = (OSError, ConnectionError, OperationalError, DBAPIError, asyncio.TimeoutError)
 
 
 def unstorable(request: RerankRequest, exc: BaseException) -> RequestError:

@@ -12,19 +12,21 @@ import asyncio
 import logging
 from contextlib import suppress
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..policies.chat import LLMUnavailable, OpenAIChat
 from ..service import Reranker
 from ..sessions import run_session
-from ..store.faults import is_data_error
+from ..store.faults import is_db_down
 from ..store.journal import GroupCommitWriter
 from ..store.store import Store
 from . import metrics
 from .budget import ByteBudget
 
 log = logging.getLogger(__name__)
-DB_DOWN = (OSError, ConnectionError, OperationalError, DBAPIError, asyncio.TimeoutError)
+DB_DOWN = (OSError, ConnectionError, OperationalError, DBAPIError, asyncio.TimeoutError,
+           asyncpg.PostgresError, asyncpg.InterfaceError)  # asyncpg's own, raised at connect
 
 
 class LLMGate:
@@ -112,19 +114,18 @@ class Runner:
                 log.warning("%s waits for the LLM endpoint: %s", request_id, exc)
                 await self.gate.wait_healthy()
                 continue
-            except DB_DOWN as exc:
-                if is_data_error(exc):  # a value the database refused: not an outage
-                    log.error("walk of %s: the store refused a value (%s)", request_id, exc)
+            except Exception as exc:
+                if not is_db_down(exc):  # a value the database refused is not an outage either
+                    log.exception("walk of %s crashed; its session stays unfinished for a retry",
+                                  request_id)
+                    with suppress(*DB_DOWN):  # not renewed as if running: an orphan to retry
+                        await self.store.release(self.owner, [request_id])
                     return
                 metrics.BACKPRESSURE.labels("postgres").set(1)
                 log.warning("%s waits for the database: %s", request_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            except Exception:
-                log.exception("walk of %s crashed; its session stays unfinished for a retry",
-                              request_id)
-                return
             metrics.BACKPRESSURE.labels("postgres").set(0)
             if done is not None:
                 result, outcome, replayed = done
