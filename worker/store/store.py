@@ -97,8 +97,9 @@ class Store:
 
         A request_id stored before with the same content (canonical hash) is "seen": its stored
         result is queued for publishing again, no walk runs. With different content it is a
-        conflict and nothing is changed. `replay_of` is kept only when that session is stored here;
-        otherwise the request is an original with a note saying so.
+        conflict and nothing is changed. `texts` are the requests' JSON as received (else the
+        model's own dump, which keeps the producer's key order too). `replay_of` is kept only
+        when that session is stored here; otherwise the request is an original with a note.
 
         Only sessions that arrived through Kafka (a `source`) are published to the results topic;
         offline runs and live replays are not, until the same request_id arrives through Kafka."""
@@ -121,7 +122,9 @@ class Store:
                 "request": req.model_dump(mode="json", exclude_none=True), "status": PENDING,
                 "received_at": now, "attempts": 0, "replay_of": replay_of,
                 "replay_mode": replay_mode, "request_hash": hashes[req.request_id],
-                "request_text": text, "notes": notes,
+                "request_text": text if text is not None else orjson.dumps(
+                    req.model_dump(mode="json", exclude_none=True)).decode(),
+                "notes": notes,
                 "source_topic": src.topic if src else None,
                 "source_partition": src.partition if src else None,
                 "source_offset": src.offset if src else None,
