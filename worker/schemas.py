@@ -29,25 +29,19 @@ from .errors import RequestError
 # also U+2028/U+2029, so every id prints on one line.
 TEXT_FORBIDDEN = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff"
 ID_FORBIDDEN = r"\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff"
-_SURROGATES = range(0xD800, 0xE000)
-_TEXT_BAD = frozenset(chr(c) for c in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20),
-                                        *range(0x7F, 0xA0), *_SURROGATES])
-_ID_BAD = frozenset(chr(c) for c in [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029,
-                                      *_SURROGATES])
+_TEXT_BAD = re.compile(f"[{TEXT_FORBIDDEN}]")
+_ID_BAD = re.compile(f"[{ID_FORBIDDEN}]")
 
 
-_FIND = {_TEXT_BAD: re.compile(f"[{TEXT_FORBIDDEN}]"), _ID_BAD: re.compile(f"[{ID_FORBIDDEN}]")}
-
-
-def forbidden_char(value: str, bad: frozenset[str]) -> str | None:
+def forbidden_char(value: str, bad: re.Pattern[str]) -> str | None:
     """How the first refused character of `value` is named in an error, or None."""
-    found = _FIND[bad].search(value)
+    found = bad.search(value)
     if found is None:
         return None
     return f"the control character U+{ord(found.group()):04X} at index {found.start()}"
 
 
-def _refuse(bad: frozenset[str], what: str) -> Any:
+def _refuse(bad: re.Pattern[str], what: str) -> Any:
     def check(value: str) -> str:
         found = forbidden_char(value, bad)
         if found:
@@ -70,22 +64,28 @@ def _check_features(features: dict[str, Any]) -> dict[str, Any]:
     return features
 
 
-def _schema(pattern: str, **extra: Any) -> WithJsonSchema:
-    return WithJsonSchema({"type": "string", "pattern": pattern, **extra})
+def _none_of(forbidden: str) -> dict[str, Any]:
+    """JSON Schema for "holds none of these characters": `not` a search, no anchors, so every
+    regex dialect (ECMA, Python's `$` before a final newline) reads it the same way."""
+    return {"not": {"pattern": f"[{forbidden}]"}}
 
 
-Key = Annotated[str, AfterValidator(_refuse(_ID_BAD, "a key")), _schema(f"^[^{ID_FORBIDDEN}]*$")]
+def _schema(forbidden: str, **extra: Any) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", **_none_of(forbidden), **extra})
+
+
+Key = Annotated[str, AfterValidator(_refuse(_ID_BAD, "a key")), _schema(ID_FORBIDDEN)]
 
 
 def _ident(max_length: int | None = 256, nonblank: bool = False) -> Any:
-    pattern = (f"^[^{ID_FORBIDDEN}]*[^{ID_FORBIDDEN}\\s][^{ID_FORBIDDEN}]*$" if nonblank
-               else f"^[^{ID_FORBIDDEN}]+$")
     extra: dict[str, Any] = {"minLength": 1}
     if max_length is not None:
         extra["maxLength"] = max_length
+    if nonblank:
+        extra["pattern"] = r"\S"
     return Annotated[str, Field(min_length=1, max_length=max_length,
                                 pattern=r"\S" if nonblank else None),
-                     AfterValidator(_refuse(_ID_BAD, "an identifier")), _schema(pattern, **extra)]
+                     AfterValidator(_refuse(_ID_BAD, "an identifier")), _schema(ID_FORBIDDEN, **extra)]
 
 
 Ident = _ident()
@@ -93,10 +93,10 @@ RequestId = _ident(256, nonblank=True)
 Attribute = _ident(None)
 Scalar = str | int | float | bool | None
 FeatureValue = Scalar | list[Scalar]
-_SCALAR_SCHEMA = {"anyOf": [{"type": "string", "pattern": f"^[^{TEXT_FORBIDDEN}]*$"},
+_SCALAR_SCHEMA = {"anyOf": [{"type": "string", **_none_of(TEXT_FORBIDDEN)},
                             {"type": "number"}, {"type": "boolean"}, {"type": "null"}]}
 Features = Annotated[dict[str, FeatureValue], AfterValidator(_check_features), WithJsonSchema({
-    "type": "object", "propertyNames": {"pattern": f"^[^{ID_FORBIDDEN}]*$"},
+    "type": "object", "propertyNames": _none_of(ID_FORBIDDEN),
     "additionalProperties": {"anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA}]},
 })]
 
@@ -147,8 +147,7 @@ class RerankRequest(_Strict):
     request_id: RequestId
     goal: Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S"),
                     AfterValidator(_refuse(_TEXT_BAD, "the goal")),
-                    _schema(f"^[^{TEXT_FORBIDDEN}]*[^{TEXT_FORBIDDEN}\\s][^{TEXT_FORBIDDEN}]*$", minLength=1,
-                            maxLength=2000)]
+                    _schema(TEXT_FORBIDDEN, pattern=r"\S", minLength=1, maxLength=2000)]
     user: User
     candidates: list[Item] = Field(min_length=2)
     aspects: dict[Key, AspectConfig] = Field(default_factory=dict)
