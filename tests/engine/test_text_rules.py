@@ -38,7 +38,7 @@ def with_value(where: str, value: str) -> dict:
 
 
 @pytest.mark.parametrize("where", ["goal", "request_id", "title", "key", "item_id"])
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(value=any_text)
 def test_models_and_json_schema_agree(where: str, value: str) -> None:
     body = with_value(where, value)
@@ -71,7 +71,7 @@ def test_a_refused_character_names_the_field(where: str, char: str) -> None:
     assert error.message.startswith(field) and f"U+{ord(char):04X}" in error.message
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(value=any_text, cap=st.integers(16, 60))
 def test_prompt_text_is_one_capped_line(value: str, cap: int) -> None:
     cut: list[int] = []
