@@ -35,5 +35,5 @@ echo "eval-demo: sim-llm (SIMULATED LLM) on port $PORT; $USERS generated users; 
 START=$(date +%s)
 LLM4RERANK_LLM_BASE_URL="http://127.0.0.1:$PORT/v1" LLM4RERANK_LLM_MODEL=sim-llm-simulated \
   "$CLI" eval --dataset synthetic --users "$USERS" --items 500 --goals A,D,F,ADF,D-F,F-D \
-  --policy llm,heuristic,upstream,mmr,dpp,fair --concurrency 8 --seed 0 --out "$OUT" "$@"
+  --policy llm,heuristic,upstream,random,popularity,mmr,dpp,fair --concurrency 8 --seed 0 --out "$OUT" "$@"
 echo "eval-demo: done in $(( $(date +%s) - START )) s; open $OUT/report.md" >&2

@@ -88,12 +88,12 @@ def _means(rows, method, goal):
 async def test_baselines_move_the_metric_they_target(cases, tmp_path):
     methods = [BaselineMethod(name, fn) for name, fn in BASELINES.items()]
     records, ran = await run_all(methods, cases, ["A"], ResultCache(tmp_path / "c.jsonl"), progress=False)
-    assert ran == 4 * len(cases)
+    assert ran == len(BASELINES) * len(cases)
     rows = table2(records, {c.request.request_id: c for c in cases}, KS)
     up = _means(rows, "upstream", "-")
     assert _means(rows, "mmr", "-")["alpha-NDCG@10"] > up["alpha-NDCG@10"] + 0.02
     assert _means(rows, "dpp", "-")["alpha-NDCG@10"] > up["alpha-NDCG@10"] + 0.02
-    assert _means(rows, "fair", "-")["MAD@20"] < 0.7 * up["MAD@20"]
+    assert _means(rows, "fair", "-")["MAD"] < 0.7 * up["MAD"]
 
 
 async def test_heuristic_goal_variants_move_the_metric_they_name(cases, tmp_path):
@@ -105,8 +105,7 @@ async def test_heuristic_goal_variants_move_the_metric_they_name(cases, tmp_path
     assert a["n"] == d["n"] == f["n"] == len(cases)
     # Goal D raises alpha-NDCG over Goal A; Goal F lowers MAD
     assert d["alpha-NDCG@10"] > a["alpha-NDCG@10"] + 0.03
-    assert f["MAD@10"] < 0.5 * a["MAD@10"]
-    assert f["MAD@20"] < 0.5 * a["MAD@20"]
+    assert f["MAD"] < 0.5 * a["MAD"]
     # Goal A's walk is the accuracy node alone: the upstream GMF order
     assert all(r.path == ["accuracy", "stop"] for r in records if r.goal == "A")
     assert {tuple(r.path) for r in records if r.goal == "D"} == {("accuracy", "diversity", "stop")}

@@ -60,7 +60,8 @@ def _env(url: str | None) -> dict[str, str]:
 def _eval(out: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN), "eval", "--dataset", "synthetic", "--users", str(USERS), "--goals", ",".join(GOALS),
-         "--policy", "llm,heuristic,upstream,mmr,dpp,fair", "--out", str(out), "--concurrency", "4",
+         "--policy", "llm,heuristic,upstream,random,popularity,mmr,dpp,fair", "--out", str(out),
+         "--concurrency", "4",
          "--seed", "3", "--no-progress", *extra],
         capture_output=True, text=True, env=_env(url), cwd=out.parent, timeout=240)
 
@@ -70,26 +71,35 @@ def test_eval_end_to_end_through_sim_llm(sim_llm, tmp_path):
     done = _eval(out, sim_llm)
     assert done.returncode == 0, done.stderr
     assert "SIMULATED" in done.stdout and "| LLM4Rerank-D |" in done.stdout
-    total = 2 * USERS * len(GOALS) + 4 * USERS
+    total = 2 * USERS * len(GOALS) + 6 * USERS
     assert f"ran {total} requests, reused 0" in done.stdout
 
     md = (out / "report.md").read_text()
     assert "SIMULATED LLM" in md and "sim-llm-simulated" in md
     for row in ["LLM4Rerank-A", "LLM4Rerank-D", "LLM4Rerank-F", "Heuristic-A", "Heuristic-F",
-                "GMF (upstream)", "MMR", "DPP (fast greedy MAP)", "Fair (proportional)"]:
+                "GMF (upstream)", "Random order", "Popularity", "MMR", "DPP (fast greedy MAP)",
+                "Fair (proportional)"]:
         assert f"| {row} | {USERS} |" in md
+    assert "candidate protocol: **paper** (the paper's, the default)" in md
+    assert "## Where the held-out item sits in the candidate lists" in md
+    header = next(line for line in md.splitlines() if line.startswith("| Method | n |"))
+    assert "HR@20" not in header and "HR@10" in header and header.endswith("| MAD |")
     assert "## Table 3" in md and "accuracy > diversity > stop" in md
 
     report = json.loads((out / "report.json").read_text())
     assert report["context"]["simulated"] is True and report["context"]["users"] == USERS
     assert report["ks"] == [10, 20]
     rows = {r["label"]: r for r in report["table2"]}
-    assert len(rows) == 2 * len(GOALS) + 4
+    assert len(rows) == 2 * len(GOALS) + 6
+    assert "HR@20" not in report["columns"] and "MAD" in report["columns"]
+    positions = report["positive_positions"]
+    assert [p["position"] for p in positions] == list(range(1, 21))
+    assert sum(p["count"] for p in positions) == USERS
     for row in rows.values():
         assert row["n"] == USERS
         assert row["HR@20"] == 1.0  # the held-out item is one of the 20 candidates
-        assert 0 <= row["HR@10"] <= 1 and 0 < row["alpha-NDCG@10"] <= 1 and 0 <= row["MAD@20"] <= 1
-    assert rows["LLM4Rerank-F"]["MAD@20"] < rows["LLM4Rerank-A"]["MAD@20"]
+        assert 0 <= row["HR@10"] <= 1 and 0 < row["alpha-NDCG@10"] <= 1 and 0 <= row["MAD"] <= 1
+    assert rows["LLM4Rerank-F"]["MAD"] < rows["LLM4Rerank-A"]["MAD"]
     nav = {r["label"]: r for r in report["table3"]}
     assert nav["LLM4Rerank-D"]["node_visits"]["diversity"] == 1.0
     assert nav["LLM4Rerank-F"]["node_visits"]["fairness"] == 1.0
@@ -98,7 +108,7 @@ def test_eval_end_to_end_through_sim_llm(sim_llm, tmp_path):
     assert use["LLM4Rerank-D"]["llm_calls"] == 2.0 and use["LLM4Rerank-D"]["prompt_tokens"] > 100
     assert use["LLM4Rerank-D"]["ok"] == USERS and use["LLM4Rerank-D"]["fallbacks"] == 0
     assert use["Heuristic-D"]["llm_calls"] == 0
-    for png in ("metrics.png", "node_usage.png"):
+    for png in ("metrics.png", "positions.png", "node_usage.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
@@ -134,6 +144,7 @@ def test_eval_end_to_end_through_sim_llm(sim_llm, tmp_path):
     (["--goals", "A,Z"], "--goals: unknown Z"),
     (["--policy", "heuristic,magic"], "--policy: unknown magic"),
     (["--k", "ten"], "--k"),
+    (["--protocol", "shuffled"], "--protocol"),
     (["--policy", "llm"], "LLM4RERANK_LLM_BASE_URL"),
 ])
 def test_bad_input_exits_2_with_one_line_naming_the_fix(args, message, tmp_path, monkeypatch):

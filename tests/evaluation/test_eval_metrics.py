@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from worker.evaluation.metrics import alpha_ndcg, hit_rate, mad, ndcg, position_scores
+from worker.evaluation.metrics import alpha_ndcg, hit_rate, mad, mad_top_k, ndcg, position_scores
 
 
 def test_hit_rate_counts_only_the_first_k_positions():
@@ -78,7 +78,7 @@ def test_alpha_ndcg_matches_ndeval_on_random_lists():
 
 def test_position_scores_map_linearly_from_one_to_zero():
     assert position_scores(5) == [1.0, 0.75, 0.5, 0.25, 0.0]
-    assert position_scores(5, 3) == [1.0, 0.5, 0.0, 0.0, 0.0]
+    assert position_scores(1) == [1.0]
 
 
 def test_mad_by_hand():
@@ -89,10 +89,11 @@ def test_mad_by_hand():
     assert mad(["a", "c", "b", "d"], groups) == pytest.approx(1 / 3)
     # a, c, d, b: old (1 + 0)/2, new (2/3 + 1/3)/2 -> 0
     assert mad(["a", "c", "d", "b"], groups) == pytest.approx(0.0)
-    # @2: scores 1, 0, 0, 0 -> old 1/2, new 0
-    assert mad(["a", "c", "d", "b"], groups, 2) == pytest.approx(0.5)
+    # the top-2 variant (not the paper's): scores 1, 0, 0, 0 -> old 1/2, new 0
+    assert mad_top_k(["a", "c", "d", "b"], groups, 2) == pytest.approx(0.5)
 
 
-def test_mad_needs_two_groups_and_ignores_ungrouped_items():
-    assert math.isnan(mad(["a", "b"], {"a": "g", "b": "g"}))
+def test_mad_of_one_group_is_zero_and_ungrouped_items_only_hold_positions():
+    assert mad(["a", "b"], {"a": "g", "b": "g"}) == 0.0  # the paper's value: nothing to compare
+    assert math.isnan(mad(["a", "b"], {"a": None, "b": None}))  # no item has a group
     assert mad(["a", "x", "b"], {"a": "g", "b": "h", "x": None}) == pytest.approx(1.0)

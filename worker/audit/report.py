@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..evaluation.metrics import alpha_ndcg, hit_rate, mad, ndcg
+from ..engine.measures import alpha_ndcg, hit_rate, item_categories, item_groups, mad, ndcg
 from .replay import Comparison
 from .trace import ARROW
 
@@ -37,17 +37,10 @@ def kendall_tau(a: Sequence[str], b: Sequence[str]) -> float | None:
     return 1.0 - 2.0 * discordant / pairs
 
 
-def _values(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return [str(v) for v in value if v is not None]
-    return [str(value)]
-
-
 def session_metrics(request: dict[str, Any], ranking: Sequence[str], positives: Sequence[str],
                     default_aspects: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """The paper's metrics this session supports, at k = 10 (MAD over the whole list)."""
+    """The paper's metrics this session supports, at k = 10 (MAD over the whole list, as the paper
+    defines it), with the same definitions and group membership as the evaluation and the walk."""
     out: dict[str, float] = {}
     if not ranking:
         return out
@@ -58,30 +51,21 @@ def session_metrics(request: dict[str, Any], ranking: Sequence[str], positives: 
         out[f"ndcg@{K}"] = max(ndcg(ranking, p, K) for p in positives)
     diversity = aspects.get("diversity")
     if diversity and diversity.get("attribute"):
-        cats = {i: _values(f.get(diversity["attribute"])) for i, f in features.items()}
+        cats = item_categories(features, diversity["attribute"])
         if any(cats.values()):
             out[f"alpha_ndcg@{K}"] = alpha_ndcg(ranking, cats, K)
     fairness = aspects.get("fairness")
     if fairness and fairness.get("attribute"):
-        groups = _groups(features, fairness["attribute"], fairness.get("split_at"))
-        value = mad(ranking, groups)
+        value = mad(ranking, _groups(features, fairness))
         if not math.isnan(value):
             out["mad"] = value
     return out
 
 
-def _groups(features: Mapping[str, Mapping[str, Any]], attribute: str, split_at: float | None
+def _groups(features: Mapping[str, Mapping[str, Any]], fairness: Mapping[str, Any]
             ) -> dict[str, str | None]:
-    groups: dict[str, str | None] = {}
-    for item, f in features.items():
-        value = f.get(attribute)
-        if value is None or isinstance(value, list):
-            groups[item] = None
-        elif split_at is not None and isinstance(value, int | float) and not isinstance(value, bool):
-            groups[item] = "below" if value < split_at else "at-or-above"
-        else:
-            groups[item] = str(value)
-    return groups
+    """Each candidate's fairness group, as `engine.measures.group_of` defines it."""
+    return item_groups(features, {k: v for k, v in fairness.items() if k in ("attribute", "split_at")})
 
 
 def positives_from(request: dict[str, Any], labels: Mapping[str, Sequence[str]]) -> list[str]:

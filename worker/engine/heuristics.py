@@ -9,8 +9,9 @@ import re
 from collections.abc import Callable, Sequence
 
 from ..schemas import AspectConfig, Item, RerankRequest
+from .measures import categories_of, group_of
 from .nodes import ACCURACY, ASPECT_NODES, BACKWARD, STOP
-from .prompts import group_of, history_values
+from .prompts import history_values
 
 MMR_LAMBDA = 0.5
 
@@ -23,8 +24,7 @@ def by_score(base: Sequence[str], items: dict[str, Item]) -> list[str]:
 
 
 def values_of(item: Item, attribute: str) -> set[str]:
-    value = item.features.get(attribute)
-    return {str(v) for v in (value if isinstance(value, list) else [value]) if v is not None}
+    return categories_of(item.features.get(attribute))
 
 
 def diversify(

@@ -19,6 +19,7 @@ import orjson
 
 from ..errors import ConfigError
 from ..schemas import AspectConfig, RerankRequest
+from .measures import group_of
 from .nodes import FUNCTIONAL, WalkPlan
 
 HISTORY_SHOWN = 10
@@ -245,21 +246,6 @@ def render_user(request: RerankRequest, style: str, clean: Cleaner | None = None
     columns = columns_of(rows)
     return head + f"\nRecent history (oldest first; {' | '.join(columns)}):\n" + "\n".join(
         "- " + render_features(row, style, columns) for row in rows)
-
-
-def group_of(value: Any, aspect: AspectConfig) -> str | None:
-    """The fairness group of one feature value: two numeric groups with split_at, else the value."""
-    if value is None:
-        return None
-    if aspect.split_at is not None:
-        try:
-            number = float(value[0] if isinstance(value, list) else value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        return f"{aspect.attribute}>={aspect.split_at:g}" if number >= aspect.split_at else (
-            f"{aspect.attribute}<{aspect.split_at:g}"
-        )
-    return str(value[0] if isinstance(value, list) and value else value)
 
 
 def describe_groups(request: RerankRequest, aspect: AspectConfig,

@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..engine.prompts import group_of
+from ..engine.measures import categories_of, group_of
 from ..schemas import AspectConfig, Item, RerankRequest
 
 Baseline = Callable[[RerankRequest], list[str]]
 
 
 def _categories(item: Item, attribute: str) -> set[str]:
-    value = item.features.get(attribute)
-    return {str(v) for v in (value if isinstance(value, list) else [value]) if v is not None}
+    return categories_of(item.features.get(attribute))
 
 
 def _relevance(request: RerankRequest) -> np.ndarray:
@@ -36,6 +36,24 @@ def _aspect(request: RerankRequest, name: str) -> AspectConfig | None:
 def upstream(request: RerankRequest) -> list[str]:
     """The upstream ranker's order as given (GMF, best first): the reference every reranker moves."""
     return [c.item_id for c in request.candidates]
+
+
+def random_order(request: RerankRequest, seed: int = 0) -> list[str]:
+    """The candidates in a random order, seeded by the request id: what knowing nothing scores on
+    these lists (HR@k of n is k / n in expectation whatever the protocol)."""
+    digest = hashlib.sha256(f"{seed}:{request.request_id}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+    ids = upstream(request)
+    return [ids[i] for i in rng.permutation(len(ids))]
+
+
+def popularity(counts: Mapping[str, float]) -> Baseline:
+    """A reranker by training popularity (interactions per item), most popular first; ties keep the
+    upstream order. `counts` come from the training split, never from the held-out items."""
+    def rank(request: RerankRequest) -> list[str]:
+        ids = upstream(request)
+        return sorted(ids, key=lambda i: (-counts.get(i, 0.0), ids.index(i)))
+    return rank
 
 
 def mmr(request: RerankRequest, lam: float = 0.5) -> list[str]:
@@ -134,4 +152,5 @@ def fair(request: RerankRequest) -> list[str]:
     return out
 
 
-BASELINES: dict[str, Baseline] = {"upstream": upstream, "mmr": mmr, "dpp": dpp, "fair": fair}
+BASELINES: dict[str, Baseline] = {"upstream": upstream, "random": random_order, "mmr": mmr, "dpp": dpp,
+                                  "fair": fair}

@@ -81,11 +81,23 @@ class Case:
         return cls(RerankRequest.model_validate(obj["request"]), obj["positive"])
 
 
+PROTOCOLS: dict[str, str] = {
+    "paper": "the held-out item plus GMF's top n-1 unseen items, in GMF order (a held-out item GMF "
+             "ranks lower sits last)",
+    "random-position": "the same candidates, the held-out item moved to a uniformly random position "
+                       "(the score column stays in list order, so neither position nor score gives it away)",
+    "retrieved": "only users whose held-out item is among GMF's top n unseen items; the candidates are "
+                 "GMF's top n, in GMF order",
+}
+DEFAULT_PROTOCOL = "paper"
+
+
 def candidate_items(model: GMF, split: Split, user: int, n: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """The held-out item plus GMF's n-1 best unseen items, best score first.
 
     The held-out item is always included (the paper's protocol), so when GMF ranks it below its
-    top n-1 it sits last; the upstream HR@k is then GMF's own hit rate among all unseen items."""
+    top n-1 it sits last; the upstream HR@k is then GMF's own hit rate among all unseen items.
+    An item tied with the held-out one goes before it (ties never favour the positive)."""
     scores = model.scores(user).astype(np.float64, copy=True)
     scores[split.seen[user]] = -np.inf
     positive = int(split.held_out[user])
@@ -95,8 +107,32 @@ def candidate_items(model: GMF, split: Split, user: int, n: int = 20) -> tuple[n
     top = np.argpartition(-masked, k)[:k] if k < len(masked) else np.arange(len(masked))
     chosen = np.concatenate([top, [positive]])
     chosen_scores = scores[chosen]
-    order = np.lexsort((chosen, -chosen_scores))
+    order = np.lexsort((chosen, chosen == positive, -chosen_scores))
     return chosen[order], chosen_scores[order]
+
+
+def retrieved(model: GMF, split: Split, user: int, n: int = 20) -> bool:
+    """Whether GMF ranks the held-out item within its top n unseen items (ties counted against it)."""
+    scores = model.scores(user).astype(np.float64, copy=True)
+    scores[split.seen[user]] = -np.inf
+    return int(np.sum(scores >= scores[int(split.held_out[user])])) <= n
+
+
+def protocol_items(model: GMF, split: Split, user: int, n: int, protocol: str, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The candidates (best first) and their GMF logits under `protocol` (see PROTOCOLS); None when
+    the protocol leaves this user out."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown candidate protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if protocol == "retrieved" and not retrieved(model, split, user, n):
+        return None
+    chosen, scores = candidate_items(model, split, user, n)
+    if protocol == "random-position":
+        positive = int(split.held_out[user])
+        others = chosen[chosen != positive]
+        at = int(np.random.default_rng([seed, user]).integers(0, len(chosen)))
+        chosen = np.insert(others, at, positive)  # the scores stay in list order
+    return chosen, scores
 
 
 def _prob(logit: float) -> float:
@@ -104,14 +140,19 @@ def _prob(logit: float) -> float:
 
 
 def build_cases(dataset: Dataset, split: Split, model: GMF, users: np.ndarray, *, n_candidates: int = 20,
-                history: int = 10, max_steps: int = 5, goal: str = GOALS["ADF"]) -> list[Case]:
-    """Rerank requests (GMF probability as `score`, candidates in GMF order) and their positives."""
+                history: int = 10, max_steps: int = 5, goal: str = GOALS["ADF"],
+                protocol: str = DEFAULT_PROTOCOL, seed: int = 0) -> list[Case]:
+    """Rerank requests (GMF probability as `score`, candidates in GMF order under the paper's
+    protocol) and their positives; `protocol` may leave users out (see PROTOCOLS)."""
     inter = dataset.interactions
     cases = []
     for u in users:
         u = int(u)
         user_id = inter.user_ids[u]
-        chosen, scores = candidate_items(model, split, u, n_candidates)
+        picked = protocol_items(model, split, u, n_candidates, protocol, seed)
+        if picked is None:
+            continue
+        chosen, scores = picked
         candidates = [Item(item_id=inter.item_ids[i], score=_prob(s),
                            features=dataset.items.get(inter.item_ids[i], {}))
                       for i, s in zip(chosen, scores, strict=True)]

@@ -14,12 +14,12 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from .candidates import GOALS
+from .candidates import DEFAULT_PROTOCOL, GOALS, PROTOCOLS
 
-POLICIES = ("llm", "heuristic", "upstream", "mmr", "dpp", "fair")
+POLICIES = ("llm", "heuristic", "upstream", "random", "popularity", "mmr", "dpp", "fair")
 DATASETS = ("synthetic", "ml-1m", "kuairand", "douban", "csv")
 SYNTHETIC_MIN_USERS = 200  # GMF needs some users to learn from; only --users of them are evaluated
-CASES_VERSION = 1  # bump when candidate generation changes, so old outputs are not reused
+CASES_VERSION = 2  # bump when candidate generation changes, so old outputs are not reused
 
 
 def _list(value: str, allowed: tuple[str, ...] | None, option: str) -> list[str]:
@@ -52,8 +52,9 @@ def eval_command(
         min=0, help="users to evaluate, sampled with --seed (0 = all); generated data: max(N, 200)")] = 100,
     goals: Annotated[str, typer.Option(help="Goal variants: A,D,F,ADF,D-F,F-D")] = "A,D,F,ADF,D-F,F-D",
     policy: Annotated[str, typer.Option(
-        help="comma list of llm (the configured endpoint), heuristic, upstream, mmr, dpp, fair")]
-        = "heuristic,upstream,mmr,dpp,fair",
+        help="comma list of llm (the configured endpoint), heuristic, upstream, random, popularity, "
+             "mmr, dpp, fair")]
+        = "heuristic,upstream,random,popularity,mmr,dpp,fair",
     out: Annotated[Path, typer.Option(help="report folder; also holds the resumable cache")]
         = Path("artifacts/eval"),
     concurrency: Annotated[int, typer.Option(min=1, help="walks in flight")] = 8,
@@ -66,6 +67,10 @@ def eval_command(
     split_at: Annotated[float | None, typer.Option(help="--dataset csv: numeric group column split")] = None,
     candidates: Annotated[int, typer.Option(min=2, max=100, help="candidates per request")] = 20,
     max_steps: Annotated[int, typer.Option(min=1, max=50, help="step cap per walk (the paper: 5)")] = 5,
+    protocol: Annotated[str, typer.Option(
+        help="candidate lists: paper (the paper's: GMF top n-1 + the held-out item, in GMF order), "
+             "random-position (the held-out item at a random position) or retrieved (only users whose "
+             "held-out item GMF puts in its top n)")] = DEFAULT_PROTOCOL,
     fresh: Annotated[bool, typer.Option(help="discard earlier results in --out")] = False,
     progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
 ) -> None:
@@ -78,6 +83,8 @@ def eval_command(
         ks = _ks(k)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    if protocol not in PROTOCOLS:
+        raise fail(f"--protocol {protocol!r} unknown; use one of {', '.join(PROTOCOLS)}")
     if dataset not in DATASETS:
         raise fail(f"--dataset {dataset!r} unknown; use one of {', '.join(DATASETS)}")
     settings = settings_or_exit()
@@ -88,7 +95,7 @@ def eval_command(
         "version": CASES_VERSION, "dataset": dataset,
         "data_dir": str(data_dir.resolve()) if data_dir else None, "users": users, "seed": seed,
         "items": items if dataset == "synthetic" else None, "columns": columns or None, "split_at": split_at,
-        "candidates": candidates, "max_steps": max_steps,
+        "candidates": candidates, "max_steps": max_steps, "protocol": protocol,
     }
     started = time.monotonic()
     try:
@@ -100,7 +107,7 @@ def eval_command(
     async def main() -> tuple[list[Any], int, dict[str, Any]]:
         from ..policies.chat import OpenAIChat
         from ..service import Reranker
-        from .baselines import BASELINES
+        from .baselines import BASELINES, popularity
         from .runner import BaselineMethod, Method, ResultCache, WalkMethod, run_all
 
         chat = None
@@ -117,6 +124,8 @@ def eval_command(
                     methods.append(WalkMethod("llm", reranker))
                 elif name == "heuristic":
                     methods.append(WalkMethod("heuristic", Reranker(settings, None, policy="heuristic")))
+                elif name == "popularity":
+                    methods.append(BaselineMethod(name, popularity(info.get("popularity", {}))))
                 else:
                     methods.append(BaselineMethod(name, BASELINES[name]))
             cache = ResultCache(out / "cache" / "results.jsonl")
@@ -131,7 +140,8 @@ def eval_command(
     from .report import write_report
 
     context = {
-        **info, **llm_info, "goals": goal_list, "policies": policies, "ks": ks, "max_steps": max_steps,
+        **{key: value for key, value in info.items() if key != "popularity"}, **llm_info,
+        "goals": goal_list, "policies": policies, "ks": ks, "max_steps": max_steps,
         "seed": seed, "ran": ran, "reused": len(records) - ran, "seconds": time.monotonic() - started,
         "simulated": llm_info.get("llm_model") == SIMULATED_MODEL,
     }
@@ -143,7 +153,7 @@ def eval_command(
     typer.echo(table.rstrip())
     typer.echo(f"\nran {ran} requests, reused {len(records) - ran} from the cache, "
                f"{context['seconds']:.1f} s; report: {paths['markdown']}")
-    for key in ("json", "metrics_png", "node_usage_png"):
+    for key in ("json", "metrics_png", "positions_png", "node_usage_png"):
         typer.echo(f"  {paths[key]}")
     raise typer.Exit(0)
 
@@ -198,7 +208,7 @@ def _build(setup: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
 
     from .candidates import build_cases, leave_one_out, pick_users
     from .datasets import DataError, load
-    from .gmf import GMFConfig, hit_rate_full, train_gmf
+    from .gmf import GMFCollapsed, GMFConfig, hit_rate_full, popularity_counts, train_gmf
 
     name = setup["dataset"]
     data_dir = Path(setup["data_dir"]) if setup["data_dir"] else None
@@ -221,28 +231,46 @@ def _build(setup: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         raise _SetupError(f"{data.name} has {inter.n_items} items; --candidates {setup['candidates']} "
                           "needs more")
     config = GMFConfig(seed=setup["seed"], batch_size=2048 if len(split.train_user) < 500_000 else 8192)
-    echo(f"training GMF on {len(split.train_user)} interactions ({config.epochs} epochs, dim {config.dim})")
+    echo(f"training GMF on {len(split.train_user)} interactions (at most {config.epochs} epochs, "
+         f"dim {config.dim}, early stopping on a validation interaction)")
     t0 = time.monotonic()
-    model = train_gmf(split.train_user, split.train_item, inter.n_users, inter.n_items, config)
+    try:
+        model = train_gmf(split.train_user, split.train_item, inter.n_users, inter.n_items, config)
+    except GMFCollapsed as exc:
+        raise _SetupError(f"{data.name}: {exc}") from None
     cases = build_cases(data, split, model, chosen, n_candidates=setup["candidates"],
-                        max_steps=setup["max_steps"])
+                        max_steps=setup["max_steps"], protocol=setup["protocol"], seed=setup["seed"])
+    if not cases:
+        raise _SetupError(f"{data.name}: --protocol {setup['protocol']} leaves no user to evaluate")
+    counts = popularity_counts(split.train_item, inter.n_items)
+    in_lists = {c.item_id for case in cases for c in case.request.candidates}
     info = {
         "dataset": data.name, "notes": data.notes, "users": len(cases), "candidates": setup["candidates"],
         "dataset_users": inter.n_users, "dataset_items": inter.n_items, "interactions": len(inter),
         "aspects": data.aspects, "gmf": asdict(config), "gmf_seconds": round(time.monotonic() - t0, 1),
-        "gmf_final_loss": model.losses[-1],
+        "gmf_final_loss": model.losses[-1] if model.losses else None,
+        "gmf_base_rate_loss": model.base_rate_loss, "gmf_epochs": len(model.losses),
+        "gmf_best_epoch": model.best_epoch,
         "gmf_hr10": hit_rate_full(model, split.seen, split.held_out, chosen, 10),
+        "popularity_hr10": hit_rate_full(model, split.seen, split.held_out, chosen, 10, popularity=counts),
         "random_hr10": hit_rate_full(model, split.seen, split.held_out, chosen, 10,
                                      rng=np.random.default_rng(setup["seed"])),
+        "protocol": setup["protocol"], "protocol_text": PROTOCOLS[setup["protocol"]],
+        "eligible_users": len(chosen),
+        "popularity": {inter.item_ids[i]: float(counts[i]) for i in range(inter.n_items)
+                       if inter.item_ids[i] in in_lists},
     }
     n = setup["candidates"]
     natural = hit_rate_full(model, split.seen, split.held_out, chosen, n)
+    where = {"paper": "for the others it is added last, so a reranker that lifts low-ranked items can gain "
+                      "HR@10 from that alone: compare with the Random order row and the positions table",
+             "random-position": "every list has it at a random position (--protocol random-position)",
+             "retrieved": f"only those {len(cases)} users are evaluated (--protocol retrieved)"}
     info["notes"] = [*data.notes,
                      f"the held-out item is among GMF's top {n} unseen items for {natural:.0%} of the users; "
-                     "for the others it is added last, so a reranker that lifts low-ranked items can gain "
-                     "HR@10 from that alone: compare with the GMF (upstream) row"]
+                     + where[setup["protocol"]]]
     if name == "synthetic":
         info["notes"].append(f"{len(cases)} of the {inter.n_users} generated users evaluated")
-    echo(f"GMF: full-catalog HR@10 {info['gmf_hr10']:.3f} (random {info['random_hr10']:.3f}); "
-         f"{len(cases)} requests")
+    echo(f"GMF: full-catalog HR@10 {info['gmf_hr10']:.3f} (popularity {info['popularity_hr10']:.3f}, "
+         f"random {info['random_hr10']:.3f}); {len(cases)} requests")
     return cases, info

@@ -8,10 +8,12 @@ attributes to the aspects the paper uses: ML-1M genre (diversity) and year befor
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +95,9 @@ ML_OCCUPATIONS = [
 _TITLE_YEAR = re.compile(r"^(.*)\s\((\d{4})\)\s*$")
 
 
-def _dat_rows(path: Path, fields: int) -> list[list[str]]:
-    rows = []
+def _dat_rows(path: Path, fields: int, numbered: bool = False) -> list[Any]:
+    """The '::'-separated rows of a .dat file (with their line numbers when `numbered`)."""
+    rows: list[Any] = []
     with path.open(encoding="latin-1") as handle:
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
@@ -104,7 +107,7 @@ def _dat_rows(path: Path, fields: int) -> list[list[str]]:
             if len(parts) != fields:
                 raise DataError(f"{path}:{number}: expected {fields} '::'-separated fields, "
                                 f"found {len(parts)}; is this the ML-1M file?")
-            rows.append(parts)
+            rows.append((number, parts) if numbered else parts)
     return rows
 
 
@@ -134,9 +137,10 @@ def load_ml1m(folder: Path) -> Dataset:
             occ = int(occupation) if occupation.isdigit() else -1
             job = ML_OCCUPATIONS[occ] if 0 <= occ < len(ML_OCCUPATIONS) else occupation
             users[user_id] = {"gender": gender, "age": ML_AGES.get(age, age), "occupation": job}
-    rows = _dat_rows(folder / "ratings.dat", 4)
-    rows = [r for r in rows if r[1] in items]
-    times = np.array([float(r[3]) for r in rows])
+    numbered = _dat_rows(folder / "ratings.dat", 4, numbered=True)
+    kept = [(n, r) for n, r in numbered if r[1] in items]
+    rows = [r for _, r in kept]
+    times = _time_key([r[3] for r in rows], folder / "ratings.dat", lines=[n for n, _ in kept])
     inter = Interactions.from_columns([r[0] for r in rows], [r[1] for r in rows], times)
     return Dataset("ml-1m", inter, items, users,
                    {"diversity": {"attribute": "genre"}, "fairness": {"attribute": "year", "split_at": 1996}},
@@ -178,14 +182,52 @@ def _column(table: dict[str, list[Any]], path: Path, *aliases: str, required: bo
     return None
 
 
-def _time_key(values: Sequence[Any]) -> np.ndarray:
-    """Times as sortable numbers: numeric text as numbers, other text (dates) by its sort order."""
-    try:
-        return np.array([float(v) if v not in (None, "") else np.nan for v in values], dtype=np.float64)
-    except ValueError:
-        text = np.array(["" if v is None else str(v) for v in values], dtype=object)
-        _, rank = np.unique(text.astype(str), return_inverse=True)
-        return rank.astype(np.float64)
+def _time_key(values: Sequence[Any], path: Path, rows: Sequence[int] | None = None,
+              lines: Sequence[int] | None = None) -> np.ndarray:
+    """Times as sortable numbers: a column of numbers, or a column of ISO dates ("2018-01-31" or
+    "2018-01-31 12:00:00") as POSIX seconds. A blank time, text that is neither, or a column that
+    mixes numbers and dates is an input error naming the file and line: sorting such a column would
+    silently decide which interaction is held out. `rows` are the values' 0-based data rows in a CSV
+    (line = row + 2, after the header); `lines` give the lines directly."""
+    def where(j: int) -> str:
+        if lines is not None:
+            return f"{path}:{lines[j]}"
+        return f"{path}:{(rows[j] if rows is not None else j) + 2}"
+
+    try:  # the common case, fast: a column of numbers
+        fast = np.asarray(values, dtype=np.float64)
+        if np.isfinite(fast).all():
+            return fast
+    except (TypeError, ValueError):
+        pass
+    numbers = np.empty(len(values), dtype=np.float64)
+    kind: str | None = None
+    for j, value in enumerate(values):
+        text = "" if value is None else str(value).strip()
+        if not text:
+            raise DataError(f"{where(j)}: blank or missing time (empty, or a null marker such as NA); "
+                            "every interaction needs a time (a number or an ISO date), or drop the time "
+                            "column to keep the file order")
+        try:
+            number, found = float(text), "number"
+            if not math.isfinite(number):
+                raise ValueError(text)
+        except ValueError:
+            try:
+                stamp = datetime.fromisoformat(text)
+            except ValueError:
+                raise DataError(f"{where(j)}: time {text!r} is neither a number nor an ISO date "
+                                "(e.g. 2018-01-31 12:00:00)") from None
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=UTC)
+            number, found = stamp.timestamp(), "date"
+        if kind is None:
+            kind = found
+        elif found != kind:
+            raise DataError(f"{where(j)}: time {text!r} is a {found} but earlier rows hold {kind}s; "
+                            "one time column needs one format")
+        numbers[j] = number
+    return numbers
 
 
 def _split(value: Any, seps: str = "/|") -> list[str]:
@@ -232,7 +274,8 @@ def load_kuairand(folder: Path) -> Dataset:
         keep = [i for i in range(len(table[u])) if c is None or str(table[c][i]).strip() in ("1", "1.0")]
         log_users += [table[u][i] for i in keep]
         log_items += [table[v][i] for i in keep]
-        times += [table[t][i] for i in keep] if t else [float(len(times) + j) for j in range(len(keep))]
+        times += (_time_key([table[t][i] for i in keep], log, keep).tolist() if t
+                  else [float(len(times) + j) for j in range(len(keep))])
     clicked = {str(v) for v in log_items}
     items: dict[str, Features] = {}
     for path in video_files:
@@ -257,7 +300,7 @@ def load_kuairand(folder: Path) -> Dataset:
             items[str(video)] = features
     rows = [i for i, item in enumerate(log_items) if str(item) in items]
     inter = Interactions.from_columns([log_users[i] for i in rows], [log_items[i] for i in rows],
-                                      _time_key([times[i] for i in rows]))
+                                      np.asarray([times[i] for i in rows], dtype=np.float64))
     durations = [f["video_duration"] for f in items.values() if f.get("video_duration") is not None]
     split = float(np.median(np.asarray(durations, dtype=float))) if durations else 0.0
     users: dict[str, Features] = {}
@@ -313,7 +356,8 @@ def load_douban(folder: Path) -> Dataset:
     rid = _column(ratings, ratings_path, "MOVIE_ID", "movie_id", "item_id")
     tcol = _column(ratings, ratings_path, "RATING_TIME", "timestamp", "time", required=False)
     rows = [i for i, m in enumerate(ratings[rid]) if str(m) in items and ratings[uid][i]]
-    times = _time_key([ratings[tcol][i] for i in rows]) if tcol else np.arange(len(rows), dtype=float)
+    times = (_time_key([ratings[tcol][i] for i in rows], ratings_path, rows) if tcol
+             else np.arange(len(rows), dtype=float))
     inter = Interactions.from_columns([ratings[uid][i] for i in rows], [ratings[rid][i] for i in rows], times)
     return Dataset("douban", inter, items, {},
                    {"diversity": {"attribute": "category"}, "fairness": {"attribute": "language_group"}},
@@ -355,7 +399,7 @@ def load_csv(path: Path, columns: dict[str, str], split_at: float | None = None)
     rows = list(range(n))
     if "label" in role:
         rows = [i for i in rows if (_number(table[role["label"]][i]) or 0.0) > 0]
-    times = _time_key([table[role["time"]][i] for i in rows]) if "time" in role else np.arange(
+    times = _time_key([table[role["time"]][i] for i in rows], path, rows) if "time" in role else np.arange(
         len(rows), dtype=float)
     items: dict[str, Features] = {}
     cat_name, group_name = columns["category"], columns["group"]

@@ -12,17 +12,29 @@ from typing import Any
 import orjson
 
 from ..engine.nodes import ALL_NODES, STOP
-from ..engine.prompts import group_of
-from ..schemas import AspectConfig
 from ..simllm import SIMULATED_MODEL
 from . import metrics
 from .candidates import Case
 from .runner import NO_GOAL, Record
 
-METHOD_LABELS = {"upstream": "GMF (upstream)", "mmr": "MMR", "dpp": "DPP (fast greedy MAP)",
-                 "fair": "Fair (proportional)", "heuristic": "Heuristic", "llm": "LLM4Rerank"}
+METHOD_LABELS = {"upstream": "GMF (upstream)", "random": "Random order", "popularity": "Popularity",
+                 "mmr": "MMR", "dpp": "DPP (fast greedy MAP)", "fair": "Fair (proportional)",
+                 "heuristic": "Heuristic", "llm": "LLM4Rerank"}
 METRIC_NAMES = ("HR", "NDCG", "alpha-NDCG", "MAD")
 LOWER_IS_BETTER = {"MAD"}
+REFERENCES = ("upstream", "random")  # drawn as reference lines in the plots
+
+
+def columns(ks: Sequence[int], n_candidates: int | None = None) -> list[str]:
+    """Table 2's metric columns: HR, NDCG and alpha-NDCG at each k, then MAD over the whole list (the
+    paper's). HR@k is left out for k >= the list length: it is 1 for every method by construction."""
+    out = []
+    for k in ks:
+        for name in ("HR", "NDCG", "alpha-NDCG"):
+            if name == "HR" and n_candidates is not None and k >= n_candidates:
+                continue
+            out.append(f"{name}@{k}")
+    return [*out, "MAD"]
 
 
 def label(method: str, goal: str) -> str:
@@ -36,21 +48,14 @@ def case_metrics(record: Record, case: Case, ks: Sequence[int]) -> dict[str, flo
     div = request.aspects.get("diversity")
     fair = request.aspects.get("fairness")
     feats = {c.item_id: c.features for c in request.candidates}
-    cats: dict[str, list[str]] = {}
-    if div is not None:
-        for item, f in feats.items():
-            value = f.get(div.attribute)
-            cats[item] = [str(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
-    groups: dict[str, str | None] = {}
-    if fair is not None:
-        aspect = AspectConfig.model_validate(fair) if isinstance(fair, dict) else fair
-        groups = {item: group_of(f.get(aspect.attribute), aspect) for item, f in feats.items()}
+    cats = metrics.item_categories(feats, div.attribute) if div is not None else {}
+    groups = metrics.item_groups(feats, fair) if fair is not None else {}
     out: dict[str, float] = {}
     for k in ks:
         out[f"HR@{k}"] = metrics.hit_rate(record.ranking, case.positive, k)
         out[f"NDCG@{k}"] = metrics.ndcg(record.ranking, case.positive, k)
         out[f"alpha-NDCG@{k}"] = metrics.alpha_ndcg(record.ranking, cats, k) if cats else math.nan
-        out[f"MAD@{k}"] = metrics.mad(record.ranking, groups, k) if groups else math.nan
+    out["MAD"] = metrics.mad(record.ranking, groups) if groups else math.nan
     return out
 
 
@@ -72,11 +77,20 @@ def table2(records: Sequence[Record], cases: dict[str, Case], ks: Sequence[int])
     for (method, goal), recs in _groups(records).items():
         per = [case_metrics(r, cases[r.request_id], ks) for r in recs]
         row: dict[str, Any] = {"method": method, "goal": goal, "label": label(method, goal), "n": len(recs)}
-        for k in ks:
-            for name in METRIC_NAMES:
-                row[f"{name}@{k}"] = _mean([p[f"{name}@{k}"] for p in per])
+        for column in per[0] if per else []:
+            row[column] = _mean([p[column] for p in per])
         rows.append(row)
     return rows
+
+
+def positive_positions(cases: Sequence[Case]) -> list[dict[str, Any]]:
+    """Where the held-out item sits in the candidate lists as the upstream ranker hands them over:
+    requests and share per 1-based position. A protocol that puts it in one place lets a reranker
+    gain by moving that place, whatever it knows about the user."""
+    n = max((len(c.request.candidates) for c in cases), default=0)
+    counts = Counter(1 + [x.item_id for x in c.request.candidates].index(c.positive) for c in cases)
+    total = max(len(cases), 1)
+    return [{"position": p, "count": counts[p], "share": counts[p] / total} for p in range(1, n + 1)]
 
 
 def table3(records: Sequence[Record]) -> list[dict[str, Any]]:
@@ -137,7 +151,8 @@ def _best(rows: list[dict[str, Any]], column: str) -> float | None:
 
 
 def markdown(context: dict[str, Any], t2: list[dict[str, Any]], t3: list[dict[str, Any]],
-             use: list[dict[str, Any]], ks: Sequence[int]) -> str:
+             use: list[dict[str, Any]], ks: Sequence[int],
+             positions: list[dict[str, Any]] | None = None) -> str:
     lines = [f"# LLM4Rerank evaluation: {context['dataset']}", ""]
     if context.get("simulated"):
         lines += [f"> **SIMULATED LLM.** The `llm` rows come from `{SIMULATED_MODEL}`, a heuristic stand-in "
@@ -145,11 +160,23 @@ def markdown(context: dict[str, Any], t2: list[dict[str, Any]], t3: list[dict[st
                   "paper's claims.", ""]
     for note in context.get("notes", []):
         lines.append(f"- {note}")
+    protocol = context.get("protocol", "paper")
     lines += [
+        f"- candidate protocol: **{protocol}**" + (" (the paper's, the default)" if protocol == "paper" else
+                                                   " (not the paper's)")
+        + f": {context.get('protocol_text', '')}",
         f"- users evaluated: {context['users']}; {context['candidates']} candidates per request "
-        f"(GMF top {context['candidates'] - 1} unseen items + the held-out item, leave-one-out)",
-        f"- GMF full-catalog HR@10 of the held-out item: {_fmt(context['gmf_hr10'])} "
-        f"(random order: {_fmt(context['random_hr10'])})",
+        "(leave-one-out: each user's latest interaction is the held-out item)",
+        f"- full-catalog HR@10 of the held-out item (ties count against it): GMF "
+        f"{_fmt(context['gmf_hr10'])}, popularity {_fmt(context.get('popularity_hr10'))}, "
+        f"random order {_fmt(context['random_hr10'])}",
+    ]
+    if context.get("gmf_final_loss") is not None:
+        lines.append(f"- GMF: {context.get('gmf_epochs')} epochs (best validation epoch "
+                     f"{context.get('gmf_best_epoch')}), final training loss "
+                     f"{_fmt(context['gmf_final_loss'])} against the base-rate loss "
+                     f"{_fmt(context.get('gmf_base_rate_loss'))}, {context.get('gmf_seconds')} s")
+    lines += [
         f"- Goals: {', '.join(context['goals'])}; step cap {context['max_steps']} LLM calls; "
         f"seed {context['seed']}",
     ]
@@ -158,22 +185,34 @@ def markdown(context: dict[str, Any], t2: list[dict[str, Any]], t3: list[dict[st
                      f"`{context.get('prompt_version')}`")
     lines += [f"- requests run now: {context['ran']}, reused from the cache: {context['reused']}; "
               f"wall time {context['seconds']:.1f} s", ""]
-    if context["candidates"] in ks:
-        lines += [f"HR@{context['candidates']} is 1 for every method by construction: the held-out item is "
-                  f"always among the {context['candidates']} candidates.", ""]
+    shown = columns(ks, context["candidates"])
     lines += ["## Table 2: accuracy (HR, NDCG), diversity (alpha-NDCG, alpha = 0.5) and fairness (MAD, "
               "lower is fairer)", ""]
-    columns = [f"{m}@{k}" for k in ks for m in METRIC_NAMES]
-    lines.append("| Method | n | " + " | ".join(columns) + " |")
-    lines.append("|---|---:|" + "---:|" * len(columns))
-    best = {c: _best(t2, c) for c in columns}
+    lines += ["MAD is the paper's: positions map linearly from 1 (top) to 0 (bottom) over the whole list, "
+              "and it is the gap between the two groups' mean scores (0 for a list with one group). "
+              "`Random order` is a random permutation of the same candidates: the chance level on these "
+              "lists. A method's gain over it, not over GMF alone, is what it knows.", ""]
+    dropped = [k for k in ks if k >= context["candidates"]]
+    if dropped:
+        lines += [f"HR@{', HR@'.join(map(str, dropped))} left out: the held-out item is always among the "
+                  f"{context['candidates']} candidates, so it is 1 for every method by construction.", ""]
+    lines.append("| Method | n | " + " | ".join(shown) + " |")
+    lines.append("|---|---:|" + "---:|" * len(shown))
+    best = {c: _best(t2, c) for c in shown}
     for row in t2:
         cells = []
-        for c in columns:
+        for c in shown:
             text = _fmt(row[c])
             cells.append(f"**{text}**" if best[c] is not None and row[c] == best[c] else text)
         lines.append(f"| {row['label']} | {row['n']} | " + " | ".join(cells) + " |")
     lines += ["", "Best value per column in bold.", ""]
+    if positions:
+        lines += ["## Where the held-out item sits in the candidate lists", "",
+                  "Position of the held-out item in the list the upstream ranker hands over (1 = top).", "",
+                  "| position | " + " | ".join(str(p["position"]) for p in positions) + " |",
+                  "|---|" + "---:|" * len(positions),
+                  "| requests | " + " | ".join(str(p["count"]) for p in positions) + " |",
+                  "| share | " + " | ".join(f"{p['share']:.0%}" for p in positions) + " |", ""]
     if t3:
         nodes = [n for n in ALL_NODES if n != STOP and any(r["node_visits"].get(n) for r in t3)]
         lines += ["## Table 3: navigation (node visits per request, by Goal)", ""]
@@ -199,36 +238,100 @@ def markdown(context: dict[str, Any], t2: list[dict[str, Any]], t3: list[dict[st
         lines.append("")
     if context.get("simulated"):
         lines += [f"Token counts from `{SIMULATED_MODEL}` are approximate (words and punctuation).", ""]
-    lines += ["Plots: `metrics.png` (each metric by method and Goal), `node_usage.png` (node visits per "
+    lines += ["Plots: `metrics.png` (each metric by method and Goal, with GMF and random order as reference "
+              "lines), `positions.png` (where the held-out item sits), `node_usage.png` (node visits per "
               "request by Goal).", ""]
     return "\n".join(lines)
 
 
-def plot_metrics(t2: list[dict[str, Any]], ks: Sequence[int], path: Path, title: str) -> None:
+def _zoom(values: list[float]) -> tuple[float, float]:
+    """Axis limits that show the differences between bars: the data range plus a margin, starting at 0
+    only when the values come close to it."""
+    lo, hi = min(values), max(values)
+    pad = max(0.15 * (hi - lo), 0.02)
+    left = 0.0 if lo - 3 * pad <= 0 else lo - 3 * pad
+    return left, hi + 2.5 * pad
+
+
+def plot_metrics(t2: list[dict[str, Any]], ks: Sequence[int], path: Path, title: str,
+                 n_candidates: int | None = None) -> None:
+    """One panel per Table 2 column (none constant by construction), bars labelled with their values,
+    the axis zoomed to the values, and GMF and random order drawn as reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shown = [c for c in columns(ks, n_candidates) if any(not math.isnan(r.get(c, math.nan)) for r in t2)]
     labels = [r["label"] for r in t2]
     methods = list(dict.fromkeys(r["method"] for r in t2))
     palette = plt.get_cmap("tab10")
     colours = [palette(methods.index(r["method"]) % 10) for r in t2]
-    fig, axes = plt.subplots(len(ks), len(METRIC_NAMES), squeeze=False,
-                             figsize=(4.2 * len(METRIC_NAMES), 0.32 * len(labels) * len(ks) + 1.8))
-    for i, k in enumerate(ks):
-        for j, name in enumerate(METRIC_NAMES):
-            ax = axes[i][j]
-            values = [0.0 if math.isnan(r[f"{name}@{k}"]) else r[f"{name}@{k}"] for r in t2]
-            ax.barh(range(len(labels)), values, color=colours)
-            ax.set_yticks(range(len(labels)))
-            ax.set_yticklabels(labels if j == 0 else [""] * len(labels), fontsize=8)
-            ax.invert_yaxis()
-            note = " (lower is fairer)" if name in LOWER_IS_BETTER else ""
-            ax.set_title(f"{name}@{k}{note}", fontsize=9)
-            ax.tick_params(axis="x", labelsize=8)
-            ax.grid(axis="x", alpha=0.3)
+    per_row = min(3, max(len(shown), 1))
+    n_rows = max(1, math.ceil(len(shown) / per_row))
+    fig, axes = plt.subplots(n_rows, per_row, squeeze=False,
+                             figsize=(5.0 * per_row, 0.3 * len(labels) * n_rows + 1.6 * n_rows))
+    refs = {m: next((r for r in t2 if r["method"] == m), None) for m in REFERENCES}
+    styles = {"upstream": ("--", "black"), "random": (":", "dimgray")}
+    for idx, column in enumerate(shown):
+        ax = axes[idx // per_row][idx % per_row]
+        values = [r.get(column, math.nan) for r in t2]
+        finite = [v for v in values if not math.isnan(v)]
+        ax.barh(range(len(labels)), [0.0 if math.isnan(v) else v for v in values], color=colours)
+        left, right = _zoom(finite)
+        ax.set_xlim(left, right)
+        for y, v in enumerate(values):
+            text = "n/a" if math.isnan(v) else f"{v:.3f}"
+            ax.text((left if math.isnan(v) else max(v, left)) + 0.01 * (right - left), y, text,
+                    va="center", fontsize=7, zorder=3,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
+        for method, ref in refs.items():
+            if ref is not None and not math.isnan(ref.get(column, math.nan)):
+                style, colour = styles[method]
+                ax.axvline(ref[column], linestyle=style, color=colour, linewidth=1,
+                           label=f"{METHOD_LABELS[method]} {ref[column]:.3f}")
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels if idx % per_row == 0 else [""] * len(labels), fontsize=8)
+        ax.invert_yaxis()
+        note = " (lower is fairer)" if column.split("@")[0] in LOWER_IS_BETTER else ""
+        ax.set_title(f"{column}{note}", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
+    for idx in range(len(shown), n_rows * per_row):
+        axes[idx // per_row][idx % per_row].set_visible(False)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_positions(positions: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Bars of the held-out item's position in the candidate lists, with the uniform share for
+    reference (what a protocol that hides the positive would give)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    xs = [p["position"] for p in positions]
+    shares = [p["share"] for p in positions]
+    ax.bar(xs, shares, color="tab:blue")
+    for x, p in zip(xs, positions, strict=True):
+        if p["count"]:
+            ax.text(x, p["share"], f"{p['share']:.0%}", ha="center", va="bottom", fontsize=7)
+    if xs:
+        ax.axhline(1 / len(xs), linestyle=":", color="dimgray", linewidth=1,
+                   label=f"uniform 1/{len(xs)} = {1 / len(xs):.0%}")
+        ax.legend(fontsize=8)
+    ax.set_xticks(xs)
+    ax.set_xlabel("position of the held-out item in the upstream list (1 = top)")
+    ax.set_ylabel("share of requests")
+    ax.set_ylim(0, max([*shares, 1 / max(len(xs), 1)]) * 1.2)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -274,14 +377,21 @@ def write_report(out: Path, context: dict[str, Any], records: Sequence[Record], 
     """report.md, report.json, metrics.png and node_usage.png in `out`."""
     by_id = {c.request.request_id: c for c in cases}
     t2, t3, use = table2(records, by_id, ks), table3(records), usage(records)
+    positions = positive_positions(cases)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "json": out / "report.json",
-             "metrics_png": out / "metrics.png", "node_usage_png": out / "node_usage.png"}
-    paths["markdown"].write_text(markdown(context, t2, t3, use, ks), encoding="utf-8")
-    payload = {"context": context, "table2": t2, "table3": t3, "usage": use, "ks": list(ks)}
+             "metrics_png": out / "metrics.png", "positions_png": out / "positions.png",
+             "node_usage_png": out / "node_usage.png"}
+    paths["markdown"].write_text(markdown(context, t2, t3, use, ks, positions), encoding="utf-8")
+    payload = {"context": context, "table2": t2, "table3": t3, "usage": use, "ks": list(ks),
+               "columns": columns(ks, context["candidates"]), "positive_positions": positions}
     paths["json"].write_bytes(orjson.dumps(_no_nan(payload), option=orjson.OPT_INDENT_2))
     suffix = " (SIMULATED LLM)" if context.get("simulated") else ""
-    plot_metrics(t2, ks, paths["metrics_png"], f"{context['dataset']}: metrics by method and Goal{suffix}")
+    plot_metrics(t2, ks, paths["metrics_png"], f"{context['dataset']}: metrics by method and Goal{suffix}",
+                 context["candidates"])
+    protocol = context.get("protocol", "paper")
+    plot_positions(positions, paths["positions_png"],
+                   f"{context['dataset']}: held-out item position ({protocol} protocol)")
     plot_node_usage(t3, paths["node_usage_png"], f"{context['dataset']}: node usage by Goal{suffix}")
     return paths
 
