@@ -36,7 +36,14 @@ async def test_sigkill_at_random_moments_loses_nothing(sim_llm, stream_env, star
         kills += 1
     start_worker(env)
 
-    results = await collect(bootstrap, env["LLM4RERANK_RESULT_TOPIC"], until=N, timeout_s=240)
+    # duplicates (re-published results) count toward `until`: wait for every request_id
+    wanted = {r["request_id"] for r in requests}
+    deadline = asyncio.get_running_loop().time() + 240
+    while True:
+        results = await collect(bootstrap, env["LLM4RERANK_RESULT_TOPIC"], until=N, timeout_s=240)
+        if {key for key, _ in results} >= wanted or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(1.0)
     rankings: dict[str, list[list[str]]] = defaultdict(list)
     for key, value in results:
         rankings[key].append(value["ranking"])
