@@ -137,3 +137,18 @@ async def test_a_refused_request_is_named_in_its_dead_letter(store: Store) -> No
     error = unstorable(slipped, info.value)
     assert error.code == "unstorable" and error.details["field"] == "goal"
     assert error.details["sqlstate"].startswith("22")
+
+
+async def test_the_byte_budget_admits_what_fits_and_one_oversized_request_alone() -> None:
+    from worker.stream.budget import ByteBudget
+
+    budget = ByteBudget(100)
+    assert await budget.acquire(60) == 60
+    waiting = asyncio.create_task(budget.acquire(60))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # 60 + 60 > 100: waits
+    await budget.release(60)
+    assert await asyncio.wait_for(waiting, 5) == 60
+    await budget.release(60)
+    assert await budget.acquire(10_000) == 100  # larger than the budget: runs alone
+    assert budget.used == 100
