@@ -106,8 +106,9 @@ class Recorder:
         self.inner = inner
         self.calls: list[Any] = []
 
-    async def complete(self, messages: Any, response_format: Any, deadline: float) -> Any:
-        call = await self.inner.complete(messages, response_format, deadline)
+    async def complete(self, messages: Any, response_format: Any, deadline: float,
+                       max_tokens: int | None = None) -> Any:
+        call = await self.inner.complete(messages, response_format, deadline, max_tokens)
         self.calls.append(call)
         return call
 

@@ -197,3 +197,18 @@ def start_worker(tmp_path: Path) -> Iterator[type[WorkerProcess]]:
 
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A REAL llama.cpp server (the xllamacpp wheel) serving a tiny random-weight Llama GGUF
+    built here in seconds; one slot of 2048 tokens, so answers at temperature 0 repeat."""
+    from real_server_kit import LlamaServer, build_gguf
+
+    folder = tmp_path_factory.mktemp("llama")
+    model = build_gguf(folder / "tiny-random-llama.gguf")
+    server = LlamaServer(model, n_ctx=2048, n_parallel=1, log=folder / "server.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()

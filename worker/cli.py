@@ -132,6 +132,11 @@ def sim_llm(
     timeout_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
     timeout_s: Annotated[float, typer.Option(min=0.001)] = 120.0,
     call_log: Annotated[Path | None, typer.Option(help="append one JSON line per call received")] = None,
+    backward_rate: Annotated[float, typer.Option(min=0, max=1, help="how often an aspect step "
+                                                 "names Backward when offered (seeded)")] = 0.0,
+    dialect: Annotated[str, typer.Option(help="accept and refuse response_format shapes as this "
+                                         "server does: vllm, tgi, llama-cpp-python, llama.cpp")
+                       ] = "vllm",
 ) -> None:
     """A SIMULATED OpenAI-compatible LLM (heuristic answers), for development and tests only."""
     import uvicorn
@@ -143,8 +148,14 @@ def sim_llm(
     settings = settings_or_exit()
     faults = Faults(latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms,
                     error_rate=error_rate, rate_limit_rate=rate_limit_rate,
-                    malformed_rate=malformed_rate, timeout_rate=timeout_rate, timeout_s=timeout_s)
-    state = SimState(settings.prompts_dir, faults, seed, max_concurrent, call_log=call_log)
+                    malformed_rate=malformed_rate, timeout_rate=timeout_rate, timeout_s=timeout_s,
+                    backward_rate=backward_rate)
+    from .simllm.dialects import DIALECTS
+
+    if dialect not in DIALECTS:
+        raise fail(f"--dialect: one of {list(DIALECTS)}")
+    state = SimState(settings.prompts_dir, faults, seed, max_concurrent, call_log=call_log,
+                     dialect=dialect)
     typer.echo(f"sim-llm: SIMULATED LLM (heuristic answers, not a model) serving model "
                f"{SIMULATED_MODEL!r} at http://{host}:{port}/v1 with seed {seed}; "
                "for development and tests only", err=True)

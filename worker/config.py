@@ -25,7 +25,25 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_model: str = "meta-llama/Llama-2-13b-chat-hf"
     llm_api_key: str | None = None
-    llm_structured: Literal["json_schema", "none"] = "json_schema"
+    llm_structured: Literal["json_schema", "tgi", "json_object", "none"] = Field(
+        "json_schema", description="answer format the server enforces: json_schema (OpenAI form: "
+        "vLLM, SGLang, llama.cpp), tgi (TGI's grammar form), json_object (the schema beside "
+        "json_object, llama-cpp-python), none (free text)")
+    llm_answer_shape: Literal["list", "keys"] = Field(
+        "list", description="list: a ranking array of fixed length; keys: one required key per "
+        "candidate holding its position")
+    llm_context_tokens: int | None = Field(
+        None, ge=256, description="the model's context length; unset: max_model_len from "
+        "/v1/models, else 4096")
+    llm_tokenizer: Path | None = Field(
+        None, description="a SentencePiece tokenizer.model to count prompt tokens exactly; "
+        "unset: a safe over-estimate")
+    llm_max_repair_share: float = Field(
+        0.2, ge=0, le=1, description="a ranking whose model-given part misses more than this "
+        "share of the candidates (appended in the previous order) is unusable")
+    llm_window: int = Field(20, ge=4, description="lists longer than this, or too long for the "
+                            "context, are reranked in sliding windows of this size")
+    llm_window_step: int = Field(10, ge=1, description="how far each window slides")
     llm_timeout_s: float = Field(60.0, gt=0)
     llm_max_inflight: int = Field(64, ge=1)
     llm_max_tokens: int = Field(512, ge=16)

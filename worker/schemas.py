@@ -191,6 +191,17 @@ class Usage(BaseModel):
 Status = Literal["ok", "degraded", "failed"]
 
 
+class RepairSummary(BaseModel):
+    """Model answers parsed, how many were a permutation as given, and what repair did."""
+
+    answers: int = 0
+    permutations: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    unknown: int = 0
+    ties: int = 0
+
+
 class RerankResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -207,6 +218,8 @@ class RerankResult(BaseModel):
     completed_at: datetime
     policy: str = Field("llm", description="llm, heuristic, or llm+heuristic after a fallback")
     replay_of: str | None = Field(None, description="the original request_id of a replay")
+    repair: RepairSummary | None = Field(None, description="how far the model's answers were from "
+                                         "a permutation over the walk; null without model answers")
 
 
 class ErrorInfo(BaseModel):

@@ -12,11 +12,12 @@ from typing import Any
 from .config import Settings
 from .engine.nodes import WalkPlan, plan_walk
 from .engine.prompts import PromptSet
-from .engine.steps import Journal, LLMCall, Policy
+from .engine.steps import Journal, LLMCall, Policy, RepairCount
+from .engine.tokens import TokenCounter, counter_for
 from .engine.walk import WalkOutcome, walk
 from .policies.chat import ChatTransport, RecordedChat
 from .policies.heuristic import HeuristicPolicy
-from .policies.llm import LLMPolicy
+from .policies.llm import LLMOptions, LLMPolicy
 from .schemas import Limits, RerankRequest, RerankResult, utcnow
 
 
@@ -38,6 +39,7 @@ class Reranker:
     policy: str = "llm"
     on_unavailable: str = "degrade"
     prompts: PromptSet | None = None
+    _counter: TokenCounter | None = None
 
     def __post_init__(self) -> None:
         if self.prompts is None:
@@ -62,6 +64,11 @@ class Reranker:
         return {
             "policy": self.policy, "prompts": self.prompts.name if self.prompts else None,
             "llm_structured": self.settings.llm_structured, "llm_reasks": self.settings.llm_reasks,
+            "llm_answer_shape": self.settings.llm_answer_shape,
+            "llm_max_repair_share": self.settings.llm_max_repair_share,
+            "llm_window": self.settings.llm_window, "llm_window_step": self.settings.llm_window_step,
+            "llm_context_tokens": self.llm_options().context_tokens if self.policy == "llm" else None,
+            "llm_tokenizer": str(self.settings.llm_tokenizer) if self.settings.llm_tokenizer else None,
             "max_steps": plan.max_steps, "deadline_ms": plan.deadline_ms,
             "aspects": {name: (a.model_dump(exclude_none=True) if a is not None else None)
                         for name, a in plan.aspects.items()},
@@ -74,9 +81,20 @@ class Reranker:
         if recorded is not None:
             chat = RecordedChat(recorded, then=chat if live else None)
         assert chat is not None and self.prompts is not None
-        return LLMPolicy(chat, self.prompts, structured=self.settings.llm_structured == "json_schema",
+        return LLMPolicy(chat, self.prompts, structured=self.settings.llm_structured != "none",
                          reasks=self.settings.llm_reasks, on_unavailable=self.on_unavailable,
-                         field_max_chars=self.settings.prompt_field_max_chars)
+                         options=self.llm_options())
+
+    def llm_options(self) -> LLMOptions:
+        """The policy's sizing: the context from the settings, else what the server reported."""
+        s = self.settings
+        if self._counter is None:
+            self._counter = counter_for(s.llm_tokenizer)
+        context = s.llm_context_tokens or getattr(self.chat, "context_tokens", None) or 4096
+        return LLMOptions(mode=s.llm_structured, shape=s.llm_answer_shape, context_tokens=context,
+                          max_tokens=s.llm_max_tokens, max_repair_share=s.llm_max_repair_share,
+                          window=s.llm_window, window_step=s.llm_window_step,
+                          counter=self._counter, field_max_chars=s.prompt_field_max_chars)
 
     async def run(
         self,
@@ -108,5 +126,15 @@ class Reranker:
             completed_at=utcnow(),
             policy=outcome.policy,
             replay_of=replay_of,
+            repair=_repair_of(outcome),
         )
         return result, outcome
+
+
+def _repair_of(outcome: WalkOutcome) -> RepairCount | None:
+    """What repair did over the whole walk, None when no model answer was parsed."""
+    total, seen = RepairCount(), False
+    for step in outcome.steps:
+        if step.repair is not None:
+            total, seen = total.add(step.repair), True
+    return total if seen else None

@@ -95,9 +95,9 @@ def test_changed_repair_rule_is_reported_by_session(populated: Any, monkeypatch:
     original = parse.repair
 
     def missing_first(tokens: list[str], candidates: list[str], previous: list[str], aliases: bool,
-                      notes: list[str]) -> tuple[list[str], int]:
-        ranking, known = original(tokens, candidates, previous, aliases, notes)
-        return ranking[known:] + ranking[:known], known
+                      notes: list[str]) -> tuple[list[str], parse.Repair]:
+        ranking, fix = original(tokens, candidates, previous, aliases, notes)
+        return ranking[fix.kept:] + ranking[:fix.kept], fix
 
     monkeypatch.setattr(parse, "repair", missing_first)
     comparisons = asyncio.run(_replay_all(populated.db.url))

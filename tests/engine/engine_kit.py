@@ -106,9 +106,9 @@ class ScriptedChat:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     async def complete(self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-                       deadline: float) -> LLMCall:
+                       deadline: float, max_tokens: int | None = None) -> LLMCall:
         self.requests.append({"messages": messages, "response_format": response_format,
-                              "deadline": deadline})
+                              "deadline": deadline, "max_tokens": max_tokens})
         if self.clock is not None:
             if self.clock() >= deadline:
                 raise DeadlineExceeded("fake deadline passed before the call")

@@ -56,6 +56,8 @@ class Mode(StrEnum):
 
 class Structured(StrEnum):
     json_schema = "json_schema"
+    tgi = "tgi"
+    json_object = "json_object"
     none = "none"
 
 
@@ -227,7 +229,8 @@ def replay_command(
     base_url: Annotated[str | None, typer.Option(help="live: OpenAI-compatible endpoint")] = None,
     llm_model: Annotated[str | None, typer.Option("--llm-model", help="live: model name")] = None,
     prompts: Annotated[str | None, typer.Option(help="live: prompt set (default, paper)")] = None,
-    structured: Annotated[Structured | None, typer.Option(help="live: json_schema or none")] = None,
+    structured: Annotated[Structured | None, typer.Option(
+        help="live: json_schema, tgi, json_object or none")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="live: sessions in flight")] = 8,
     tag: Annotated[str | None, typer.Option(help="live: suffix of the new request_ids "
                                             "(<original>~<tag>; default live-<UTC time>)")] = None,

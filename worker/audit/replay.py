@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ..config import Settings
@@ -118,7 +119,7 @@ class _AfterRecording:
         self.deadline = deadline
 
     async def complete(self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-                       deadline: float) -> LLMCall:
+                       deadline: float, max_tokens: int | None = None) -> LLMCall:
         if self.deadline:
             raise DeadlineExceeded("the stored session ran out of time here")
         raise ReplayExhausted("the walk asked for more LLM answers than the session stored")
@@ -177,6 +178,10 @@ class RecordedReplayer:
                   "llm_structured": config["llm_structured"], "llm_reasks": config["llm_reasks"],
                   "aspects": {k: v for k, v in config["aspects"].items() if v is not None},
                   "prompts": name, "llm_model": row.get("model") or self.settings.llm_model}
+        for key in ("llm_answer_shape", "llm_max_repair_share", "llm_window", "llm_window_step",
+                    "llm_context_tokens", "llm_tokenizer"):  # sizing, stored since 0005
+            if config.get(key) is not None:
+                update[key] = Path(config[key]) if key == "llm_tokenizer" else config[key]
         deadline = "deadline of" in (row.get("reason") or "")
         reranker = Reranker(self.settings.model_copy(update=update), _AfterRecording(deadline),
                             policy="heuristic" if heuristic else "llm", prompts=prompts)

@@ -141,11 +141,19 @@ def render_session(data: dict[str, Any], *, calls: bool = False) -> str:
             lines.append(f"  note: {note}")
         if step.get("problem"):
             lines.append(f"  problem: {step['problem']}")
+        if step.get("repair"):
+            r = step["repair"]
+            lines.append(f"  repair: {r.get('permutations', 0)} of {r.get('answers', 0)} answer(s) a "
+                         f"permutation; appended {r.get('appended', 0)}, dropped "
+                         f"{r.get('duplicates', 0)} duplicate(s) and {r.get('unknown', 0)} unknown, "
+                         f"{r.get('ties', 0)} tie(s)")
+        if step.get("withdrawn"):
+            lines.append(f"  shown as withdrawn: {len(step['withdrawn'])} list(s)")
         if step["node"] != STOP:
             lines.append(f"  calls {step.get('call_count', len(step.get('calls') or []))}, retries "
                          f"{step.get('retries') or 0}, tokens {step.get('prompt_tokens') or 0}+"
-                         f"{step.get('completion_tokens') or 0}, "
-                         f"latency {step.get('latency_ms') or 0:.1f} ms")
+                         f"{step.get('completion_tokens') or 0} ({step.get('cached_tokens') or 0} "
+                         f"cached), latency {step.get('latency_ms') or 0:.1f} ms")
         if calls:
             lines.extend(_calls_text(step.get("calls") or []))
     return "\n".join(lines)
@@ -158,7 +166,9 @@ def _calls_text(calls: Iterable[dict[str, Any]]) -> list[str]:
         for message in call.get("messages") or []:
             out.append(f"  [{visible(str(message.get('role')))}]")
             out.extend("    " + visible(line) for line in str(message.get("content", "")).split("\n"))
-        out.append(f"  --- call {n} answer ---")
+        server = ", ".join(f"{k} {call[k]}" for k in ("finish_reason", "model", "cached_tokens",
+                                                        "window") if call.get(k) is not None)
+        out.append(f"  --- call {n} answer{f' ({visible(server)})' if server else ''} ---")
         if call.get("error"):
             out.append(f"    error: {visible(str(call['error']))}")
         out.extend("    " + visible(line) for line in str(call.get("raw") or "").split("\n"))

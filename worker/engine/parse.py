@@ -12,7 +12,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-MIN_KNOWN_SHARE = 0.5
+MAX_REPAIR_SHARE = 0.5  # the parser's default; the policy passes LLM4RERANK_LLM_MAX_REPAIR_SHARE
 _TOKEN = re.compile(r"[^\s,;\[\]\"'`()]+")
 _LIST = re.compile(r"\[([^\[\]]*)\]")
 _WORD = re.compile(r"[a-z_]+")
@@ -26,6 +26,28 @@ class Parsed:
     next_node: str | None
     notes: list[str] = field(default_factory=list)
     problem: str | None = None
+    repair: Repair | None = None
+
+
+@dataclass
+class Repair:
+    """How far an answer was from a permutation: the ranking keeps `kept` of the model's items in
+    its order; `appended` were missing, `duplicates` and `unknown` were dropped, `ties` shared a
+    position (keys shape) and kept the previous order among themselves."""
+
+    kept: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    unknown: int = 0
+    ties: int = 0
+
+    @property
+    def was_permutation(self) -> bool:
+        return not (self.appended or self.duplicates or self.unknown or self.ties)
+
+    def share(self, n: int) -> float:
+        """The share of positions the repair decided rather than the model."""
+        return (self.appended + self.ties) / max(n, 1)
 
 
 def normalise(text: str, notes: list[str] | None = None) -> str:
@@ -50,15 +72,24 @@ def parse_answer(
     offered: tuple[str, ...],
     expect_ranking: bool,
     aliases: bool,
+    max_repair_share: float = MAX_REPAIR_SHARE,
 ) -> Parsed:
-    """Parse one answer. `previous` is the list that missing items are appended from."""
+    """Parse one answer. `previous` is the list that missing items are appended from; an answer
+    whose repair decides more than `max_repair_share` of the positions is unusable."""
     notes: list[str] = []
+    ties = 0
     text = normalise(raw or "", notes)
     obj = _find_json(text)
     if obj is not None:
         if not text.strip().startswith("{") or not text.strip().endswith("}"):
             notes.append("ignored text around the JSON answer")
         tokens = _json_tokens(obj)
+        if tokens is None:
+            by_key = _json_positions(obj, previous, candidates, aliases)
+            if by_key is not None:
+                tokens, ties = by_key
+                if ties:
+                    notes.append(f"{ties} item(s) shared a position; kept the previous order")
         node_text = _json_node(obj)
         if tokens is None and expect_ranking:
             notes.append("json answer without a ranking")
@@ -75,16 +106,20 @@ def parse_answer(
         next_node = _node_anywhere(_after_list(text), offered, notes)
     if tokens is None:
         return Parsed(None, next_node, notes, problem="no list of candidates found")
-    ranking, known = repair(tokens, candidates, previous, aliases, notes)
-    if known < max(1, int(len(candidates) * MIN_KNOWN_SHARE + 0.5)):
-        return Parsed(None, next_node, notes,
-                      problem=f"only {known} of {len(candidates)} candidates recognised")
-    return Parsed(ranking, next_node, notes)
+    ranking, fix = repair(tokens, candidates, previous, aliases, notes)
+    fix.ties = ties
+    n = len(candidates)
+    if fix.kept == 0 or fix.share(n) > max_repair_share:
+        return Parsed(None, next_node, notes, repair=fix, problem=(
+            f"only {fix.kept} of {n} candidates recognised ({fix.appended} missing, "
+            f"{fix.duplicates} duplicate(s), {fix.ties} tie(s)); at most "
+            f"{max_repair_share:.0%} may be repaired"))
+    return Parsed(ranking, next_node, notes, repair=fix)
 
 
 def repair(
     tokens: list[str], candidates: list[str], previous: list[str], aliases: bool, notes: list[str]
-) -> tuple[list[str], int]:
+) -> tuple[list[str], Repair]:
     """Keep known ids once in their order, drop unknown ones, append missing in previous order."""
     by_id = {c: c for c in candidates}
     by_folded = {c.casefold(): c for c in candidates}
@@ -109,7 +144,8 @@ def repair(
         notes.append(f"dropped {len(duplicates)} duplicate(s): {', '.join(duplicates[:10])}")
     if missing:
         notes.append(f"appended {len(missing)} missing item(s) in the previous order")
-    return out + missing, known
+    return out + missing, Repair(kept=known, appended=len(missing), duplicates=len(duplicates),
+                                 unknown=len(unknown))
 
 
 def _resolve(
@@ -164,7 +200,7 @@ def _find_json(text: str) -> dict | None:
             obj, _ = decoder.raw_decode(text, match.start())
         except ValueError:
             continue
-        if isinstance(obj, dict) and ({"ranking", "next_node", "next"} & set(obj)):
+        if isinstance(obj, dict) and ({"ranking", "positions", "next_node", "next"} & set(obj)):
             return obj
     return None
 
@@ -177,6 +213,31 @@ def _json_tokens(obj: dict) -> list[str] | None:
         if isinstance(value, str):
             return _TOKEN.findall(value)
     return None
+
+
+def _json_positions(obj: dict, previous: list[str], candidates: list[str], aliases: bool
+                    ) -> tuple[list[str], int] | None:
+    """The keys shape {"positions": {label: position}}: labels by position, ties in the previous
+    order; returns the labels and how many shared a position with an earlier one."""
+    value = obj.get("positions")
+    if not isinstance(value, dict):
+        return None
+    order = {c: i for i, c in enumerate(previous)}
+    rows = []
+    for label, position in value.items():
+        if isinstance(position, bool) or not isinstance(position, int | float | str):
+            continue
+        try:
+            pos = float(position)
+        except ValueError:
+            continue
+        item = candidates[int(label) - 1] if aliases and str(label).isdecimal() and (
+            1 <= int(label) <= len(candidates)) else str(label)
+        rows.append((pos, order.get(item, len(order)), str(label)))
+    rows.sort()
+    positions = [r[0] for r in rows]
+    ties = len(positions) - len(set(positions))
+    return [r[2] for r in rows], ties
 
 
 def _json_node(obj: dict) -> str | None:

@@ -112,6 +112,7 @@ class SessionPrompts:
     request: RerankRequest
     plan: WalkPlan
     structured: bool
+    shape: str = "list"
     field_max_chars: int = FIELD_MAX_CHARS
     clean: Cleaner = field(init=False)
     _prefix: str = field(init=False, default="")
@@ -136,9 +137,15 @@ class SessionPrompts:
             "candidates": "\n".join(lines),
             "columns": " | ".join(columns),
             "nodes": ", ".join(self.plan.aspect_names),
-            "format": ps.render("format_json" if self.structured else "format_text"),
+            "format": ps.render(self._format_key()),
         }
         self._prefix = ps.render("system", **self._values)
+
+    def _format_key(self) -> str:
+        if not self.structured:
+            return "format_text"
+        return "format_keys" if self.shape == "keys" and "format_keys" in self.prompts.texts else (
+            "format_json")
 
     def label(self, item_id: str) -> str:
         """How an item is named in prompts: its alias (1..N) or its (cleaned) item_id."""
@@ -155,13 +162,20 @@ class SessionPrompts:
                 f"characters (longest was {max(self.clean.cut)})"]
 
     def messages(
-        self, node: str, pool: list[tuple[str, list[str]]], offered: tuple[str, ...]
+        self, node: str, pool: list[tuple[str, list[str]]], offered: tuple[str, ...],
+        withdrawn: list[tuple[str, list[str]]] | None = None,
     ) -> list[dict[str, str]]:
+        """The node's prompt; lists Backward withdrew follow the pool, marked as withdrawn."""
         ps = self.prompts
         pool_text = "\n".join(
             ps.render("pool_line", step=i + 1, node=n, ranking=self._ranking_text(r))
             for i, (n, r) in enumerate(pool)
         ) or ps.manifest.get("pool_empty", "(empty)")
+        if withdrawn:
+            key = "withdrawn_line" if "withdrawn_line" in ps.texts else "pool_line"
+            pool_text += "\n" + "\n".join(
+                ps.render(key, step="-", node=n, ranking=self._ranking_text(r))
+                for n, r in withdrawn)
         step = ps.render(
             "step",
             **self._values,

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field, model_validator
 
-from ..schemas import RerankRequest
+from ..schemas import RepairSummary, RerankRequest
 from .nodes import WalkPlan
 
 # What PostgreSQL text and JSONB cannot hold: U+0000 and unpaired surrogates.
@@ -46,6 +46,23 @@ class LLMCall(BaseModel):
     latency_ms: float = 0.0
     retries: int = 0
     error: str | None = None
+    finish_reason: str | None = Field(None, description="stop, length, ... as the server said")
+    model: str | None = Field(None, description="the model id the server answered with")
+    cached_tokens: int | None = Field(None, description="prompt tokens served from the server's "
+                                      "prefix cache, where it reports them")
+    window: list[int] | None = Field(None, description="[first, last] positions (1-based) of the "
+                                     "previous list this call reranked, for a windowed step")
+    max_tokens: int | None = Field(None, description="the answer budget this call was sent with")
+    counted_tokens: int | None = Field(None, description="prompt tokens as counted before sending "
+                                       "(the configured tokenizer, or the estimate)")
+
+
+class RepairCount(RepairSummary):
+    """How far the model's answers were from a permutation (see engine.parse.Repair)."""
+
+    def add(self, other: RepairSummary) -> RepairCount:
+        return RepairCount(**{k: getattr(self, k) + getattr(other, k)
+                              for k in RepairSummary.model_fields})
 
     @model_validator(mode="after")
     def _storable(self) -> LLMCall:
@@ -83,6 +100,10 @@ class StepRecord(BaseModel):
     completion_tokens: int = 0
     latency_ms: float = 0.0
     retries: int = 0
+    repair: RepairCount | None = Field(None, description="what repair did to this step's answers")
+    withdrawn: list[list[str]] | None = Field(None, description="lists Backward withdrew, as the "
+                                              "step's prompt showed them")
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,6 +119,7 @@ class NodeAsk:
     visited: tuple[str, ...]
     calls_left: int
     deadline: float
+    withdrawn: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def previous(self) -> list[str]:
@@ -117,6 +139,7 @@ class NodeAnswer:
     calls: list[LLMCall] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problem: str | None = None
+    repair: RepairCount | None = None
 
 
 class Policy(Protocol):

@@ -2,7 +2,11 @@
 
 Start at Accuracy. An aspect node (Accuracy, Diversity, Fairness, ...) answers a full reranked
 list, which joins the historical pool, and names the next node. Backward drops the latest pool
-entry and only names the next node. Stop ends the walk with the latest pool entry (the upstream
+entry and only names the next node; the dropped list stays in later prompts as withdrawn, and
+Backward does not offer a node whose list was withdrawn, so the walk never asks the same
+question again (at temperature 0 it would get the same answer: a loop) and Backward can undo
+each aspect at most once.
+Stop ends the walk with the latest pool entry (the upstream
 order when the pool is empty). Every LLM call counts toward the step cap, which forces Stop.
 The Goal sentence and the pool reach every prompt through the policy.
 
@@ -48,6 +52,7 @@ async def walk(
     upstream = [c.item_id for c in request.candidates]
     deadline = clock() + plan.deadline_ms / 1000
     pool: list[tuple[str, tuple[str, ...]]] = []  # the historical pool: (node, list) per step
+    withdrawn: list[tuple[str, tuple[str, ...]]] = []  # lists Backward dropped, oldest first
     path: list[str] = []
     steps: list[StepRecord] = []
     calls = 0
@@ -63,8 +68,11 @@ async def walk(
         # Backward's prompt already shows the pool without the entry it drops
         shown = tuple(pool[:-1]) if node == BACKWARD else tuple(pool)
         offered = offered_after(plan, len(shown) + (0 if node == BACKWARD else 1))
+        if node == BACKWARD and pool:  # never back to a node whose list was withdrawn
+            undone = {pool[-1][0], *(n for n, _ in withdrawn)}
+            offered = tuple(n for n in offered if n not in undone) or (STOP,)
         ask = NodeAsk(request, plan, node, len(steps) + 1, shown, offered, tuple(path),
-                      plan.max_steps - calls, deadline)
+                      plan.max_steps - calls, deadline, tuple(withdrawn))
         try:
             answer = await policy.answer(ask)
         except DeadlineExceeded:
@@ -74,7 +82,9 @@ async def walk(
         path.append(node)
         removed = None
         if node == BACKWARD:
-            removed = list(pool.pop()[1]) if pool else None
+            if pool:
+                withdrawn.append(pool.pop())
+                removed = list(withdrawn[-1][1])
         elif answer.ranking is not None:
             pool.append((node, tuple(answer.ranking)))
             usable_lists += 1
@@ -111,6 +121,8 @@ def _record(ask: NodeAsk, answer: NodeAnswer, removed: list[str] | None, pool_si
         step=ask.step, node=ask.node, policy=answer.policy, ranking=answer.ranking,
         removed=removed, next_node=answer.next_node, offered=list(ask.offered),
         pool_size=pool_size, calls=answer.calls, notes=answer.notes, problem=answer.problem,
+        repair=answer.repair, withdrawn=[list(r) for _, r in ask.withdrawn] or None,
+        cached_tokens=sum(c.cached_tokens or 0 for c in answer.calls),
         prompt_tokens=sum(c.prompt_tokens for c in answer.calls),
         completion_tokens=sum(c.completion_tokens for c in answer.calls),
         latency_ms=round(sum(c.latency_ms for c in answer.calls), 3),

@@ -18,6 +18,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 from ..config import Settings
 from ..engine.steps import LLMCall
 from ..errors import ConfigError, DeadlineExceeded, ReplayExhausted
+from .formats import SETTING as FORMAT_SETTING
+from .formats import probe_format
 
 MAX_ATTEMPTS = 6
 
@@ -29,14 +31,26 @@ class LLMUnavailable(RuntimeError):
 class ChatTransport(Protocol):
     async def complete(
         self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-        deadline: float,
+        deadline: float, max_tokens: int | None = None,
     ) -> LLMCall: ...
+
+
+_VALIDATION = ("validation", "input should be", "invalid_request", "context_length",
+               "must be one of", "unsupported", "not supported")
+
+
+def is_validation_error(exc: openai.APIStatusError) -> bool:
+    """A 5xx that only says our request was invalid (llama-cpp-python answers a pydantic
+    validation error with 500): sending it again gives the same answer."""
+    text = f"{exc.message} {exc.body}".casefold()
+    return any(word in text for word in _VALIDATION)
 
 
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | openai.RateLimitError):
         return True
-    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+    return (isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+            and not is_validation_error(exc))
 
 
 class OpenAIChat:
@@ -64,12 +78,14 @@ class OpenAIChat:
         self.limit = asyncio.Semaphore(settings.llm_max_inflight)
         self.clock = clock
         self.in_flight = 0
+        self.context_tokens: int | None = settings.llm_context_tokens
 
     async def close(self) -> None:
         await self.client.close()
 
     async def check(self) -> list[str]:
-        """The served model ids; raises ConfigError naming what to fix."""
+        """The served model ids; reads the context length and sends one request in the answer
+        format. Raises ConfigError naming what to fix."""
         try:
             models = [m.id async for m in self.client.models.list()]
         except openai.APIConnectionError as exc:
@@ -87,11 +103,44 @@ class OpenAIChat:
                 f"model {self.model!r} is not served by {self.settings.llm_base_url} "
                 f"(it serves {models}); set LLM4RERANK_LLM_MODEL"
             )
+        self.context_tokens = self.settings.llm_context_tokens or await self.context_length()
+        await self.probe(probe_format(self.settings.llm_structured), FORMAT_SETTING)
         return models
+
+    async def context_length(self) -> int | None:
+        """max_model_len as vLLM reports it in /v1/models (other servers: None)."""
+        try:
+            async for m in self.client.models.list():
+                if m.id == self.model:
+                    value = (m.model_extra or {}).get("max_model_len")
+                    return int(value) if isinstance(value, int) else None
+        except openai.OpenAIError:
+            return None
+        return None
+
+    async def probe(self, response_format: dict[str, Any] | None, setting: str) -> None:
+        """One tiny request in the configured answer format; a server that refuses the format
+        stops the worker with a line naming the setting to change."""
+        if response_format is None:
+            return
+        try:
+            await self.client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": "Answer {\"next_node\": \"stop\"}"}],
+                max_tokens=16, temperature=0, response_format=response_format,  # type: ignore[arg-type]
+            )
+        except openai.APIStatusError as exc:
+            if exc.status_code < 500 or is_validation_error(exc):
+                raise ConfigError(
+                    f"the LLM server refused response_format type {response_format.get('type')!r} "
+                    f"(HTTP {exc.status_code}: {exc.message[:200]}); set {setting} to one it "
+                    "accepts: json_schema (vLLM, SGLang, llama.cpp), tgi (TGI), json_object "
+                    "(llama-cpp-python) or none"
+                ) from None
+            raise
 
     async def complete(
         self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-        deadline: float,
+        deadline: float, max_tokens: int | None = None,
     ) -> LLMCall:
         started = self.clock()
         retries = 0
@@ -117,7 +166,7 @@ class OpenAIChat:
                 reraise=True,
             ):
                 with attempt:
-                    response = await self._once(messages, extra, deadline)
+                    response = await self._once(messages, extra, deadline, max_tokens)
         except openai.APIStatusError as exc:
             if is_retryable(exc):
                 raise self._gave_up(exc, deadline) from exc
@@ -127,6 +176,7 @@ class OpenAIChat:
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
             raise self._gave_up(exc, deadline) from exc
         usage = response.usage
+        details = getattr(usage, "prompt_tokens_details", None) if usage else None
         return LLMCall(
             messages=messages,
             response_format=response_format,
@@ -135,10 +185,13 @@ class OpenAIChat:
             completion_tokens=usage.completion_tokens if usage else 0,
             latency_ms=round((self.clock() - started) * 1000, 3),
             retries=retries,
+            finish_reason=response.choices[0].finish_reason,
+            model=response.model,
+            cached_tokens=getattr(details, "cached_tokens", None),
         )
 
     async def _once(self, messages: list[dict[str, Any]], extra: dict[str, Any],
-                    deadline: float) -> Any:
+                    deadline: float, max_tokens: int | None = None) -> Any:
         left = deadline - self.clock()
         if left <= 0:
             raise DeadlineExceeded("deadline passed before the LLM call")
@@ -154,7 +207,8 @@ class OpenAIChat:
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 temperature=self.settings.llm_temperature,
-                max_tokens=self.settings.llm_max_tokens,
+                max_tokens=min(max_tokens or self.settings.llm_max_tokens,
+                               self.settings.llm_max_tokens),
                 timeout=timeout,
                 **extra,
             )
@@ -178,7 +232,7 @@ class RecordedChat:
 
     async def complete(
         self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-        deadline: float,
+        deadline: float, max_tokens: int | None = None,
     ) -> LLMCall:
         if self.served < len(self.calls):
             call = self.calls[self.served]
@@ -188,7 +242,7 @@ class RecordedChat:
             raise ReplayExhausted(
                 f"the walk asked for LLM call {self.served + 1}, the session stored {len(self.calls)}"
             )
-        return await self.then.complete(messages, response_format, deadline)
+        return await self.then.complete(messages, response_format, deadline, max_tokens)
 
     @property
     def exhausted(self) -> bool:

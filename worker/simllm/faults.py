@@ -24,6 +24,8 @@ class Faults(BaseModel):
     timeout_rate: float = Field(0.0, ge=0, le=1)
     malformed_rate: float = Field(0.0, ge=0, le=1)
     timeout_s: float = Field(120.0, gt=0)
+    backward_rate: float = Field(0.0, ge=0, le=1, description="how often an aspect step names "
+                                 "Backward when it is on offer (seeded per prompt)")
     inject_rate: float = Field(0.0, ge=0, le=1, description="share of answers given hostile text")
     inject_texts: list[str] = Field(default_factory=lambda: ["\u0000"],
                                     description="one is chosen per injected answer")

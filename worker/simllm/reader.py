@@ -134,6 +134,8 @@ class PromptReader:
         pattern = template_regex(self.prompts.texts["pool_line"])
         pool = []
         for match in pattern.finditer(text):
+            if match.group("node") not in (*ASPECT_NODES, BACKWARD):
+                continue  # a withdrawn list, or not a pool line
             ranking = [t for t in re.split(r"[\s,\[\]]+", match.group("ranking")) if t in labels]
             if len(ranking) == len(labels):
                 pool.append((match.group("node"), tuple(ranking)))

@@ -18,13 +18,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..engine.nodes import BACKWARD
 from ..engine.steps import NodeAsk
 from ..policies.heuristic import HeuristicPolicy
 from . import SIMULATED_MODEL
+from .dialects import check_format, enforced_schema, wants_json
 from .faults import Dice, Faults, inject, malform
 from .reader import PromptReader, UnreadablePrompt, load_readers
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+SIM_MAX_MODEL_LEN = 8192
 
 
 def count_tokens(text: str) -> int:
@@ -34,7 +37,9 @@ def count_tokens(text: str) -> int:
 
 class SimState:
     def __init__(self, prompts_dir: Path, faults: Faults, seed: int, max_concurrent: int,
-                 model: str = SIMULATED_MODEL, call_log: Path | None = None) -> None:
+                 model: str = SIMULATED_MODEL, call_log: Path | None = None,
+                 dialect: str = "vllm") -> None:
+        self.dialect = dialect
         self.readers = load_readers(prompts_dir)
         self.faults = faults
         self.dice = Dice(seed)
@@ -75,9 +80,11 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
 
 def create_app(state: SimState) -> Starlette:
     async def models(_: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{
-            "id": state.model, "object": "model", "created": 0, "owned_by": "sim-llm (simulated)",
-        }]})
+        model: dict[str, Any] = {"id": state.model, "object": "model", "created": 0,
+                                 "owned_by": "sim-llm (simulated)"}
+        if state.dialect == "vllm":
+            model["max_model_len"] = SIM_MAX_MODEL_LEN  # as vLLM reports its context length
+        return JSONResponse({"object": "list", "data": [model]})
 
     async def completions(request: Request) -> Response:
         try:
@@ -88,6 +95,10 @@ def create_app(state: SimState) -> Starlette:
         if body.get("model") != state.model:
             return _error(404, f"The model `{body.get('model')}` does not exist; this simulated "
                           f"server serves `{state.model}`.", "NotFoundError")
+        fmt = body.get("response_format")
+        refused = check_format(state.dialect, fmt)
+        if refused is not None:
+            return JSONResponse(refused[1], status_code=refused[0])
         prompt = orjson.dumps(messages).decode()
         state.log_call(prompt)
         rng = state.dice.for_prompt(prompt)
@@ -107,14 +118,25 @@ def create_app(state: SimState) -> Starlette:
                 if rng.random() < f.timeout_rate:
                     await asyncio.sleep(f.timeout_s)
                     return _error(504, "simulated timeout", "Timeout")
+                schema = enforced_schema(state.dialect, fmt)
                 try:
                     ask, reader = state.read(messages)
                 except UnreadablePrompt as exc:
-                    return _error(400, f"sim-llm could not read this prompt: {exc}",
-                                  "BadRequestError")
-                answer = state.policy.answer_now(ask)
-                structured = (body.get("response_format") or {}).get("type") == "json_schema"
-                content = render_answer(answer.ranking, answer.next_node, structured, reader)
+                    if not wants_json(fmt):
+                        return _error(400, f"sim-llm could not read this prompt: {exc}",
+                                      "BadRequestError")
+                    ask, reader = None, None  # e.g. a startup probe: answer the schema minimally
+                if ask is None or reader is None:
+                    content = orjson.dumps(minimal_instance(schema or {"type": "object"})).decode()
+                else:
+                    answer = state.policy.answer_now(ask)
+                    next_node = answer.next_node
+                    if (answer.ranking is not None and BACKWARD in ask.offered
+                            and f.backward_rate > 0 and rng.random() < f.backward_rate):
+                        next_node = BACKWARD
+                    keys = bool(schema) and "positions" in (schema or {}).get("properties", {})
+                    content = render_answer(answer.ranking, next_node, wants_json(fmt), reader,
+                                            keys=keys)
                 if rng.random() < f.malformed_rate:
                     content = malform(content, rng)
                 if f.inject_rate and rng.random() < f.inject_rate:
@@ -132,7 +154,8 @@ def create_app(state: SimState) -> Starlette:
             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                          "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": count_tokens(content),
-                      "total_tokens": prompt_tokens + count_tokens(content)},
+                      "total_tokens": prompt_tokens + count_tokens(content),
+                      "prompt_tokens_details": {"cached_tokens": 0}},
         })
 
     async def faults(request: Request) -> Response:
@@ -155,14 +178,35 @@ def create_app(state: SimState) -> Starlette:
 
 
 def render_answer(ranking: list[str] | None, next_node: str | None, structured: bool,
-                  reader: PromptReader) -> str:
+                  reader: PromptReader, keys: bool = False) -> str:
     aliases = reader.prompts.uses_aliases
     if structured:
         body: dict[str, Any] = {}
-        if ranking is not None:
+        if ranking is not None and keys:
+            body["positions"] = {r: i + 1 for i, r in enumerate(ranking)}
+        elif ranking is not None:
             body["ranking"] = [int(r) if aliases else r for r in ranking]
         body["next_node"] = next_node
         return orjson.dumps(body).decode()
     if ranking is None:
         return str(next_node)
     return "[" + ", ".join(ranking) + f"]; {next_node}"
+
+
+def minimal_instance(schema: dict[str, Any]) -> Any:
+    """The first value a schema allows: what a grammar-constrained server could answer."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: minimal_instance(props.get(k, {})) for k in schema.get("required", [])}
+    if kind == "array":
+        item = schema.get("items", {})
+        count = schema.get("minItems", 0)
+        if item.get("type") == "integer" and count <= item.get("maximum", count):
+            return list(range(item.get("minimum", 1), item.get("minimum", 1) + count))
+        return [minimal_instance(item) for _ in range(count)]
+    if kind == "integer":
+        return schema.get("minimum", 0)
+    return ""
