@@ -2,7 +2,7 @@
 text (prompts keep its key order), and notes made at receipt (e.g. an unknown replay-of)
 
 Revision ID: 0003
-Revises: 0002
+Revises: 0005 (chained after the step-repair migration merged first)
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0003"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
