@@ -56,14 +56,6 @@ class LLMCall(BaseModel):
     counted_tokens: int | None = Field(None, description="prompt tokens as counted before sending "
                                        "(the configured tokenizer, or the estimate)")
 
-
-class RepairCount(RepairSummary):
-    """How far the model's answers were from a permutation (see engine.parse.Repair)."""
-
-    def add(self, other: RepairSummary) -> RepairCount:
-        return RepairCount(**{k: getattr(self, k) + getattr(other, k)
-                              for k in RepairSummary.model_fields})
-
     @model_validator(mode="after")
     def _storable(self) -> LLMCall:
         if self.raw is not None and UNSTORABLE.search(self.raw):
@@ -80,6 +72,14 @@ class RepairCount(RepairSummary):
         if self.raw is None or not self.raw_replaced:
             return self.raw
         return restore(self.raw, self.raw_replaced)
+
+
+class RepairCount(RepairSummary):
+    """How far the model's answers were from a permutation (see engine.parse.Repair)."""
+
+    def add(self, other: RepairSummary) -> RepairCount:
+        return RepairCount(**{k: getattr(self, k) + getattr(other, k)
+                              for k in RepairSummary.model_fields})
 
 
 class StepRecord(BaseModel):
