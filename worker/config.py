@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
@@ -70,6 +70,18 @@ class Settings(BaseSettings):
     max_history: int = Field(200, ge=0)
     max_features: int = Field(64, ge=1)
     max_payload_bytes: int = Field(1_000_000, ge=1024)
+    kafka_max_message_bytes: int = Field(
+        1_000_000, ge=65_536, description="the producer's max_request_size; the broker's "
+        "message.max.bytes (infra) is set above it")
+    dlq_payload_max_bytes: int = Field(
+        256 * 1024, ge=0, description="payload kept in a dead letter; a longer one is cut, with "
+        "payload_truncated, payload_sha256 and payload_bytes")
+    inflight_bytes: int = Field(
+        32 * 1024 * 1024, ge=1_000_000, description="request bytes in flight per worker process; "
+        "the consumer waits when they would exceed it")
+    prompt_field_max_chars: int = Field(
+        500, ge=16, description="longest text of one request field in a prompt; longer is cut, "
+        "with a note in the step")
 
     aspects: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -92,6 +104,13 @@ class Settings(BaseSettings):
     def deployment(self) -> str:
         """Which worker fleet a session belongs to: it alone resumes and publishes it."""
         return f"{self.consumer_group}@{self.request_topic}"
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> Settings:
+        if self.dlq_payload_max_bytes > self.kafka_max_message_bytes // 2:
+            raise ValueError("LLM4RERANK_DLQ_PAYLOAD_MAX_BYTES must be at most half of "
+                             "LLM4RERANK_KAFKA_MAX_MESSAGE_BYTES, so a dead letter always fits")
+        return self
 
     @field_validator("audit_tokens", mode="before")
     @classmethod

@@ -66,7 +66,11 @@ async def rerank_lines(
         if store is None:
             result, _ = await reranker.run(request, journal=journal)
         else:
-            result = await _stored(request, journal)
+            try:
+                result = await _stored(request, journal, raw)
+            except RequestError as exc:
+                stats.invalid += 1
+                return error_record(line_no, raw, exc), []
         setattr(stats, result.status, getattr(stats, result.status) + 1)
         steps = [orjson.dumps({"request_id": request.request_id, **s.model_dump(mode="json")})
                  for s in journal.steps]
@@ -74,9 +78,14 @@ async def rerank_lines(
 
     writer = GroupCommitWriter(store) if store is not None else None
 
-    async def _stored(request: RerankRequest, journal: ListJournal) -> RerankResult:
+    async def _stored(request: RerankRequest, journal: ListJournal, raw: bytes) -> RerankResult:
         assert store is not None and writer is not None
-        await store.receive([(request, None)], run_config=reranker.stored_config)
+        receipt = await store.receive_checked([(request, None)], texts=[raw.decode("utf-8")],
+                                              run_config=reranker.stored_config)
+        if request.request_id in receipt.conflicts:
+            first = receipt.conflicts[request.request_id].isoformat()
+            raise RequestError("conflict", f"request_id {request.request_id!r} was first received "
+                               f"at {first} with different content", {"first_received_at": first})
         done = await run_session(store, writer, reranker, request.request_id, OWNER, 300.0)
         if done is not None:
             if done[1] is not None:

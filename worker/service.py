@@ -120,7 +120,7 @@ class Reranker:
                           max_repair_share=of("llm_max_repair_share", s.llm_max_repair_share),
                           window=of("llm_window", s.llm_window),
                           window_step=of("llm_window_step", s.llm_window_step),
-                          counter=self._counter)
+                          counter=self._counter, field_max_chars=s.prompt_field_max_chars)
 
     async def run(
         self,

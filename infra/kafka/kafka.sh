@@ -58,6 +58,9 @@ controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$DATA
 num.partitions=4
+# largest record batch the broker takes: above the producers' limit
+# (LLM4RERANK_KAFKA_MAX_MESSAGE_BYTES, 1000000), so whatever a producer sends is accepted
+message.max.bytes=1048588
 auto.create.topics.enable=true
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=8

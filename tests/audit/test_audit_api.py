@@ -3,11 +3,13 @@ through the API nor through the role), validated and bounded inputs, cursor pagi
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from audit_helpers import TOKEN
 from sqlalchemy import text
@@ -25,7 +27,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 async def client(populated: Any) -> AsyncIterator[httpx.AsyncClient]:
     engine = read_only_engine(populated.db.reader_url)
-    app = create_app(engine, [TOKEN, "second-token"])
+    app = create_app(engine, [TOKEN, "second-token-0123456789"])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit") as c:
         yield c
     await engine.dispose()
@@ -41,7 +43,7 @@ async def test_no_valid_token_no_data(client: httpx.AsyncClient, populated: Any)
             assert r.status_code == 401, (path, headers)
             assert r.headers["www-authenticate"].startswith("Bearer")
             assert rid not in r.text and "items" not in r.json()
-    second = await client.get("/api/sessions", headers={"Authorization": "bearer second-token"})
+    second = await client.get("/api/sessions", headers={"Authorization": "bearer second-token-0123456789"})
     assert second.status_code == 200
     assert (await client.get("/api/sessions", headers=AUTH)).status_code == 200
 
@@ -90,6 +92,38 @@ async def test_inputs_are_validated(client: httpx.AsyncClient) -> None:
     assert injection.status_code == 200 and injection.json()["items"] == []
     assert (await client.get("/api/sessions/nope", headers=AUTH)).status_code == 404
     assert (await client.get("/api/sessions/nope/steps/1/calls", headers=AUTH)).status_code == 404
+
+
+def _cursor(payload: object) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
+
+
+async def test_every_bad_parameter_is_a_400_naming_it(client: httpx.AsyncClient) -> None:
+    """Unicode digits are not digits; times and cursors outside what the store can compare are
+    refused before any query (they gave 500 and 503 before)."""
+    cases = {
+        "limit=²": "limit", "limit=٣": "limit", "item=x&top_k=³": "top_k", "top_k=１": "top_k",
+        "since=0001-01-01T00:00:00%2B14:00": "since", "until=9999-12-31T23:59:59-14:00": "until",
+        "cursor=" + _cursor(["2026-01-01T00:00:00+00:00", 2**64 - 1, "desc"]): "cursor",
+        "cursor=" + _cursor(["2026-01-01T00:00:00+00:00", True, "desc"]): "cursor",
+        "cursor=" + _cursor(["0001-01-01T00:00:00+14:00", 1, "desc"]): "cursor",
+        "cursor=" + _cursor([1, 1, "desc"]): "cursor",
+    }
+    for query, name in cases.items():
+        r = await client.get(f"/api/sessions?{query}", headers=AUTH)
+        assert r.status_code == 400, (query, r.text)
+        assert r.json()["message"].startswith(name), (query, r.json())
+    for params in ({"request_id": "x", "step": "²"}, {"step": "1"}, {"request_id": "x" * 257}):
+        r = await client.get("/api/session", params=params, headers=AUTH)
+        assert r.status_code == 400, params
+
+
+def test_short_tokens_refuse_to_start() -> None:
+    engine = read_only_engine("sqlite+aiosqlite:///:memory:")
+    for tokens in (["x"], ["a" * 15], [TOKEN, "short"]):
+        with pytest.raises(ConfigError, match="16 characters"):
+            create_app(engine, tokens)
+    create_app(engine, ["a" * 16])
 
 
 async def test_paging_filters_and_detail(client: httpx.AsyncClient, populated: Any) -> None:

@@ -70,15 +70,18 @@ async def test_default_set_shows_aliases_and_no_item_ids() -> None:
     assert "2 diversity:" not in after_backward
 
 
-async def test_paper_set_shows_item_ids() -> None:
+async def test_paper_set_numbers_the_items() -> None:
+    """The paper's templates name items by number too, so parsing never depends on item_ids."""
     request, _, chat = await long_session("paper")
     first = chat.requests[0]["messages"]
     assert [m["role"] for m in first] == ["user"]  # the paper's templates have no system part
     body = first[0]["content"]
-    for item_id in ids(request):
-        assert f"Item ID: {item_id}, features: " in body
+    for alias in range(1, len(ids(request)) + 1):
+        assert f"\nItem {alias}, features: " in body
     later = chat.requests[1]["messages"][0]["content"]
-    assert f"Step 1, node accuracy, reranked list: [{', '.join(ids(request))}]" in later
+    assert f"Step 1, node accuracy, reranked list: {','.join(map(str, PERM))}" in later
+    for item_id in ids(request):
+        assert f'"{item_id}"' not in body
     assert "You are the Diversity node." in later and 'attribute "genre"' in later
 
 
@@ -109,7 +112,7 @@ async def test_response_format_is_a_permutation_schema() -> None:
     assert backward["required"] == ["next_node"] and "ranking" not in backward["properties"]
     _, _, paper = await long_session("paper")
     items = paper.requests[0]["response_format"]["json_schema"]["schema"]["properties"]["ranking"]
-    assert items["items"]["type"] == "string" and len(items["items"]["enum"]) == N
+    assert items["items"] == {"type": "integer", "minimum": 1, "maximum": N}
 
 
 async def test_text_mode_sends_no_response_format_and_asks_for_the_text_form() -> None:

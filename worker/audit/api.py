@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +53,16 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return dump_json(content)
+
+
+def dump_json(content: Any) -> bytes:
+    """orjson, or the standard library for what orjson refuses: integers beyond 64 bits, which
+    JSONB gives back for a number such as 1e30 in a stored request."""
+    try:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(content, default=_iso, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSON:
@@ -128,21 +138,34 @@ def _single(params: QueryParams, allowed: set[str]) -> dict[str, str]:
     return out
 
 
+MIN_TOKEN_CHARS = 16
+
+
 def _int(value: str | None, name: str) -> int | None:
+    """ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses."""
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 6:
+    if not (value.isascii() and value.isdecimal()) or len(value) > 6:
         raise FilterError(f"{name}: expected a positive integer")
     return int(value)
 
 
+def check_tokens(tokens: Sequence[str]) -> None:
+    """Refuse to serve with no token or a short (guessable) one; the message names the setting."""
+    from ..errors import ConfigError
+
+    if not [t for t in tokens if t]:
+        raise ConfigError("no audit tokens: set LLM4RERANK_AUDIT_TOKENS (comma-separated bearer tokens)")
+    short = [t for t in tokens if len(t) < MIN_TOKEN_CHARS]
+    if short:
+        raise ConfigError(f"LLM4RERANK_AUDIT_TOKENS: {len(short)} token(s) shorter than "
+                          f"{MIN_TOKEN_CHARS} characters; use long random tokens")
+
+
 def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
     """The ASGI app; `engine` should be read-only (db.read_only_engine)."""
+    check_tokens(tokens)
     check = TokenCheck(tokens)
-    if not check:
-        from ..errors import ConfigError
-
-        raise ConfigError("no audit tokens: set LLM4RERANK_AUDIT_TOKENS (comma-separated bearer tokens)")
     queries = TraceQueries(engine)
 
     async def list_sessions(request: Request) -> Response:
@@ -162,14 +185,9 @@ def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
             return error(400, "bad_request", str(exc))
         return JSON({"items": page.items, "next_cursor": page.next_cursor, "limit": limit})
 
-    async def get_session(request: Request) -> Response:
-        try:
-            _single(request.query_params, set())
-        except FilterError as exc:
-            return error(400, "bad_request", str(exc))
-        request_id = request.path_params["request_id"]
-        if len(request_id) > 256:
-            return error(400, "bad_request", "request_id: at most 256 characters")
+    async def session_response(request_id: str) -> Response:
+        if not 1 <= len(request_id) <= 256:
+            return error(400, "bad_request", "request_id: 1 to 256 characters")
         data = await queries.session(request_id)
         if data is None:
             return error(404, "not_found", f"no session {request_id!r}")
@@ -178,15 +196,46 @@ def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
         data["steps"] = with_lists(req, data["steps"])
         return JSON(data)
 
-    async def get_calls(request: Request) -> Response:
-        request_id = request.path_params["request_id"]
-        step = request.path_params["step"]
-        if len(request_id) > 256 or not 0 < step < 10_000:
-            return error(400, "bad_request", "request_id or step out of range")
+    async def calls_response(request_id: str, step: int) -> Response:
+        if not 1 <= len(request_id) <= 256:
+            return error(400, "bad_request", "request_id: 1 to 256 characters")
+        if not 0 < step < 10_000:
+            return error(400, "bad_request", "step: between 1 and 9999")
         calls = await queries.step_calls(request_id, step)
         if calls is None:
             return error(404, "not_found", f"no step {step} in session {request_id!r}")
         return JSON({"request_id": request_id, "step": step, "calls": calls})
+
+    async def get_session(request: Request) -> Response:
+        try:
+            _single(request.query_params, set())
+        except FilterError as exc:
+            return error(400, "bad_request", str(exc))
+        return await session_response(request.path_params["request_id"])
+
+    async def get_calls(request: Request) -> Response:
+        request_id = request.path_params["request_id"]
+        step = request.path_params["step"]
+        response = await calls_response(request_id, step)
+        if response.status_code == 404:  # a request_id that itself ends in /steps/N/calls
+            whole = f"{request_id}/steps/{step}/calls"
+            if await queries.session(whole) is not None:
+                return await session_response(whole)
+        return response
+
+    async def get_session_by_query(request: Request) -> Response:
+        """Every request_id, also `.`, `..` or one ending in /steps/1/calls, which paths cannot
+        carry unambiguously (clients remove dot segments)."""
+        try:
+            p = _single(request.query_params, {"request_id", "step"})
+            if "request_id" not in p:
+                raise FilterError("request_id: required")
+            step = _int(p.get("step"), "step")
+        except FilterError as exc:
+            return error(400, "bad_request", str(exc))
+        if step is not None:
+            return await calls_response(p["request_id"], step)
+        return await session_response(p["request_id"])
 
     async def openapi(request: Request) -> Response:
         return JSON(openapi_document())
@@ -206,6 +255,7 @@ def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
         Route("/healthz", health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/api/sessions", list_sessions, methods=["GET"]),
+        Route("/api/session", get_session_by_query, methods=["GET"]),
         # request ids may contain "/": the calls route comes first so its suffix wins
         Route("/api/sessions/{request_id:path}/steps/{step:int}/calls", get_calls, methods=["GET"]),
         Route("/api/sessions/{request_id:path}", get_session, methods=["GET"]),
@@ -213,3 +263,7 @@ def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
     ]
     app = Starlette(routes=routes, exception_handlers={SQLAlchemyError: db_error, OSError: db_error})
     return Guard(app, check)
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

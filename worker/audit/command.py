@@ -120,9 +120,9 @@ def _with_db(url: str, coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _dump(obj: Any) -> bytes:
-    import orjson
+    from .api import dump_json
 
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+    return dump_json(obj)
 
 
 # trace ------------------------------------------------------------------------------------------
@@ -360,12 +360,15 @@ def audit_api_command(
     /openapi.json."""
     import uvicorn
 
-    from .api import create_app
+    from ..errors import ConfigError
+    from .api import check_tokens, create_app
     from .db import read_only_engine, reader_url, safe_url
 
     settings = settings_or_exit()
-    if not settings.audit_tokens:
-        raise fail("no audit tokens: set LLM4RERANK_AUDIT_TOKENS (comma-separated bearer tokens)")
+    try:
+        check_tokens(settings.audit_tokens)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     url = db or reader_url(settings)
 
     async def ping() -> None:

@@ -21,6 +21,7 @@ MAX_PAGE = 200
 DEFAULT_PAGE = 50
 MAX_TOP_K = 100
 DEFAULT_TOP_K = 10
+MAX_ROW_ID = 2**63 - 1  # PostgreSQL bigint
 
 Status = Literal["pending", "running", "ok", "degraded", "failed"]
 Order = Literal["desc", "asc"]
@@ -56,9 +57,7 @@ class TraceFilters(BaseModel):
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         """Naive times are read as UTC: the store keeps UTC and auditors paste log timestamps."""
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return None if value is None else in_utc(value)
 
     @field_validator("node")
     @classmethod
@@ -81,6 +80,16 @@ class TraceFilters(BaseModel):
         if self.item is not None and self.top_k is None:
             return self.model_copy(update={"top_k": DEFAULT_TOP_K})
         return self
+
+
+def in_utc(value: datetime) -> datetime:
+    """The time in UTC; a time that is not a UTC instant between years 1 and 9999 is refused."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("out of range: must be between years 1 and 9999 in UTC") from None
 
 
 def parse_filters(**values: object) -> TraceFilters:
@@ -116,11 +125,13 @@ def decode_cursor(cursor: str, order: Order) -> tuple[datetime, int]:
             raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, row_id, made_for = orjson.loads(raw)
-        when = datetime.fromisoformat(at)
-        if not isinstance(row_id, int) or made_for not in ("asc", "desc"):
+        if not isinstance(at, str) or type(row_id) is not int or not 0 <= row_id <= MAX_ROW_ID:
             raise ValueError("bad fields")
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        if made_for not in ("asc", "desc"):
+            raise ValueError("bad fields")
+        when = in_utc(datetime.fromisoformat(at))
+    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
         raise FilterError("cursor: not a cursor this API returned") from None
     if made_for != order:
         raise FilterError(f"cursor: made for order={made_for}, not order={order}")
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)), row_id
+    return when, row_id

@@ -146,6 +146,20 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "the calls", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/StepCalls"}}}},
                     "404": {"description": "no such step"}, **ERRORS}}},
+            "/api/session": {"get": {
+                "summary": "One session (or, with step, that step's calls) by a query parameter: "
+                           "works for every request_id, also `.`, `..` or ids containing "
+                           "/steps/N/calls",
+                "security": secured,
+                "parameters": [{"name": "request_id", "in": "query", "required": True,
+                                "schema": TEXT},
+                               {"name": "step", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 9999}}],
+                "responses": {"200": {"description": "the session or the step's calls",
+                                      "content": {"application/json": {"schema": {"oneOf": [
+                                          {"$ref": "#/components/schemas/Session"},
+                                          {"$ref": "#/components/schemas/StepCalls"}]}}}},
+                              "404": {"description": "no such session or step"}, **ERRORS}}},
             "/healthz": {"get": {"summary": "Liveness (no data, no token)",
                                  "responses": {"200": {"description": "alive"}}}},
             "/openapi.json": {"get": {"summary": "This document",

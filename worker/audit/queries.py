@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +30,7 @@ DETAIL_EXTRA = (
     sessions.c.request, sessions.c.started_at, sessions.c.attempts, sessions.c.source_topic,
     sessions.c.source_partition, sessions.c.source_offset, sessions.c.run_config,
     sessions.c.receipt_at, sessions.c.crashes, sessions.c.deployment, sessions.c.result_topic,
+    sessions.c.request_text, sessions.c.notes,
 )
 STEP_COLUMNS = tuple(c for c in steps.c if c.name not in ("id", "session_id", "calls"))
 
@@ -101,6 +103,9 @@ def plain(row: Any) -> dict[str, Any]:
 def summary(row: Any) -> dict[str, Any]:
     data = plain(row)
     data.pop("id", None)
+    text = data.pop("request_text", None)
+    if text:  # the request as its producer wrote it (key order kept), not JSONB's reordering
+        data["request"] = orjson.loads(text)
     for key in ("received_at", "completed_at", "started_at", "receipt_at"):
         if key in data:
             data[key] = utc(data[key])

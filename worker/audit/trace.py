@@ -4,15 +4,38 @@ and the viewer describe a session the same way."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from ..engine.nodes import BACKWARD, STOP
+from ..engine.prompts import BREAKS
 
 ARROW = " → "
 SHORT = {"accuracy": "A", "diversity": "D", "fairness": "F", "novelty": "N", "backward": "B", "stop": "S"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """Stored text made safe for a terminal: every control character (ESC, CR, LF, NUL, ...),
+    line separator and bidi override is shown as a \\xNN / \\uNNNN escape."""
+    return BREAKS.sub(_escape, text)
+
+
+def _visible_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, list):
+        return [_visible_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {k: (v if k == "calls" else _visible_tree(v)) for k, v in value.items()}
+    return value
 
 
 def upstream_of(request: dict[str, Any]) -> list[str]:
@@ -74,7 +97,9 @@ def _request_summary(request: dict[str, Any]) -> str:
 
 
 def render_session(data: dict[str, Any], *, calls: bool = False) -> str:
-    """The `trace show` text: a header, the path, then every step with its list and costs."""
+    """The `trace show` text: a header, the path, then every step with its list and costs.
+    Stored text is printed through `visible`, so nothing stored can drive the terminal."""
+    data = _visible_tree(data)
     request = data.get("request") or {}
     lines = [
         f"session {data['request_id']}  status {data['status']}  model {data.get('model') or '-'}  "
@@ -143,18 +168,18 @@ def _calls_text(calls: Iterable[dict[str, Any]]) -> list[str]:
     for n, call in enumerate(calls, start=1):
         out.append(f"  --- call {n} prompt ---")
         for message in call.get("messages") or []:
-            out.append(f"  [{message.get('role')}]")
-            out.extend("    " + line for line in str(message.get("content", "")).splitlines())
+            out.append(f"  [{visible(str(message.get('role')))}]")
+            out.extend("    " + visible(line) for line in str(message.get("content", "")).split("\n"))
         server = ", ".join(f"{k} {call[k]}" for k in ("finish_reason", "model", "cached_tokens",
                                                         "window") if call.get(k) is not None)
-        out.append(f"  --- call {n} answer{f' ({server})' if server else ''} ---")
+        out.append(f"  --- call {n} answer{f' ({visible(server)})' if server else ''} ---")
         if call.get("error"):
-            out.append(f"    error: {call['error']}")
+            out.append(f"    error: {visible(str(call['error']))}")
         for i, attempt in enumerate(call.get("attempts") or [], start=1):
             out.append(f"    HTTP attempt {i}: status {attempt.get('status') or '-'}, "
                        f"{attempt.get('latency_ms') or 0:.1f} ms"
-                       + (f", {attempt['error']}" if attempt.get("error") else ""))
-        out.extend("    " + line for line in str(call.get("raw") or "").splitlines())
+                       + (f", {visible(str(attempt['error']))}" if attempt.get("error") else ""))
+        out.extend("    " + visible(line) for line in str(call.get("raw") or "").split("\n"))
     return out
 
 
@@ -178,4 +203,5 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _clip(text: str, width: int) -> str:
+    text = visible(text)
     return text if len(text) <= width else text[: width - 1] + "…"

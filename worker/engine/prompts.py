@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -22,6 +23,47 @@ from .measures import group_of
 from .nodes import FUNCTIONAL, WalkPlan
 
 HISTORY_SHOWN = 10
+FIELD_MAX_CHARS = 500
+# Unicode categories Cc, Zl, Zp and Cs, and the bidirectional overrides and isolates (they
+# reorder what a reader, or a model, sees).
+BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(text: str, max_chars: int = FIELD_MAX_CHARS, cut: list[int] | None = None) -> str:
+    """One line of prompt text: every control character, line or paragraph separator (CR, LF,
+    VT, FF, U+0085, U+2028, U+2029, ...) and bidi override becomes a space, runs of whitespace
+    become one space, and text over `max_chars` is cut with an ellipsis (its length is appended
+    to `cut`). Request text can then never start a line of its own in a prompt."""
+    original = len(text)
+    if original > 4 * max_chars:  # do not normalise megabytes only to cut them
+        text = text[: 4 * max_chars]
+    text = " ".join(BREAKS.sub(" ", text).split())
+    if len(text) > max_chars or original > 4 * max_chars:
+        if cut is not None:
+            cut.append(original)
+        text = text[: max_chars - 1] + "…"
+    return text
+
+
+@dataclass
+class Cleaner:
+    """clean_text with one session's cap, remembering what it cut (for the step's notes)."""
+
+    max_chars: int = FIELD_MAX_CHARS
+    cut: list[int] = field(default_factory=list)
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return clean_text(value, self.max_chars, self.cut)
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        return value
+
+    def features(self, features: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in features.items():
+            out.setdefault(self(key), self(value))
+        return out
 
 
 @dataclass(frozen=True)
@@ -71,24 +113,27 @@ class SessionPrompts:
     plan: WalkPlan
     structured: bool
     shape: str = "list"
+    field_max_chars: int = FIELD_MAX_CHARS
+    clean: Cleaner = field(init=False)
     _prefix: str = field(init=False, default="")
     _values: dict[str, str] = field(init=False, default_factory=dict)
     alias_of: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         ps, req = self.prompts, self.request
+        clean = self.clean = Cleaner(self.field_max_chars)
         self.alias_of = {c.item_id: i + 1 for i, c in enumerate(req.candidates)}
         feature_style = ps.manifest.get("feature_style", "compact")
-        rows = [{"score": c.score, **c.features} for c in req.candidates]
+        rows = [{"score": c.score, **clean.features(c.features)} for c in req.candidates]
         columns = columns_of(rows)
         lines = [
-            ps.render("candidate", alias=i + 1, item_id=c.item_id,
+            ps.render("candidate", alias=i + 1, item_id=clean(c.item_id),
                       features=render_features(row, feature_style, columns))
             for i, (c, row) in enumerate(zip(req.candidates, rows, strict=True))
         ]
         self._values = {
-            "goal": req.goal.strip(),
-            "user": render_user(req, feature_style),
+            "goal": clean(req.goal),
+            "user": render_user(req, feature_style, clean),
             "candidates": "\n".join(lines),
             "columns": " | ".join(columns),
             "nodes": ", ".join(self.plan.aspect_names),
@@ -103,10 +148,18 @@ class SessionPrompts:
             "format_json")
 
     def label(self, item_id: str) -> str:
-        """How an item is named in prompts: its alias (1..N) or its item_id."""
+        """How an item is named in prompts: its alias (1..N) or its (cleaned) item_id."""
         if self.prompts.uses_aliases:
             return str(self.alias_of[item_id])
-        return item_id
+        return self.clean(item_id)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the step should say about the prompt: request text that was cut."""
+        if not self.clean.cut:
+            return []
+        return [f"prompt: {len(self.clean.cut)} request field(s) cut to {self.field_max_chars} "
+                f"characters (longest was {max(self.clean.cut)})"]
 
     def messages(
         self, node: str, pool: list[tuple[str, list[str]]], offered: tuple[str, ...],
@@ -149,10 +202,12 @@ class SessionPrompts:
             raise ConfigError(f"prompt set {self.prompts.name!r} has no template nodes/{node}.txt")
         values: dict[str, str] = {}
         if aspect is not None:
+            clean = self.clean
             values = {
-                "attribute": aspect.attribute,
-                "groups": describe_groups(self.request, aspect),
-                "seen": ", ".join(sorted(history_values(self.request, aspect.attribute))) or "none",
+                "attribute": clean(aspect.attribute),
+                "groups": clean(describe_groups(self.request, aspect, clean)),
+                "seen": clean(", ".join(sorted(clean(v) for v in history_values(
+                    self.request, aspect.attribute)))) or "none",
             }
         return self.prompts.render(f"nodes/{node}", **values)
 
@@ -187,30 +242,33 @@ def _compact(value: Any, joiner: str) -> str:
             _compact(v, joiner) for v in value)
     if isinstance(value, float):
         return f"{value:.3g}" if math.isfinite(value) else str(value)
-    return str(value).replace(";", ",").replace("|", "/").replace("\n", " ")
+    return clean_text(str(value), len(str(value)) + 1).replace(";", ",").replace("|", "/")
 
 
-def render_user(request: RerankRequest, style: str) -> str:
+def render_user(request: RerankRequest, style: str, clean: Cleaner | None = None) -> str:
+    clean = clean or Cleaner()
     user = request.user
-    head = render_features({"user_id": user.user_id, **user.features},
+    head = render_features({"user_id": clean(user.user_id), **clean.features(user.features)},
                            "compact" if style == "columns" else style)
     recent = user.history[-HISTORY_SHOWN:]
     if not recent:
         return head
     if style == "json":
-        shown = [{"item_id": h.item_id, **h.features} for h in recent]
+        shown = [{"item_id": clean(h.item_id), **clean.features(h.features)} for h in recent]
         return f"{head}, recent history: {orjson.dumps(shown).decode()}"
-    rows = [h.features or {"item_id": h.item_id} for h in recent]
+    rows = [clean.features(h.features) or {"item_id": clean(h.item_id)} for h in recent]
     columns = columns_of(rows)
     return head + f"\nRecent history (oldest first; {' | '.join(columns)}):\n" + "\n".join(
         "- " + render_features(row, style, columns) for row in rows)
 
 
-def describe_groups(request: RerankRequest, aspect: AspectConfig) -> str:
+def describe_groups(request: RerankRequest, aspect: AspectConfig,
+                    clean: Cleaner | None = None) -> str:
     if aspect.split_at is not None:
         return f"below {aspect.split_at:g}; {aspect.split_at:g} and above"
+    clean = clean or Cleaner()
     values = {group_of(c.features.get(aspect.attribute), aspect) for c in request.candidates}
-    return ", ".join(sorted(v for v in values if v is not None))
+    return ", ".join(sorted({clean(v) for v in values if v is not None}))
 
 
 def history_values(request: RerankRequest, attribute: str) -> set[str]:

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ..schemas import RepairSummary, RerankRequest
 from .nodes import WalkPlan
+
+# What PostgreSQL text and JSONB cannot hold: U+0000 and unpaired surrogates.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def storable(text: str) -> tuple[str, list[list[int]]]:
+    """`text` with each unstorable character replaced by U+FFFD, and [offset, code point] of each
+    replacement, so the original is restored exactly by `restore`."""
+    replaced = [[m.start(), ord(m.group())] for m in UNSTORABLE.finditer(text)]
+    return (UNSTORABLE.sub(REPLACEMENT, text) if replaced else text), replaced
+
+
+def restore(text: str, replaced: list[list[int]]) -> str:
+    chars = list(text)
+    for offset, code in replaced:
+        chars[offset] = chr(code)
+    return "".join(chars)
 
 
 class HTTPAttempt(BaseModel):
@@ -23,11 +42,15 @@ class LLMCall(BaseModel):
     """One chat completion: exactly what was sent and what came back, with every HTTP attempt.
 
     `deadline_passed` marks a call the request's deadline cut short (the endpoint kept failing or
-    hung): a replay meets the deadline at the same call."""
+    hung): a replay meets the deadline at the same call. An answer holding characters the store
+    cannot keep (U+0000, unpaired surrogates) is kept with U+FFFD in their place and `raw_replaced`
+    listing them: lossless, and parsed from that form."""
 
     messages: list[dict[str, Any]]
     response_format: dict[str, Any] | None = None
     raw: str | None = None
+    raw_replaced: list[list[int]] | None = Field(
+        None, description="[offset, code point] of characters in the answer stored as U+FFFD")
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
@@ -44,6 +67,23 @@ class LLMCall(BaseModel):
     max_tokens: int | None = Field(None, description="the answer budget this call was sent with")
     counted_tokens: int | None = Field(None, description="prompt tokens as counted before sending "
                                        "(the configured tokenizer, or the estimate)")
+
+    @model_validator(mode="after")
+    def _storable(self) -> LLMCall:
+        if self.raw is not None and UNSTORABLE.search(self.raw):
+            self.raw, replaced = storable(self.raw)
+            self.raw_replaced = [*(self.raw_replaced or []), *replaced]
+        if self.error is not None and UNSTORABLE.search(self.error):
+            self.error = self.error.encode("utf-8", "backslashreplace").decode(
+                "utf-8", "replace").replace("\x00", "\\x00")
+        return self
+
+    @property
+    def original_raw(self) -> str | None:
+        """The answer exactly as the server sent it."""
+        if self.raw is None or not self.raw_replaced:
+            return self.raw
+        return restore(self.raw, self.raw_replaced)
 
 
 class RepairCount(RepairSummary):

@@ -15,7 +15,7 @@ from typing import Any
 from ..engine.heuristics import next_by_goal
 from ..engine.nodes import BACKWARD
 from ..engine.parse import MAX_REPAIR_SHARE, Parsed, parse_answer
-from ..engine.prompts import PromptSet, SessionPrompts
+from ..engine.prompts import FIELD_MAX_CHARS, PromptSet, SessionPrompts
 from ..engine.steps import LLMCall, NodeAnswer, NodeAsk, RepairCount
 from ..engine.tokens import EstimateCounter, TokenCounter, prompt_tokens
 from ..errors import DeadlineExceeded
@@ -39,6 +39,7 @@ class LLMOptions:
     window: int = 20
     window_step: int = 10
     counter: TokenCounter = field(default_factory=EstimateCounter)
+    field_max_chars: int = FIELD_MAX_CHARS  # longest request text of one field in a prompt
 
 
 def answer_tokens(n: int, shape: str, ranking: bool) -> int:
@@ -130,7 +131,7 @@ class LLMPolicy:
                 request = request.model_copy(update={
                     "candidates": [c for c in request.candidates if c.item_id in keep]})
             self._sessions[key] = SessionPrompts(self.prompts, request, ask.plan, self.structured,
-                                                 self.options.shape)
+                                                 self.options.shape, self.options.field_max_chars)
         return self._sessions[key]
 
     def _needed(self, ask: NodeAsk, items: tuple[str, ...] | None, level: int) -> int:
@@ -240,6 +241,7 @@ class LLMPolicy:
         calls: list[LLMCall] = []
         repair = RepairCount()
         parsed: Parsed | None = None
+        notes.extend(f"{label}{note}" for note in session.notes if f"{label}{note}" not in notes)
         for attempt in range(max(1, min(1 + self.reasks, ask.calls_left))):
             counted = prompt_tokens(self.options.counter, conversation)
             room = self.options.context_tokens - counted
@@ -261,6 +263,10 @@ class LLMPolicy:
             call = call.model_copy(update={"window": window, "max_tokens": max_tokens,
                                            "counted_tokens": counted})
             calls.append(call)
+            if call.raw_replaced:
+                notes.append(f"{label}call {attempt + 1}: {len(call.raw_replaced)} character(s) the "
+                             "store cannot hold (U+0000, lone surrogates) kept as U+FFFD "
+                             "(raw_replaced)")
             if call.raw is None:
                 return NodeAnswer(None, None, self.name, calls, notes, repair=repair,
                                   problem=f"LLM error: {call.error}")

@@ -1,4 +1,5 @@
-"""Seeded faults of the simulated server: latency, 429s, 500s, timeouts and malformed answers.
+"""Seeded faults of the simulated server: latency, 429s, 500s, timeouts, malformed answers and
+hostile characters (U+0000, lone surrogates, any text) injected into answers.
 
 Each draw is seeded by (seed, prompt, how often this prompt was seen), so a run's faults do not
 depend on the order concurrent requests arrive in, and a retried call can succeed.
@@ -10,6 +11,7 @@ import hashlib
 import random
 import re
 from collections import OrderedDict
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -24,6 +26,17 @@ class Faults(BaseModel):
     timeout_s: float = Field(120.0, gt=0)
     backward_rate: float = Field(0.0, ge=0, le=1, description="how often an aspect step names "
                                  "Backward when it is on offer (seeded per prompt)")
+    inject_rate: float = Field(0.0, ge=0, le=1, description="share of answers given hostile text")
+    inject_texts: list[str] = Field(default_factory=lambda: ["\u0000"],
+                                    description="one is chosen per injected answer")
+    inject_at: Literal["start", "end", "random"] = "end"
+
+
+def inject(answer: str, faults: Faults, rng: random.Random) -> str:
+    """Put one of `inject_texts` into the answer (at its start, end or a seeded position)."""
+    text = rng.choice(faults.inject_texts) if faults.inject_texts else "\u0000"
+    at = {"start": 0, "end": len(answer)}.get(faults.inject_at, rng.randint(0, len(answer)))
+    return answer[:at] + text + answer[at:]
 
 
 class Dice:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import time
 import uuid
@@ -22,7 +23,7 @@ from ..engine.steps import NodeAsk
 from ..policies.heuristic import HeuristicPolicy
 from . import SIMULATED_MODEL
 from .dialects import check_format, enforced_schema, wants_json
-from .faults import Dice, Faults, malform
+from .faults import Dice, Faults, inject, malform
 from .reader import PromptReader, UnreadablePrompt, load_readers
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -65,6 +66,11 @@ class SimState:
             except (UnreadablePrompt, KeyError, ValueError) as exc:
                 problems.append(f"{reader.prompts.name}: {exc}")
         raise UnreadablePrompt("; ".join(problems))
+
+
+def _ascii_json(body: dict[str, Any]) -> Response:
+    """JSON with every non-ASCII character escaped: an answer may hold lone surrogates."""
+    return Response(json.dumps(body, ensure_ascii=True), media_type="application/json")
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -133,11 +139,13 @@ def create_app(state: SimState) -> Starlette:
                                             keys=keys)
                 if rng.random() < f.malformed_rate:
                     content = malform(content, rng)
+                if f.inject_rate and rng.random() < f.inject_rate:
+                    content = inject(content, f, rng)
                 state.served += 1
             finally:
                 state.in_flight -= 1
         prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages)
-        return JSONResponse({
+        return _ascii_json({
             "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -153,10 +161,10 @@ def create_app(state: SimState) -> Starlette:
     async def faults(request: Request) -> Response:
         """Change faults at run time (tests make the endpoint fail, then recover)."""
         if request.method == "POST":
-            update = orjson.loads(await request.body())
+            update = json.loads(await request.body())  # inject_texts may hold lone surrogates
             state.faults = Faults.model_validate({**state.faults.model_dump(), **update})
-        return JSONResponse({**state.faults.model_dump(), "served": state.served,
-                             "peak_in_flight": state.peak_in_flight})
+        return _ascii_json({**state.faults.model_dump(), "served": state.served,
+                            "peak_in_flight": state.peak_in_flight})
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok", "simulated": True})

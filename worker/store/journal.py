@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import suppress
+from typing import Any
 
-from ..engine.steps import StepRecord
+from ..engine.steps import UNSTORABLE, StepRecord
+from .faults import is_data_error, sqlstate
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -16,7 +18,9 @@ class GroupCommitWriter:
     """Each `write` waits until its step is committed; concurrent writes share one transaction.
 
     While the database is down, writes wait and are retried: walks stall (backpressure) instead of
-    losing steps.
+    losing steps. When the database refuses a value (a data error), the batch is written one step
+    at a time: the others commit, and the refused step is stored once more with every string
+    escaped and a note; if even that is refused, only its own walk gets the error.
     """
 
     def __init__(self, store: Store, max_batch: int = 500, linger_s: float = 0.005) -> None:
@@ -56,20 +60,70 @@ class GroupCommitWriter:
             await asyncio.sleep(self.linger_s)
             while not self.queue.empty() and len(batch) < self.max_batch:
                 batch.append(self.queue.get_nowait())
-            delay = 0.2
-            while True:
-                try:
-                    await self.store.add_steps([(sid, step) for sid, step, _ in batch])
-                    self.healthy = True
-                    break
-                except Exception as exc:  # the database is down or restarting: keep the batch
-                    self.healthy = False
-                    log.warning("step write failed (%s); retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            for _, _, done in batch:
-                if not done.done():
-                    done.set_result(None)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[int, StepRecord, asyncio.Future[None]]]) -> None:
+        delay = 0.2
+        while batch:
+            try:
+                await self.store.add_steps([(sid, step) for sid, step, _ in batch])
+                self.healthy = True
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+                return
+            except Exception as exc:
+                if is_data_error(exc):
+                    batch = await self._one_by_one(batch)
+                    if not batch:
+                        return
+                # the database is down or restarting: keep the batch
+                self.healthy = False
+                log.warning("step write failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _one_by_one(
+        self, batch: list[tuple[int, StepRecord, asyncio.Future[None]]]
+    ) -> list[tuple[int, StepRecord, asyncio.Future[None]]]:
+        """Write each step alone; returns those that failed for a reason other than their data."""
+        left = []
+        for sid, step, done in batch:
+            try:
+                await self._write_or_escape(sid, step)
+            except Exception as exc:
+                if not is_data_error(exc):
+                    left.append((sid, step, done))
+                elif not done.done():
+                    done.set_exception(exc)
+                continue
+            if not done.done():
+                done.set_result(None)
+        return left
+
+    async def _write_or_escape(self, sid: int, step: StepRecord) -> None:
+        try:
+            await self.store.add_steps([(sid, step)])
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            log.warning("step %d of session %d refused by the database (%s); storing it escaped",
+                        step.step, sid, sqlstate(exc) or type(exc).__name__)
+            escaped = StepRecord.model_validate(_escaped(step.model_dump(mode="json")))
+            escaped.notes.append(f"stored with unstorable characters escaped as \\uXXXX text "
+                                 f"(the database refused it: {sqlstate(exc) or type(exc).__name__})")
+            await self.store.add_steps([(sid, escaped)])
+
+
+def _escaped(value: Any) -> Any:
+    """Every string with U+0000 and unpaired surrogates written as \\uXXXX text."""
+    if isinstance(value, str):
+        return UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    return value
 
 
 class SessionJournal:

@@ -7,16 +7,17 @@ that crashed at any point can run again over the same messages without duplicati
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..engine.steps import StepRecord
-from ..schemas import RerankRequest, RerankResult, Source, utcnow
+from ..schemas import RerankRequest, RerankResult, Source, canonical_hash, utcnow
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
 
 
@@ -33,6 +34,22 @@ class Claim:
     receipt_at: datetime | None = None
     crashes: int = 0
     last_error: str | None = None
+
+
+@dataclass
+class Receipt:
+    """What recording a batch found: request_ids finished already (their stored results are queued
+    again), request_ids stored before with different content (-> when the first arrived), and
+    replay-of headers that named no stored session."""
+
+    seen: list[str] = field(default_factory=list)
+    conflicts: dict[str, datetime] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def stored_request(text: str | None, data: Any) -> RerankRequest:
+    """The request as received: from its own JSON text when stored (key order kept), else JSONB."""
+    return RerankRequest.model_validate(orjson.loads(text) if text else data)
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -69,50 +86,98 @@ class Store:
         run_config: Callable[[RerankRequest], dict[str, Any]] | None = None,
         deployment: str | None = None,
         result_topic: str | None = None,
+        texts: Sequence[str | None] | None = None,
     ) -> list[str]:
-        """Record requests durably before their offsets are committed; returns the request_ids
-        already finished (seen again), whose stored results are queued for publishing again.
+        """`receive_checked` for callers that only need the request_ids seen again."""
+        receipt = await self.receive_checked(
+            batch, replay_of=replay_of, replay_mode=replay_mode, receipts=receipts,
+            run_config=run_config, deployment=deployment, result_topic=result_topic, texts=texts)
+        return receipt.seen
+
+    async def receive_checked(
+        self,
+        batch: Sequence[tuple[RerankRequest, Source | None]],
+        *,
+        replay_of: str | None = None,
+        replay_mode: str | None = None,
+        receipts: Sequence[datetime | None] | None = None,
+        run_config: Callable[[RerankRequest], dict[str, Any]] | None = None,
+        deployment: str | None = None,
+        result_topic: str | None = None,
+        texts: Sequence[str | None] | None = None,
+    ) -> Receipt:
+        """Record requests durably before their offsets are committed.
+
+        A request_id stored before with the same content (canonical hash) is "seen": its stored
+        result is queued for publishing again, no walk runs. With different content it is a
+        conflict and nothing is changed. `texts` are the requests' JSON as received (else the
+        model's own dump, which keeps the producer's key order too). `replay_of` is kept only
+        when that session is stored here; otherwise the request is an original with a note.
 
         Each session keeps when its clock started (`receipts`, e.g. the Kafka timestamps; now when
         absent), the configuration it runs with, and the deployment (consumer group) that resumes
         and publishes it, to `result_topic`. Only sessions that arrived through Kafka (a `source`)
         are published; offline runs and live replays are not, until the same request_id arrives
         through Kafka."""
+        receipt = Receipt()
         if not batch:
-            return []
+            return receipt
         now = utcnow()
         starts = list(receipts) if receipts is not None else [None] * len(batch)
-        rows = [{
-            "request_id": req.request_id, "user_id": req.user.user_id, "goal": req.goal,
-            "request": req.model_dump(mode="json", exclude_none=True), "status": PENDING,
-            "received_at": now, "attempts": 0, "replay_of": replay_of, "replay_mode": replay_mode,
-            "source_topic": src.topic if src else None,
-            "source_partition": src.partition if src else None,
-            "source_offset": src.offset if src else None,
-            "receipt_at": min(start, now) if start is not None else now,
-            "run_config": run_config(req) if run_config is not None else None,
-            "deployment": deployment, "result_topic": result_topic, "crashes": 0,
-        } for (req, src), start in zip(batch, starts, strict=True)]
-        ids = [r["request_id"] for r in rows]
-        by_topic: dict[str, list[str]] = {}
-        for req, src in batch:
-            if src is not None:
-                by_topic.setdefault(src.topic, []).append(req.request_id)
+        texts = list(texts) if texts is not None else [None] * len(batch)
+        hashes = {req.request_id: canonical_hash(req) for req, _ in batch}
         async with self.engine.begin() as conn:
+            notes = None
+            if replay_of is not None and (await conn.execute(
+                    select(sessions.c.id).where(sessions.c.request_id == replay_of))).first() is None:
+                note = (f"replay-of {replay_of!r} names no session in this store; "
+                        "processed as an original request")
+                receipt.notes.append(note)
+                notes, replay_of, replay_mode = [note], None, None
+            rows = [{
+                "request_id": req.request_id, "user_id": req.user.user_id, "goal": req.goal,
+                "request": req.model_dump(mode="json", exclude_none=True), "status": PENDING,
+                "received_at": now, "attempts": 0, "replay_of": replay_of,
+                "replay_mode": replay_mode, "request_hash": hashes[req.request_id],
+                "request_text": text if text is not None else orjson.dumps(
+                    req.model_dump(mode="json", exclude_none=True)).decode(),
+                "notes": notes,
+                "source_topic": src.topic if src else None,
+                "source_partition": src.partition if src else None,
+                "source_offset": src.offset if src else None,
+                "receipt_at": min(start, now) if start is not None else now,
+                "run_config": run_config(req) if run_config is not None else None,
+                "deployment": deployment, "result_topic": result_topic, "crashes": 0,
+            } for (req, src), text, start in zip(batch, texts, starts, strict=True)]
             await conn.execute(self._insert_session, rows)
+            stored = (await conn.execute(
+                select(sessions.c.request_id, sessions.c.request_hash, sessions.c.request,
+                       sessions.c.received_at)
+                .where(sessions.c.request_id.in_(list(hashes)), sessions.c.received_at < now)
+            )).all()
+            for row in stored:
+                first = row.request_hash or canonical_hash(RerankRequest.model_validate(row.request))
+                if first != hashes[row.request_id]:
+                    receipt.conflicts[row.request_id] = row.received_at
+            ids = [rid for rid in hashes if rid not in receipt.conflicts]
+            by_topic: dict[str, list[str]] = {}
+            for req, src in batch:
+                if src is not None and req.request_id in ids:
+                    by_topic.setdefault(src.topic, []).append(req.request_id)
             for topic, arrived in by_topic.items():  # stored before without a source: now it has one
                 await conn.execute(update(sessions)
                                    .where(sessions.c.request_id.in_(arrived),
                                           sessions.c.source_topic.is_(None))
                                    .values(source_topic=topic))
-            seen = (await conn.execute(
-                update(sessions)
-                .where(sessions.c.request_id.in_(ids), sessions.c.status.in_(FINISHED),
-                       sessions.c.received_at < now, sessions.c.source_topic.is_not(None))
-                .values(published_at=None)
-                .returning(sessions.c.request_id)
-            )).scalars().all()
-        return list(seen)
+            if ids:
+                receipt.seen = list((await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.request_id.in_(ids), sessions.c.status.in_(FINISHED),
+                           sessions.c.received_at < now, sessions.c.source_topic.is_not(None))
+                    .values(published_at=None)
+                    .returning(sessions.c.request_id)
+                )).scalars().all())
+        return receipt
 
     # leases ----------------------------------------------------------------------------------
     async def claim(self, request_id: str, owner: str, lease_s: float) -> Claim | None:
@@ -129,14 +194,15 @@ class Store:
                         lease_until=now + timedelta(seconds=lease_s),
                         attempts=sessions.c.attempts + 1, claimed_at=now,
                         started_at=func.coalesce(sessions.c.started_at, now))
-                .returning(sessions.c.id, sessions.c.request, sessions.c.attempts,
-                           sessions.c.replay_of, sessions.c.run_config, sessions.c.receipt_at,
-                           sessions.c.received_at, sessions.c.crashes, sessions.c.last_error)
+                .returning(sessions.c.id, sessions.c.request, sessions.c.request_text,
+                           sessions.c.attempts, sessions.c.replay_of, sessions.c.run_config,
+                           sessions.c.receipt_at, sessions.c.received_at, sessions.c.crashes,
+                           sessions.c.last_error)
             )).first()
             if row is None:
                 return None
             stored = await self._steps(conn, row.id)
-        return Claim(row.id, RerankRequest.model_validate(row.request), row.attempts, stored,
+        return Claim(row.id, stored_request(row.request_text, row.request), row.attempts, stored,
                      row.replay_of, row.run_config, _utc(row.receipt_at or row.received_at),
                      row.crashes or 0, row.last_error)
 

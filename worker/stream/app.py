@@ -32,6 +32,7 @@ from ..service import Reranker, limits_of
 from ..store.journal import GroupCommitWriter
 from ..store.store import Store
 from . import metrics
+from .budget import ByteBudget
 from .inbox import Inbox
 from .outbox import Publisher
 from .runner import DB_DOWN, Runner
@@ -57,7 +58,12 @@ def create_app(settings: Settings, datadir: Path) -> faust.App:
         broker_commit_every=100,
         broker_commit_interval=1.0,
         producer_acks=-1,
-        stream_buffer_maxsize=max(settings.concurrency, 64),
+        producer_max_request_size=settings.kafka_max_message_bytes,
+        # memory: one fetch holds about one large message per partition, and the stream buffer
+        # holds no more requests than the byte budget admits at the largest request size
+        consumer_max_fetch_size=settings.kafka_max_message_bytes,
+        stream_buffer_maxsize=max(4, min(settings.concurrency, 64,
+                                         settings.inflight_bytes // settings.max_payload_bytes)),
         broker_max_poll_records=200,
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=max(settings.kafka_session_timeout_s / 5, 0.5),
@@ -81,9 +87,13 @@ class WorkerService(Service):
         self.runner = Runner(self.store, self.writer, self.reranker, self.owner,
                              settings.concurrency, settings.lease_s, self.done,
                              settings.crash_limit)
+        self.runner.budget = ByteBudget(settings.inflight_bytes)
+        self.runner.orphan_bytes = settings.max_payload_bytes
         self.inbox = Inbox(self.store, self.runner, self.reranker, limits_of(settings),
-                           self._send_and_wait, settings.dlq_topic, settings.deployment,
-                           settings.result_topic)
+                           self._send_and_wait, settings.dlq_topic,
+                           deployment=settings.deployment, result_topic=settings.result_topic,
+                           dlq_payload_max_bytes=settings.dlq_payload_max_bytes,
+                           max_message_bytes=settings.kafka_max_message_bytes)
         self.publisher = Publisher(self.store, self._send, settings.result_topic, self.done,
                                    settings.deployment)
         self._tasks: list[asyncio.Task[None]] = []

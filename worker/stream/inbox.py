@@ -12,25 +12,30 @@ from typing import Any
 import orjson
 
 from ..errors import RequestError
-from ..schemas import Limits, Source, dead_letter, parse_request
+from ..schemas import DLQ_PAYLOAD_MAX_BYTES, Limits, RerankRequest, Source, dead_letter, parse_request
 from ..service import Reranker
-from ..store.store import Store
+from ..store.faults import is_data_error, is_db_down, sqlstate
+from ..store.store import Receipt, Store
 from . import metrics
-from .runner import DB_DOWN, Runner
+from .runner import Runner
 
 log = logging.getLogger(__name__)
 REPLAY_HEADER = "replay-of"
+UNKNOWN_ERROR_ATTEMPTS = 5
 
 
 class Inbox:
     def __init__(self, store: Store, runner: Runner, reranker: Reranker, limits: Limits,
                  send_and_wait: Callable[[str, bytes | None, bytes], Awaitable[Any]],
-                 dlq_topic: str, deployment: str | None = None,
-                 result_topic: str | None = None) -> None:
+                 dlq_topic: str, *, deployment: str | None = None,
+                 result_topic: str | None = None, dlq_payload_max_bytes: int = DLQ_PAYLOAD_MAX_BYTES,
+                 max_message_bytes: int = 1_000_000) -> None:
         self.store, self.runner, self.reranker, self.limits = store, runner, reranker, limits
         self.send_and_wait = send_and_wait
         self.dlq_topic = dlq_topic
         self.deployment, self.result_topic = deployment, result_topic
+        self.dlq_payload_max_bytes = dlq_payload_max_bytes
+        self.max_message_bytes = max_message_bytes
 
     async def accept(self, value: bytes | None, source: Source,
                      headers: list[tuple[str, bytes]] | None = None,
@@ -48,36 +53,68 @@ class Inbox:
             return
         replay_of = next((v.decode("utf-8", "replace") for k, v in headers or []
                           if k == REPLAY_HEADER), None)
-        delay = 0.2
-        while True:
-            try:
-                seen = await self.store.receive(
-                    [(request, source)], replay_of=replay_of,
-                    replay_mode="kafka" if replay_of else None, receipts=[receipt_time(timestamp)],
-                    run_config=self.reranker.stored_config, deployment=self.deployment,
-                    result_topic=self.result_topic)
-                break
-            except DB_DOWN as exc:
-                metrics.BACKPRESSURE.labels("postgres").set(1)
-                log.warning("inbox waits for the database: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        metrics.BACKPRESSURE.labels("postgres").set(0)
-        if seen:
+        receipt = await self._record(raw, request, source, replay_of, timestamp)
+        if receipt is None:
+            return
+        if request.request_id in receipt.conflicts:
+            first = receipt.conflicts[request.request_id]
+            await self._dead_letter(raw, RequestError(
+                "conflict",
+                f"request_id {request.request_id!r} was first received at {first.isoformat()} with "
+                "different content; this message was not processed",
+                {"request_id": request.request_id, "first_received_at": first.isoformat()}), source)
+            return
+        for note in receipt.notes:
+            log.warning("%s: %s", request.request_id, note)
+        if receipt.seen:
             metrics.DUPLICATES.inc()
             self.runner.on_done.set()  # its stored result is queued for publishing again
             return
-        await self.runner.submit(request.request_id)
+        await self.runner.submit(request.request_id, len(raw))
+
+    async def _record(self, raw: bytes, request: RerankRequest, source: Source,
+                      replay_of: str | None, timestamp: float | None) -> Receipt | None:
+        """Store the request; None when the database refused it (it went to the DLQ). Waits while
+        the database is unreachable: only that is backpressure."""
+        delay, unknown = 0.2, 0
+        while True:
+            try:
+                receipt = await self.store.receive_checked(
+                    [(request, source)], replay_of=replay_of,
+                    replay_mode="kafka" if replay_of else None, texts=[raw.decode("utf-8")],
+                    receipts=[receipt_time(timestamp)], run_config=self.reranker.stored_config,
+                    deployment=self.deployment, result_topic=self.result_topic)
+                metrics.BACKPRESSURE.labels("postgres").set(0)
+                return receipt
+            except Exception as exc:
+                if is_data_error(exc):
+                    await self._dead_letter(raw, unstorable(request, exc), source)
+                    return None
+                if not is_db_down(exc):
+                    unknown += 1
+                    log.exception("recording %s failed", request.request_id)
+                    if unknown >= UNKNOWN_ERROR_ATTEMPTS:
+                        await self._dead_letter(raw, RequestError(
+                            "store_error", f"the store failed {unknown} times: {exc}"[:2000]), source)
+                        return None
+                else:
+                    metrics.BACKPRESSURE.labels("postgres").set(1)
+                    log.warning("inbox waits for the database: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _dead_letter(self, raw: bytes, error: RequestError, source: Source) -> None:
-        record = dead_letter(raw, error, source)
+        record = dead_letter(raw, error, source, self.dlq_payload_max_bytes)
         metrics.INVALID.labels(error.code).inc()
         key = record.request_id.encode() if record.request_id else None
+        body = orjson.dumps(record.model_dump(mode="json"))
+        if len(body) + len(key or b"") > self.max_message_bytes * 0.9:  # never retried forever
+            record = dead_letter(raw, error, source, 0)
+            body = orjson.dumps(record.model_dump(mode="json"))
         delay = 0.2
         while True:
             try:
-                await self.send_and_wait(self.dlq_topic, key,
-                                         orjson.dumps(record.model_dump(mode="json")))
+                await self.send_and_wait(self.dlq_topic, key, body)
                 return
             except Exception as exc:  # broker unavailable: the message must not be lost
                 log.warning("DLQ publish failed (%s); retrying", exc)
@@ -90,3 +127,28 @@ def receipt_time(timestamp: float | None) -> datetime | None:
     if timestamp is None or timestamp <= 0:
         return None
     return datetime.fromtimestamp(timestamp, UTC)
+
+
+def unstorable(request: RerankRequest, exc: BaseException) -> RequestError:
+    """A dead letter for a value the database refused, naming the field that holds it."""
+    code = sqlstate(exc)
+    fields = [where for where, text in _strings(request.model_dump(mode="json"))
+              if "\x00" in text or any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)]
+    where = fields[0] if fields else "request"
+    reason = str(getattr(exc, "orig", exc)).splitlines()[0][:500]
+    return RequestError("unstorable", f"{where}: the database refused the value ({reason})",
+                        {"field": where, "sqlstate": code})
+
+
+def _strings(value: object, where: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(where or "request", value)]
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            at = f"{where}.{k}".lstrip(".")
+            out += [(at, str(k)), *_strings(v, at)]
+        return out
+    if isinstance(value, list):
+        return [pair for i, v in enumerate(value) for pair in _strings(v, f"{where}[{i}]")]
+    return []

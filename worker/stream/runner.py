@@ -14,21 +14,22 @@ import asyncio
 import logging
 from contextlib import suppress
 
-from asyncpg import exceptions as pg_errors
+import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 
 from ..service import Reranker
 from ..sessions import CRASH_LIMIT, run_session
+from ..store.faults import is_db_down
 from ..store.journal import GroupCommitWriter
 from ..store.store import Store
 from . import metrics
+from .budget import ByteBudget
 
 log = logging.getLogger(__name__)
-# the database unreachable, restarting or shutting down: waited out, never a crash
+# for cleanup that may meet the database gone; whether to wait is decided by `is_db_down`
 DB_DOWN = (OSError, ConnectionError, OperationalError, DBAPIError, asyncio.TimeoutError,
-           pg_errors.OperatorInterventionError, pg_errors.PostgresConnectionError,
-           pg_errors.TooManyConnectionsError)
+           asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class WalkCrashed(RuntimeError):
@@ -50,26 +51,40 @@ class Runner:
         self._closing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.running: set[str] = set()
+        self.budget: ByteBudget | None = None  # request bytes in flight (LLM4RERANK_INFLIGHT_BYTES)
+        self.held: dict[str, int] = {}
+        self.orphan_bytes = 1_000_000  # what a resumed session counts for: its size is not read
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"walk-{i}")
                        for i in range(self.concurrency)]
 
-    async def submit(self, request_id: str) -> bool:
-        """Queue a session unless this process already has it; waits while the queue is full,
-        but not past `close` (the session is stored: a scan or another worker takes it up)."""
+    async def submit(self, request_id: str, size: int | None = None) -> bool:
+        """Queue a session unless this process already has it; waits while the queue is full or
+        its bytes do not fit the budget, but not past `close` (the session is stored: a scan or
+        another worker takes it up)."""
         if not self.accepting or request_id in self.active:
             return False
         self.active.add(request_id)
-        put = asyncio.ensure_future(self.queue.put(request_id))
+        queued = asyncio.ensure_future(self._enqueue(request_id, size))
         closing = asyncio.ensure_future(self._closing.wait())
-        await asyncio.wait((put, closing), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((queued, closing), return_when=asyncio.FIRST_COMPLETED)
         closing.cancel()
-        if put.done():
+        if queued.done() and not queued.cancelled() and queued.exception() is None:
             return True
-        put.cancel()
+        queued.cancel()
+        with suppress(asyncio.CancelledError):
+            await queued
+        if self.budget is not None:
+            await self.budget.release(self.held.pop(request_id, 0))
         self.active.discard(request_id)
         return False
+
+    async def _enqueue(self, request_id: str, size: int | None) -> None:
+        if self.budget is not None:
+            self.held[request_id] = await self.budget.acquire(
+                self.orphan_bytes if size is None else size)
+        await self.queue.put(request_id)
 
     def close(self) -> None:
         """Take no more sessions (shutdown): a waiting `submit` returns at once."""
@@ -89,13 +104,15 @@ class Runner:
                 metrics.IN_FLIGHT.dec()
                 self.running.discard(request_id)
                 self.active.discard(request_id)
+                if self.budget is not None:
+                    await self.budget.release(self.held.pop(request_id, 0))
                 self.queue.task_done()
 
     async def _until_done(self, request_id: str) -> None:
         """Run the session until it is stored finished: database outages are waited out (never
         counted), crashes are recorded and retried until the session is failed for them."""
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((*DB_DOWN, WalkCrashed)),
+            retry=retry_if_exception(lambda e: isinstance(e, WalkCrashed) or is_db_down(e)),
             wait=wait_exponential(multiplier=0.2, max=5.0),
             reraise=True,
             before_sleep=self._waiting,
@@ -104,9 +121,9 @@ class Runner:
                 try:
                     done = await run_session(self.store, self.writer, self.reranker, request_id,
                                              self.owner, self.lease_s, self.crash_limit)
-                except DB_DOWN:
-                    raise
                 except Exception as exc:
+                    if is_db_down(exc):  # a value the database refused is no outage: a crash
+                        raise
                     await self._crashed(request_id, exc)
                     raise WalkCrashed(str(exc)) from exc
         metrics.BACKPRESSURE.labels("postgres").set(0)
@@ -139,7 +156,10 @@ class Runner:
         them (their steps so far are stored, so they resume elsewhere) and release their leases."""
         self.close()
         while not self.queue.empty():
-            self.active.discard(self.queue.get_nowait())
+            dropped = self.queue.get_nowait()
+            self.active.discard(dropped)
+            if self.budget is not None:
+                await self.budget.release(self.held.pop(dropped, 0))
             self.queue.task_done()
         with suppress(TimeoutError):
             async with asyncio.timeout(grace_s):

@@ -111,7 +111,7 @@ function resultRow(s) {
 // one session ------------------------------------------------------------------------------------
 async function openSession(requestId) {
   try {
-    const s = await api(`/api/sessions/${encodeURIComponent(requestId)}`);
+    const s = await api(`/api/session?request_id=${encodeURIComponent(requestId)}`);
     history.replaceState(null, "", `#session=${encodeURIComponent(requestId)}`);
     renderSession(s);
   } catch (error) { handle(error, $("search-message")); }
@@ -270,7 +270,7 @@ function stepCard(s, st) {
         return;
       }
       try {
-        const data = await api(`/api/sessions/${encodeURIComponent(s.request_id)}/steps/${st.step}/calls`);
+        const data = await api(`/api/session?request_id=${encodeURIComponent(s.request_id)}&step=${st.step}`);
         box.replaceChildren(...data.calls.flatMap((call, i) => callBlocks(call, i)));
         card.classList.add("wide");
         button.textContent = "Hide prompt and answer";
