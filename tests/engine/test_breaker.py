@@ -68,3 +68,17 @@ async def test_zero_threshold_never_opens() -> None:
     assert not breaker.open
     async with breaker.admit(time.monotonic() + 1):
         pass
+
+
+def test_tells_its_listener_when_it_opens_and_closes() -> None:
+    """The worker exports this as llm4rerank_backpressure{dependency="llm"}."""
+    breaker = Breaker(threshold=2)
+    changes: list[bool] = []
+    breaker.on_change = changes.append
+    breaker.failed()
+    assert changes == []
+    breaker.failed()
+    breaker.failed()  # already open: no second notice
+    breaker.answered()
+    breaker.answered()  # already closed
+    assert changes == [True, False]

@@ -31,6 +31,7 @@ class Breaker:
         self._probing = False
         self._closed = asyncio.Event()
         self._closed.set()
+        self.on_change: Callable[[bool], None] | None = None  # told True on open, False on close
 
     @property
     def open(self) -> bool:
@@ -76,9 +77,13 @@ class Breaker:
             self.opened_at, self.interval = now, self.first_probe_s
             self.next_probe = now + self.interval
             self._closed.clear()
+            if self.on_change is not None:
+                self.on_change(True)
 
     def answered(self) -> None:
         self.failures = 0
         if self.open:
             self.opened_at = None
             self._closed.set()
+            if self.on_change is not None:
+                self.on_change(False)

@@ -81,6 +81,7 @@ class WorkerService(Service):
         self.store = Store(settings.database_url)
         self.writer = GroupCommitWriter(self.store)
         self.chat = OpenAIChat(settings)
+        self.chat.breaker.on_change = lambda down: metrics.BACKPRESSURE.labels("llm").set(int(down))
         self.reranker = Reranker(settings, self.chat)
         self.done = asyncio.Event()
         self.rescan = asyncio.Event()
