@@ -9,7 +9,7 @@ SIM_PORT ?= 8000
 export LLM4RERANK_LLM_BASE_URL ?= http://127.0.0.1:$(SIM_PORT)/v1
 export LLM4RERANK_LLM_MODEL ?= sim-llm-simulated
 
-.PHONY: install up down demo demo-stop test lint bench eval-demo schemas clean
+.PHONY: install up down demo demo-stop test check lint bench eval-demo schemas clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -43,8 +43,11 @@ test: install
 	$(BIN)/llm4rerank db upgrade
 	$(BIN)/pytest -q -p no:cacheprovider
 
-lint: $(STAMP)
+check: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy worker
+
+lint: check
 
 schemas: $(STAMP)
 	$(BIN)/llm4rerank schemas --out schemas

@@ -19,8 +19,11 @@ MMR_LAMBDA = 0.5
 def by_score(base: Sequence[str], items: dict[str, Item]) -> list[str]:
     """Accuracy: the upstream score, best first; ties (and missing scores) keep the base order."""
     position = {item: i for i, item in enumerate(base)}
-    return sorted(base, key=lambda i: (-(items[i].score if items[i].score is not None
-                                         else float("-inf")), position[i]))
+    def key(i: str) -> tuple[float, int]:
+        score = items[i].score
+        return -(score if score is not None else float("-inf")), position[i]
+
+    return sorted(base, key=key)
 
 
 def values_of(item: Item, attribute: str) -> set[str]:

@@ -11,6 +11,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_REPAIR_SHARE = 0.5  # the parser's default; the policy passes LLM4RERANK_LLM_MAX_REPAIR_SHARE
 _TOKEN = re.compile(r"[^\s,;\[\]\"'`()]+")
@@ -167,7 +168,7 @@ def _resolve(
 
 def match_node(text: str, offered: tuple[str, ...], notes: list[str]) -> str | None:
     """Match a node name in any case, with punctuation or a ' node' suffix around it."""
-    words = _WORD.findall(text.casefold().replace("-", "_"))
+    words: list[str] = _WORD.findall(text.casefold().replace("-", "_"))
     for word in words:
         if word in offered:
             if word != text.strip():
@@ -193,7 +194,7 @@ def _node_anywhere(text: str, offered: tuple[str, ...], notes: list[str]) -> str
     return best
 
 
-def _find_json(text: str) -> dict | None:
+def _find_json(text: str) -> dict[str, Any] | None:
     decoder = json.JSONDecoder()
     for match in re.finditer(r"\{", text):
         try:
@@ -205,7 +206,7 @@ def _find_json(text: str) -> dict | None:
     return None
 
 
-def _json_tokens(obj: dict) -> list[str] | None:
+def _json_tokens(obj: dict[str, Any]) -> list[str] | None:
     for key in ("ranking", "ranked", "list", "items"):
         value = obj.get(key)
         if isinstance(value, list):
@@ -215,7 +216,7 @@ def _json_tokens(obj: dict) -> list[str] | None:
     return None
 
 
-def _json_positions(obj: dict, previous: list[str], candidates: list[str], aliases: bool
+def _json_positions(obj: dict[str, Any], previous: list[str], candidates: list[str], aliases: bool
                     ) -> tuple[list[str], int] | None:
     """The keys shape {"positions": {label: position}}: labels by position, ties in the previous
     order; returns the labels and how many shared a position with an earlier one."""
@@ -240,7 +241,7 @@ def _json_positions(obj: dict, previous: list[str], candidates: list[str], alias
     return [r[2] for r in rows], ties
 
 
-def _json_node(obj: dict) -> str | None:
+def _json_node(obj: dict[str, Any]) -> str | None:
     for key in ("next_node", "next", "node"):
         value = obj.get(key)
         if isinstance(value, str):

@@ -95,7 +95,7 @@ class PromptSet:
 
     @property
     def uses_aliases(self) -> bool:
-        return self.manifest.get("id_style", "alias") == "alias"
+        return bool(self.manifest.get("id_style", "alias") == "alias")
 
     def has_node(self, node: str) -> bool:
         return f"nodes/{node}" in self.texts
@@ -151,7 +151,7 @@ class SessionPrompts:
         """How an item is named in prompts: its alias (1..N) or its (cleaned) item_id."""
         if self.prompts.uses_aliases:
             return str(self.alias_of[item_id])
-        return self.clean(item_id)
+        return str(self.clean(item_id))
 
     @property
     def notes(self) -> list[str]:

@@ -127,9 +127,9 @@ class OpenAIChat:
         if response_format is None:
             return
         try:
-            await self.client.chat.completions.create(
+            await self.client.chat.completions.create(  # type: ignore[call-overload]
                 model=self.model, messages=[{"role": "user", "content": "Answer {\"next_node\": \"stop\"}"}],
-                max_tokens=16, temperature=0, response_format=response_format,  # type: ignore[arg-type]
+                max_tokens=16, temperature=0, response_format=response_format,
             )
         except openai.APIStatusError as exc:
             if exc.status_code < 500 or is_validation_error(exc):

@@ -59,4 +59,4 @@ def enforced_schema(dialect: str, fmt: dict[str, Any] | None) -> dict[str, Any] 
 
 
 def wants_json(fmt: dict[str, Any] | None) -> bool:
-    return bool(fmt) and fmt.get("type") in ("json_schema", "json_object", "json")  # type: ignore[union-attr]
+    return fmt is not None and bool(fmt) and fmt.get("type") in ("json_schema", "json_object", "json")
