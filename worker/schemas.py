@@ -6,7 +6,7 @@ import base64
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
 from pydantic import (
@@ -88,9 +88,14 @@ def _ident(max_length: int | None = 256, nonblank: bool = False) -> Any:
                      AfterValidator(_refuse(_ID_BAD, "an identifier")), _schema(ID_FORBIDDEN, **extra)]
 
 
-Ident = _ident()
-RequestId = _ident(256, nonblank=True)
-Attribute = _ident(None)
+if TYPE_CHECKING:  # Annotated[str, ...] built at run time: a str to a type checker
+    Ident = str
+    RequestId = str
+    Attribute = str
+else:
+    Ident = _ident()
+    RequestId = _ident(256, nonblank=True)
+    Attribute = _ident(None)
 Scalar = str | int | float | bool | None
 FeatureValue = Scalar | list[Scalar]
 _SCALAR_SCHEMA = {"anyOf": [{"type": "string", **_none_of(TEXT_FORBIDDEN)},

@@ -68,7 +68,7 @@ class Reranker:
         s = self.settings
         llm = self.policy == "llm"
         return RunConfig.of_plan(
-            self.plan(request), policy=self.policy,  # type: ignore[arg-type]
+            self.plan(request), policy=self.policy,
             prompts=self.prompts.name if llm else None,
             prompt_version=self.prompt_version, model=self.model,
             llm_structured=s.llm_structured, llm_reasks=s.llm_reasks,
@@ -150,7 +150,7 @@ class Reranker:
         heuristic = config.policy == "heuristic"
         result = RerankResult(
             request_id=request.request_id,
-            status=outcome.status,  # type: ignore[arg-type]
+            status=outcome.status,
             ranking=outcome.ranking,
             path=outcome.path,
             llm_calls=outcome.llm_calls,

@@ -321,7 +321,8 @@ def replay_command(
     if not comparisons:
         typer.echo("no finished sessions match; nothing replayed", err=True)
         raise typer.Exit(1 if missing else 0)
-    config = {"db": _safe(url), "filters": filters.model_dump(mode="json", exclude_defaults=True)}
+    config: dict[str, Any] = {"db": _safe(url),
+                              "filters": filters.model_dump(mode="json", exclude_defaults=True)}
     if mode is Mode.live:
         config.update({"llm_base_url": live_settings.llm_base_url, "llm_model": live_settings.llm_model,
                        "prompts": live_settings.prompts, "llm_structured": live_settings.llm_structured,

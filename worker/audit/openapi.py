@@ -93,7 +93,7 @@ CALL = {
 
 
 def openapi_document() -> dict[str, Any]:
-    secured = [{"bearer": []}]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "llm4rerank audit API", "version": "1",

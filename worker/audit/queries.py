@@ -6,6 +6,7 @@ read-only database role. Works on PostgreSQL and SQLite (the offline `rerank --s
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -177,7 +178,7 @@ class TraceQueries:
         data["steps"] = [_step(s) for s in step_rows]
         return data
 
-    async def step_calls(self, request_id: str, step: int) -> list[dict[str, Any]] | None:
+    async def step_calls(self, request_id: str, step: int) -> builtins.list[dict[str, Any]] | None:
         """The LLM calls of one step: the messages sent and the raw answers, with their costs."""
         async with self.engine.connect() as conn:
             calls = (await conn.execute(
@@ -187,7 +188,7 @@ class TraceQueries:
             return None
         return list(calls[0] or [])
 
-    async def load(self, request_ids: Sequence[str]) -> list[StoredSession]:
+    async def load(self, request_ids: Sequence[str]) -> builtins.list[StoredSession]:
         """Full sessions (request, outcome, steps with calls) for replay, in the order asked."""
         if not request_ids:
             return []

@@ -70,7 +70,8 @@ def mmr(request: RerankRequest, lam: float = 0.5) -> list[str]:
         def value(i: int) -> float:
             sim = max((len(cats[i] & cats[j]) / len(cats[i] | cats[j]) if cats[i] | cats[j] else 0.0
                        for j in out), default=0.0)
-            return lam * rel[i] - (1 - lam) * sim
+            gain: float = lam * rel[i] - (1 - lam) * sim
+            return gain
         best = max(left, key=lambda i: (value(i), -i))
         left.remove(best)
         out.append(best)

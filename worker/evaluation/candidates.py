@@ -156,7 +156,7 @@ def build_cases(dataset: Dataset, split: Split, model: GMF, users: np.ndarray, *
         candidates = [Item(item_id=inter.item_ids[i], score=_prob(s),
                            features=dataset.items.get(inter.item_ids[i], {}))
                       for i, s in zip(chosen, scores, strict=True)]
-        recent = split.history[u][-history:] if history > 0 else []
+        recent: np.ndarray | list[int] = split.history[u][-history:] if history > 0 else []
         past = [HistoryItem(item_id=inter.item_ids[i], features=dataset.items.get(inter.item_ids[i], {}))
                 for i in recent]
         request = RerankRequest(

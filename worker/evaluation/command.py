@@ -221,7 +221,10 @@ def _build(setup: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     except OSError as exc:
         raise _SetupError(f"cannot read the data: {exc}; check --data-dir") from None
     inter = data.interactions
-    echo = lambda message: typer.echo(message, err=True)  # noqa: E731
+
+    def echo(message: str) -> None:
+        typer.echo(message, err=True)
+
     echo(f"{data.name}: {inter.n_users} users, {inter.n_items} items, {len(inter)} interactions")
     split = leave_one_out(data)
     chosen = pick_users(split, n_users, setup["seed"])

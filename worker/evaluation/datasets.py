@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
-from ..schemas import FeatureValue
+from ..schemas import FeatureValue, Scalar
 
 Features = dict[str, FeatureValue]
 
@@ -172,6 +172,10 @@ def _read_csv(path: Path, multiline: bool = False, keep: set[str] | None = None)
     return {name.strip().lstrip("\ufeff"): table.column(name).to_pylist() for name in table.column_names}
 
 
+@overload
+def _column(table: dict[str, list[Any]], path: Path, *aliases: str, required: Literal[True] = ...) -> str: ...
+@overload
+def _column(table: dict[str, list[Any]], path: Path, *aliases: str, required: bool) -> str | None: ...
 def _column(table: dict[str, list[Any]], path: Path, *aliases: str, required: bool = True) -> str | None:
     lower = {name.lower(): name for name in table}
     for alias in aliases:
@@ -230,7 +234,7 @@ def _time_key(values: Sequence[Any], path: Path, rows: Sequence[int] | None = No
     return numbers
 
 
-def _split(value: Any, seps: str = "/|") -> list[str]:
+def _split(value: Any, seps: str = "/|") -> list[Scalar]:
     if value is None:
         return []
     return [p.strip() for p in re.split(f"[{re.escape(seps)}]", str(value)) if p.strip()]

@@ -51,14 +51,17 @@ class GMF:
 
     def scores(self, user: int) -> np.ndarray:
         """Logits of every item for one user (higher is better)."""
-        return self.items @ (self.users[user] * self.h) + self.b
+        logits: np.ndarray = self.items @ (self.users[user] * self.h) + self.b
+        return logits
 
     def score_matrix(self, users: np.ndarray) -> np.ndarray:
         """Logits of every item for several users, one row each."""
-        return (self.users[users] * self.h) @ self.items.T + self.b
+        logits: np.ndarray = (self.users[users] * self.h) @ self.items.T + self.b
+        return logits
 
     def score_pairs(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
-        return np.einsum("nd,nd->n", self.users[user] * self.h, self.items[item]) + self.b
+        logits: np.ndarray = np.einsum("nd,nd->n", self.users[user] * self.h, self.items[item]) + self.b
+        return logits
 
 
 class _Adam:
@@ -120,7 +123,8 @@ def full_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """1-based rank of each row's target counting ties against it (pessimistic): 1 + the number of
     other entries scoring at least as high. Excluded entries are -inf and never outrank a target."""
     target = scores[np.arange(len(targets)), targets][:, None]
-    return np.sum(scores >= target, axis=1)  # the target itself makes the 1
+    ranks: np.ndarray = np.sum(scores >= target, axis=1)  # the target itself makes the 1
+    return ranks
 
 
 def _mask_seen(scores: np.ndarray, users: np.ndarray, pair_user: np.ndarray, pair_item: np.ndarray

@@ -136,14 +136,14 @@ def usage(records: Sequence[Record]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: float, digits: int = 4) -> str:
+def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}"
 
 
 def _best(rows: list[dict[str, Any]], column: str) -> float | None:
-    values = [r[column] for r in rows if not math.isnan(r[column])]
+    values: list[float] = [r[column] for r in rows if not math.isnan(r[column])]
     if len(set(values)) < 2:  # nothing to single out
         return None
     metric = column.split("@")[0]

@@ -6,14 +6,14 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from ..engine.nodes import ASPECT_NODES, BACKWARD, WalkPlan
 from ..engine.prompts import PromptSet
 from ..engine.steps import NodeAsk
-from ..schemas import AspectConfig, HistoryItem, Item, RerankRequest, User
+from ..schemas import AspectConfig, HistoryItem, Item, Options, RerankRequest, User
 
 VALUE_PATTERNS = {"alias": r"\d+", "step": r"\d+", "item_id": r"[^\s,]+"}
 
@@ -47,7 +47,7 @@ class PromptReader:
 
     @staticmethod
     def _var_lines(text: str) -> dict[str, re.Pattern[str]]:
-        found = {}
+        found: dict[str, re.Pattern[str]] = {}
         for line in text.splitlines():
             for name in re.findall(r"\$\{?(\w+)\}?", line):
                 found.setdefault(name, template_regex(line))
@@ -81,7 +81,7 @@ class PromptReader:
         request = RerankRequest.model_construct(
             request_id="sim", goal=goal, user=User.model_construct(user_id="sim", features={},
                                                                     history=history),
-            candidates=items, aspects={}, options=None)
+            candidates=items, aspects={}, options=Options())
         pool = self._pool(main, labels)
         plan = WalkPlan(aspects=aspects, max_steps=99, deadline_ms=1)
         visited = tuple(n for n, _ in pool)
@@ -99,10 +99,11 @@ class PromptReader:
         columns = None
         if self.prompts.manifest.get("feature_style") == "columns":
             columns = (self.value(text, "system", "columns") or "").split(" | ")
-        items, labels = [], {}
+        items: list[Item] = []
+        labels: dict[str, str] = {}
         for match in pattern.finditer(text):
             groups = match.groupdict()
-            label = groups.get("alias") or groups.get("item_id")
+            label = cast(str, groups.get("alias") or groups.get("item_id"))  # the template has one of them
             features = parse_features(groups.get("features", ""), columns)
             score = features.pop("score", None)
             items.append(Item.model_construct(item_id=label, score=_number(score),

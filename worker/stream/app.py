@@ -97,7 +97,7 @@ class WorkerService(Service):
                            max_message_bytes=settings.kafka_max_message_bytes)
         self.publisher = Publisher(self.store, self._send, settings.result_topic, self.done,
                                    settings.deployment)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops: list[asyncio.Task[None]] = []
         self.stopped_cleanly = False
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
@@ -125,7 +125,7 @@ class WorkerService(Service):
                         "answers, requests get the heuristic's list at their deadline", exc)
         self.runner.start()
         self.writer.start()
-        self._tasks = [asyncio.create_task(self.publisher.run(), name="outbox"),
+        self._loops = [asyncio.create_task(self.publisher.run(), name="outbox"),
                        asyncio.create_task(self._leases(), name="leases"),
                        asyncio.create_task(self._orphans(), name="orphans")]
         log.info("worker %s: %d walks at once, metrics on :%d, LLM %s (%s)", self.owner,
@@ -142,9 +142,9 @@ class WorkerService(Service):
             await asyncio.wait_for(self.writer.stop(), 1.5)
         with suppress(Exception):
             await asyncio.wait_for(self.publisher.publish_once(), 1.5)
-        for task in self._tasks:
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._loops, return_exceptions=True)
         with suppress(Exception):
             await asyncio.wait_for(self.chat.close(), 0.5)
         with suppress(Exception):
@@ -194,7 +194,7 @@ def build(settings: Settings, datadir: Path) -> tuple[faust.App, WorkerService]:
     requests = app.topic(settings.request_topic, value_serializer="raw", key_serializer="raw")
 
     @app.agent(requests, concurrency=1)
-    async def inbox(stream: faust.StreamT) -> None:
+    async def inbox(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
             message = event.message
             tp = message.tp
@@ -208,7 +208,7 @@ def build(settings: Settings, datadir: Path) -> tuple[faust.App, WorkerService]:
                 lag = app.consumer.highwater(tp) - message.offset - 1
                 metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(lag, 0))
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: Any, **_: Any) -> None:
         service.rescan.set()
 
