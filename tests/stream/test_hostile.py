@@ -88,10 +88,9 @@ async def outcomes(env: dict[str, str], messages: list[Message], sent: list[tupl
             gauge.append(value)
         results = await collect(bootstrap, env["LLM4RERANK_RESULT_TOPIC"], 0, 0)
         dead = await collect(bootstrap, env["LLM4RERANK_DLQ_TOPIC"], 0, 0)
-        if len(results) >= want_results and len(dead) >= want_dead:
-            return results, dead, gauge
-        if time.monotonic() > deadline:
-            return results, dead, gauge
+        if (len(results) >= want_results and len(dead) >= want_dead) or time.monotonic() > deadline:
+            final = backpressure(env["LLM4RERANK_METRICS_PORT"])  # once more, after the work
+            return results, dead, gauge + ([final] if final is not None else [])
         await asyncio.sleep(1.0)
 
 

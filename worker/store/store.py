@@ -76,23 +76,10 @@ class Store:
             await conn.execute(select(1))
 
     # inbox -----------------------------------------------------------------------------------
-    async def receive(
-        self,
-        batch: Sequence[tuple[RerankRequest, Source | None]],
-        *,
-        replay_of: str | None = None,
-        replay_mode: str | None = None,
-        receipts: Sequence[datetime | None] | None = None,
-        run_config: Callable[[RerankRequest], dict[str, Any]] | None = None,
-        deployment: str | None = None,
-        result_topic: str | None = None,
-        texts: Sequence[str | None] | None = None,
-    ) -> list[str]:
-        """`receive_checked` for callers that only need the request_ids seen again."""
-        receipt = await self.receive_checked(
-            batch, replay_of=replay_of, replay_mode=replay_mode, receipts=receipts,
-            run_config=run_config, deployment=deployment, result_topic=result_topic, texts=texts)
-        return receipt.seen
+    async def receive(self, batch: Sequence[tuple[RerankRequest, Source | None]],
+                      **options: Any) -> list[str]:
+        """`receive_checked` (same options) for callers that only need the request_ids seen again."""
+        return (await self.receive_checked(batch, **options)).seen
 
     async def receive_checked(
         self,
