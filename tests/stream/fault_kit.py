@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import re
 import subprocess
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
-from stream_helpers import produce, query
+from stream_helpers import collect, produce, query
 
 from worker.audit.db import read_only_engine
 from worker.audit.queries import TraceQueries
@@ -101,8 +99,8 @@ async def check_run(case: str, env: dict[str, str], requests: list[dict[str, Any
     ids = {r["request_id"] for r in requests}
     prefix = next(iter(ids)).rsplit("-", 1)[0]
     figures = Figures(case, len(requests))
-    results = await collect_ids(env["LLM4RERANK_KAFKA_BOOTSTRAP"],
-                                env["LLM4RERANK_RESULT_TOPIC"], ids, timeout_s)
+    results = await collect(env["LLM4RERANK_KAFKA_BOOTSTRAP"],
+                            env["LLM4RERANK_RESULT_TOPIC"], ids, timeout_s)
     rankings: dict[str, list[list[str]]] = defaultdict(list)
     for key, value in results:
         rankings[key].append(value["ranking"])
@@ -147,29 +145,6 @@ async def check_run(case: str, env: dict[str, str], requests: list[dict[str, Any
     assert figures.reproduced == figures.replayed == len(ids), differing[:3]
     print("\n" + figures.line())
     return figures
-
-
-async def collect_ids(bootstrap: str, topic: str, ids: set[str], timeout_s: float
-                      ) -> list[tuple[str | None, dict]]:
-    """Every record of the topic once a result for each of `ids` is there (duplicates, which
-    at-least-once publishing allows, do not count toward that), or at the timeout."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    records: list[tuple[str | None, dict]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=500)
-            for part in batch.values():
-                records += [(r.key.decode() if r.key else None, orjson.loads(r.value))
-                            for r in part]
-            done = ids <= {key for key, _ in records}
-            if not batch and (done or time.monotonic() > deadline):
-                break
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def repeated_calls(url: str, prefix: str, calls_log: Path) -> tuple[int, int]:

@@ -30,9 +30,11 @@ async def produce(bootstrap: str, topic: str, messages: list[bytes],
         await producer.stop()
 
 
-async def collect(bootstrap: str, topic: str, until: int, timeout_s: float) -> list[tuple[str | None, dict]]:
-    """Read a topic from the beginning until `until` records (or the timeout), then whatever else
-    is already there, so duplicates are seen too."""
+async def collect(bootstrap: str, topic: str, until: int | set[str], timeout_s: float
+                  ) -> list[tuple[str | None, dict]]:
+    """Read a topic from the beginning until `until` records, or until a record keyed by each id of
+    a set `until` (duplicates, which at-least-once publishing allows, do not count toward that),
+    or the timeout; then whatever else is already there, so duplicates are seen too."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
@@ -45,7 +47,9 @@ async def collect(bootstrap: str, topic: str, until: int, timeout_s: float) -> l
                 for record in part:
                     records.append((record.key.decode() if record.key else None,
                                     orjson.loads(record.value)))
-            if not batch and (len(records) >= until or time.monotonic() > deadline):
+            done = (until <= {key for key, _ in records} if isinstance(until, set)
+                    else len(records) >= until)
+            if not batch and (done or time.monotonic() > deadline):
                 break
     finally:
         await consumer.stop()
