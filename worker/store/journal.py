@@ -8,6 +8,7 @@ from contextlib import suppress
 from typing import Any
 
 from ..engine.steps import UNSTORABLE, StepRecord
+from ..retrying import until_done
 from .faults import is_data_error, sqlstate
 from .store import Store
 
@@ -63,25 +64,29 @@ class GroupCommitWriter:
             await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[int, StepRecord, asyncio.Future[None]]]) -> None:
-        delay = 0.2
-        while batch:
+        """Commit the batch; a refused value sends it one step at a time, an outage is waited out
+        with the batch kept."""
+        pending = batch
+
+        async def attempt() -> None:
+            nonlocal pending
             try:
-                await self.store.add_steps([(sid, step) for sid, step, _ in batch])
-                self.healthy = True
-                for _, _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
-                return
+                await self.store.add_steps([(sid, step) for sid, step, _ in pending])
             except Exception as exc:
-                if is_data_error(exc):
-                    batch = await self._one_by_one(batch)
-                    if not batch:
-                        return
-                # the database is down or restarting: keep the batch
-                self.healthy = False
-                log.warning("step write failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                if not is_data_error(exc):
+                    self.healthy = False
+                    raise
+                pending = await self._one_by_one(pending)
+                if pending:  # the others failed for a reason other than their data
+                    self.healthy = False
+                    raise
+                return
+            for _, _, done in pending:
+                if not done.done():
+                    done.set_result(None)
+
+        await until_done(attempt, "the step writer")
+        self.healthy = True
 
     async def _one_by_one(
         self, batch: list[tuple[int, StepRecord, asyncio.Future[None]]]

@@ -27,6 +27,7 @@ from prometheus_client import start_http_server
 from ..config import Settings
 from ..errors import ConfigError
 from ..policies.chat import OpenAIChat, is_retryable
+from ..retrying import until_done
 from ..schemas import Source
 from ..service import Reranker, limits_of
 from ..store.journal import GroupCommitWriter
@@ -177,15 +178,11 @@ class WorkerService(Service):
 
 
 async def _wait_for(probe: Any, what: str, attempts: int = 30) -> None:
-    for attempt in range(attempts):
-        try:
-            await probe()
-            return
-        except Exception as exc:
-            if attempt == attempts - 1:
-                raise ConfigError(f"cannot reach {what} ({exc}); start it or fix the setting") from None
-            log.warning("waiting for %s (%s)", what, exc)
-            await asyncio.sleep(1.0)
+    """Wait about `attempts` seconds for a dependency at start, then name the fix."""
+    try:
+        await until_done(probe, f"the start ({what})", attempts=attempts, first_s=1.0, max_s=1.0)
+    except Exception as exc:
+        raise ConfigError(f"cannot reach {what} ({exc}); start it or fix the setting") from None
 
 
 def build(settings: Settings, datadir: Path) -> tuple[faust.App, WorkerService]:

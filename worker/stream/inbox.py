@@ -3,7 +3,6 @@ PostgreSQL before its offset can be committed, then hand it to the runner."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -12,6 +11,7 @@ from typing import Any
 import orjson
 
 from ..errors import RequestError
+from ..retrying import until_done
 from ..schemas import DLQ_PAYLOAD_MAX_BYTES, Limits, RerankRequest, Source, dead_letter, parse_request
 from ..service import Reranker
 from ..store.faults import is_data_error, is_db_down, sqlstate
@@ -76,32 +76,34 @@ class Inbox:
                       replay_of: str | None, timestamp: float | None) -> Receipt | None:
         """Store the request; None when the database refused it (it went to the DLQ). Waits while
         the database is unreachable: only that is backpressure."""
-        delay, unknown = 0.2, 0
-        while True:
-            try:
-                receipt = await self.store.receive_checked(
-                    [(request, source)], replay_of=replay_of,
-                    replay_mode="kafka" if replay_of else None, texts=[raw.decode("utf-8")],
-                    receipts=[receipt_time(timestamp)], run_config=self.reranker.stored_config,
-                    deployment=self.deployment, result_topic=self.result_topic)
-                metrics.BACKPRESSURE.labels("postgres").set(0)
-                return receipt
-            except Exception as exc:
-                if is_data_error(exc):
-                    await self._dead_letter(raw, unstorable(request, exc), source)
-                    return None
-                if not is_db_down(exc):
-                    unknown += 1
-                    log.exception("recording %s failed", request.request_id)
-                    if unknown >= UNKNOWN_ERROR_ATTEMPTS:
-                        await self._dead_letter(raw, RequestError(
-                            "store_error", f"the store failed {unknown} times: {exc}"[:2000]), source)
-                        return None
-                else:
-                    metrics.BACKPRESSURE.labels("postgres").set(1)
-                    log.warning("inbox waits for the database: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        unknown = 0
+
+        def waits(exc: BaseException) -> bool:
+            nonlocal unknown
+            if is_data_error(exc):
+                return False
+            if not is_db_down(exc):
+                unknown += 1
+                log.error("recording %s failed (%d of %d): %s", request.request_id, unknown,
+                          UNKNOWN_ERROR_ATTEMPTS, exc)
+                return unknown < UNKNOWN_ERROR_ATTEMPTS
+            return True
+
+        async def store() -> Receipt:
+            return await self.store.receive_checked(
+                [(request, source)], replay_of=replay_of,
+                replay_mode="kafka" if replay_of else None, texts=[raw.decode("utf-8")],
+                receipts=[receipt_time(timestamp)], run_config=self.reranker.stored_config,
+                deployment=self.deployment, result_topic=self.result_topic)
+
+        try:
+            return await until_done(store, "the inbox", retry_on=waits,
+                                    flag=metrics.BACKPRESSURE.labels("postgres"))
+        except Exception as exc:
+            error = (unstorable(request, exc) if is_data_error(exc) else RequestError(
+                "store_error", f"the store failed {unknown} times: {exc}"[:2000]))
+            await self._dead_letter(raw, error, source)
+            return None
 
     async def _dead_letter(self, raw: bytes, error: RequestError, source: Source) -> None:
         record = dead_letter(raw, error, source, self.dlq_payload_max_bytes)
@@ -111,16 +113,8 @@ class Inbox:
         if len(body) + len(key or b"") > self.max_message_bytes * 0.9:  # never retried forever
             record = dead_letter(raw, error, source, 0)
             body = orjson.dumps(record.model_dump(mode="json"))
-        delay = 0.2
-        while True:
-            try:
-                await self.send_and_wait(self.dlq_topic, key, body)
-                return
-            except Exception as exc:  # broker unavailable: the message must not be lost
-                log.warning("DLQ publish failed (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
+        # the broker unavailable: the message must not be lost, so this waits as long as it takes
+        await until_done(lambda: self.send_and_wait(self.dlq_topic, key, body), "the DLQ publish")
 
 def receipt_time(timestamp: float | None) -> datetime | None:
     """A Kafka timestamp as a datetime; None (receipt) when the message carries none."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 import orjson
 
+from ..retrying import until_done
 from ..schemas import RerankResult
 from ..store.store import Store
 from . import metrics
@@ -40,16 +42,10 @@ class Publisher:
         return sent
 
     async def run(self, interval_s: float = 0.5) -> None:
-        delay = interval_s
+        """Publish on every wake-up (and every `interval_s`); a broker or database outage is
+        waited out with the results kept in the outbox."""
         while True:
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=interval_s)
             self.wake.clear()
-            try:
-                await self.publish_once()
-                delay = interval_s
-            except Exception as exc:  # broker or database down: keep the outbox, retry
-                log.warning("publishing results failed (%s); retrying", exc)
-                delay = min(max(delay * 2, 0.5), 5.0)
+            await until_done(self.publish_once, "publishing results")

@@ -1,0 +1,58 @@
+"""The one wait-for-a-dependency policy: retries what it is told to, raises the rest, and raises
+the backpressure flag only while it waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from worker.retrying import until_done
+
+
+class Flag:
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def set(self, value: float) -> None:
+        self.values.append(value)
+
+
+def test_waits_out_failures_and_lowers_the_flag() -> None:
+    calls, flag = [], Flag()
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("down")
+        return "ok"
+
+    result = asyncio.run(until_done(flaky, "the test", flag=flag, first_s=0.001, max_s=0.002))
+    assert result == "ok"
+    assert len(calls) == 3
+    assert flag.values == [1, 1, 0]
+
+
+def test_raises_what_it_must_not_retry_at_once() -> None:
+    calls = []
+
+    async def refused() -> None:
+        calls.append(1)
+        raise ValueError("bad data")
+
+    with pytest.raises(ValueError, match="bad data"):
+        asyncio.run(until_done(refused, "the test", retry_on=lambda e: isinstance(e, OSError),
+                               first_s=0.001))
+    assert calls == [1]
+
+
+def test_gives_up_after_its_attempts() -> None:
+    calls = []
+
+    async def down() -> None:
+        calls.append(1)
+        raise ConnectionError("still down")
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(until_done(down, "the test", attempts=4, first_s=0.001, max_s=0.001))
+    assert len(calls) == 4

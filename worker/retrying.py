@@ -1,0 +1,66 @@
+"""Waiting out a dependency (PostgreSQL, Kafka): one tenacity policy for every loop that must not
+give up, with the same backoff, the same log line and the same backpressure gauge."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_never,
+    wait_exponential,
+)
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+FIRST_WAIT_S, MAX_WAIT_S = 0.2, 5.0
+
+
+class Flag(Protocol):
+    """A gauge child (`BACKPRESSURE.labels("postgres")`): 1 while waiting, 0 once through."""
+
+    def set(self, value: float) -> None: ...
+
+
+def _always(_: BaseException) -> bool:
+    return True
+
+
+def waiting(what: str, *, retry_on: Callable[[BaseException], bool] = _always,
+            flag: Flag | None = None, attempts: int | None = None,
+            first_s: float = FIRST_WAIT_S, max_s: float = MAX_WAIT_S) -> AsyncRetrying:
+    """The retry policy for `what`: exponential backoff from `first_s` to `max_s`, a warning per
+    wait, `flag` raised while waiting; errors `retry_on` refuses (and the last of `attempts`)
+    are raised to the caller."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if flag is not None:
+            flag.set(1)
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("%s waits (%s); retrying in %.1fs", what, exc, wait)
+
+    return AsyncRetrying(
+        retry=retry_if_exception(retry_on),
+        wait=wait_exponential(multiplier=first_s, min=first_s, max=max_s),
+        stop=stop_after_attempt(attempts) if attempts is not None else stop_never,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+async def until_done(call: Callable[[], Awaitable[T]], what: str, **policy: Any) -> T:
+    """`call()` retried under `waiting(what, **policy)`; the flag is lowered once it is through,
+    whether it succeeded or gave up (then nothing waits any more)."""
+    try:
+        result: T = await waiting(what, **policy)(call)
+    finally:
+        flag = policy.get("flag")
+        if flag is not None:
+            flag.set(0)
+    return result
