@@ -294,6 +294,11 @@ def _register_subsystems() -> None:
     app.command("export")(export_command)
     app.command("eval")(eval_command)
 
+    from .store.retention_command import partitions_command, retention_command
+
+    app.command("retention")(retention_command)
+    db_app.command("partitions")(partitions_command)
+
 
 _register_subsystems()
 

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(20.0, gt=0, description="SIGTERM: how long walks in flight "
                                     "may finish; the process exits within this plus 5 s")
     state_dir: Path = Field(Path(".local/worker"), description="faust's local state folder")
+    partition_interval: Literal["day", "month"] = Field(
+        "day", description="the time range of one partition of sessions and steps (PostgreSQL); "
+        "retention drops whole partitions")
+    partitions_ahead: int = Field(7, ge=1, le=366, description="partitions kept created ahead "
+                                  "of now, by the worker (hourly), db partitions and retention")
 
     @property
     def deployment(self) -> str:

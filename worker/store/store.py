@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from ..engine.steps import StepRecord
 from ..schemas import RerankRequest, RerankResult, Source, canonical_hash, utcnow
+from .dedup import insert_sessions_once
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
 
 
@@ -65,8 +66,13 @@ class Store:
         self.engine = engine or make_engine(url)
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         # one statement each, compiled once and executed with many parameter sets
-        self._insert_session = insert(sessions).on_conflict_do_nothing(index_elements=["request_id"])
-        self._insert_step = insert(steps).on_conflict_do_nothing(index_elements=["session_id", "step"])
+        # PostgreSQL: sessions partitioned by time, request_id kept unique by worker/store/dedup.py
+        pg = self.engine.dialect.name == "postgresql"
+        self._insert_session = insert(sessions) if pg else insert(sessions).on_conflict_do_nothing(
+            index_elements=["request_id"])
+        self._insert_step = insert(steps).on_conflict_do_nothing(
+            index_elements=["session_id", "session_received_at", "step"] if pg else ["session_id", "step"])
+        self._session_times: dict[int, datetime] = {}  # session id -> received_at (steps' partition)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -136,7 +142,7 @@ class Store:
                 "run_config": run_config(req) if run_config is not None else None,
                 "deployment": deployment, "result_topic": result_topic, "crashes": 0,
             } for (req, src), text, start in zip(batch, texts, starts, strict=True)]
-            await conn.execute(self._insert_session, rows)
+            await insert_sessions_once(conn, self._insert_session, rows)
             stored = (await conn.execute(
                 select(sessions.c.request_id, sessions.c.request_hash, sessions.c.request,
                        sessions.c.received_at)
@@ -188,7 +194,8 @@ class Store:
             )).first()
             if row is None:
                 return None
-            stored = await self._steps(conn, row.id)
+            self._remember(row.id, row.received_at)
+            stored = await self._steps(conn, row.id, row.received_at)
         return Claim(row.id, stored_request(row.request_text, row.request), row.attempts, stored,
                      row.replay_of, row.run_config, _utc(row.receipt_at or row.received_at),
                      row.crashes or 0, row.last_error)
@@ -240,15 +247,33 @@ class Store:
         if not batch:
             return
         now = utcnow()
-        rows = [{**step.model_dump(mode="json"), "session_id": sid, "created_at": now}
-                for sid, step in batch]
         async with self.engine.begin() as conn:
+            times = await self._received_at(conn, {sid for sid, _ in batch})
+            rows = [{**step.model_dump(mode="json"), "session_id": sid, "created_at": now,
+                     "session_received_at": times.get(sid)} for sid, step in batch]
             await conn.execute(self._insert_step, rows)
 
-    async def _steps(self, conn: AsyncConnection, session_id: int) -> list[StepRecord]:
-        rows = (await conn.execute(
-            select(steps).where(steps.c.session_id == session_id).order_by(steps.c.step)
-        )).mappings().all()
+    def _remember(self, session_id: int, received_at: datetime) -> None:
+        if len(self._session_times) >= 100_000:
+            self._session_times.clear()
+        self._session_times[session_id] = received_at
+
+    async def _received_at(self, conn: AsyncConnection, ids: set[int]) -> dict[int, datetime]:
+        """Each session's received_at, the partition key its steps carry (claim remembers it)."""
+        missing = [sid for sid in ids if sid not in self._session_times]
+        if missing:
+            for sid, received_at in (await conn.execute(
+                    select(sessions.c.id, sessions.c.received_at)
+                    .where(sessions.c.id.in_(missing)))).all():
+                self._remember(sid, received_at)
+        return {sid: self._session_times[sid] for sid in ids if sid in self._session_times}
+
+    async def _steps(self, conn: AsyncConnection, session_id: int,
+                     received_at: datetime | None = None) -> list[StepRecord]:
+        query = select(steps).where(steps.c.session_id == session_id)
+        if received_at is not None and conn.dialect.name == "postgresql":  # one partition
+            query = query.where(steps.c.session_received_at == received_at)
+        rows = (await conn.execute(query.order_by(steps.c.step))).mappings().all()
         fields = StepRecord.model_fields
         return [StepRecord.model_validate({k: v for k, v in r.items() if k in fields})
                 for r in rows]

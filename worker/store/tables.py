@@ -1,5 +1,10 @@
 """SQLAlchemy tables. The unique key on (session_id, step) is what makes "no step executed twice"
-checkable; the indexes serve the auditors' questions."""
+checkable; the indexes serve the auditors' questions.
+
+On PostgreSQL both tables are partitioned by time (migration 0008, worker/store/partitions.py):
+sessions by received_at, steps by their session's received_at, so keys include those columns
+and request_id is kept unique by the store (an advisory lock per request_id), not by an index.
+SQLite keeps the unpartitioned shape (request_id and (session_id, step) unique)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -31,7 +36,7 @@ sessions = Table(
     "sessions",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("request_id", String(256), nullable=False, unique=True),
+    Column("request_id", String(256), nullable=False, index=True),
     Column("user_id", String(256), nullable=False),
     Column("goal", Text, nullable=False),
     Column("request", Json, nullable=False),
@@ -47,7 +52,7 @@ sessions = Table(
     Column("prompt_tokens", Integer),
     Column("completion_tokens", Integer),
     Column("latency_ms", Integer),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), primary_key=True),
     Column("started_at", DateTime(timezone=True)),
     Column("completed_at", DateTime(timezone=True)),
     Column("published_at", DateTime(timezone=True)),
@@ -82,7 +87,7 @@ steps = Table(
     "steps",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("session_id", Id, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("session_id", Id, nullable=False),
     Column("step", Integer, nullable=False),
     Column("node", String(32), nullable=False),
     Column("policy", String(32), nullable=False),
@@ -102,6 +107,9 @@ steps = Table(
     Column("withdrawn", Json),
     Column("cached_tokens", Integer),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("session_id", "step", name="uq_steps_session_step"),
+    Column("session_received_at", DateTime(timezone=True)),  # the partition key (PostgreSQL)
+    UniqueConstraint("session_id", "session_received_at", "step", name="uq_steps_session_step"),
+    ForeignKeyConstraint(["session_id", "session_received_at"], ["sessions.id", "sessions.received_at"],
+                         ondelete="CASCADE"),
     Index("ix_steps_node_session", "node", "session_id"),
 )

@@ -128,7 +128,8 @@ class WorkerService(Service):
         self.writer.start()
         self._loops = [asyncio.create_task(self.publisher.run(), name="outbox"),
                        asyncio.create_task(self._leases(), name="leases"),
-                       asyncio.create_task(self._orphans(), name="orphans")]
+                       asyncio.create_task(self._orphans(), name="orphans"),
+                       asyncio.create_task(self._partitions(), name="partitions")]
         log.info("worker %s: %d walks at once, metrics on :%d, LLM %s (%s)", self.owner,
                  self.settings.concurrency, self.settings.metrics_port, self.settings.llm_base_url,
                  self.settings.llm_model)
@@ -161,6 +162,18 @@ class WorkerService(Service):
                 await asyncio.sleep(self.settings.lease_s / 3)
             except DB_DOWN:
                 await asyncio.sleep(0.5)
+
+    async def _partitions(self) -> None:
+        """Keep the store's time partitions created ahead (PostgreSQL): at start, then hourly."""
+        from ..store.partitions import ensure_ahead
+
+        while True:
+            with suppress(*DB_DOWN):
+                created = await ensure_ahead(self.store.engine, self.settings.partition_interval,
+                                             self.settings.partitions_ahead)
+                if created:
+                    log.info("created partitions %s", ", ".join(created))
+            await asyncio.sleep(3600)
 
     async def _orphans(self) -> None:
         """Resume this deployment's unfinished sessions nobody holds: at start, on rebalance,

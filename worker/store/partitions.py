@@ -1,0 +1,143 @@
+"""Time partitions of the trace store on PostgreSQL: `sessions` by `received_at`, `steps` by
+`session_received_at` (their session's time), in pairs with the same bounds, so a session and its
+steps always live, age and are dropped together.
+
+Partitions are created ahead of time (by the migration, the worker at start and every hour, and
+`llm4rerank db partitions` / `retention`). A DEFAULT partition on each table takes any row no
+range covers, so an insert is never refused; the next `ensure_partitions` moves such rows into the
+range partition it creates for them, where retention later finds them. SQLite stores stay
+unpartitioned: every function here does nothing there.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+Interval = Literal["day", "month"]
+PAIRS = (("sessions", "received_at"), ("steps", "session_received_at"))
+DEFAULT_SUFFIX = "_default"
+_ENSURE_LOCK = 0x6C6C6D34_72657400  # one creator at a time across workers (an advisory lock key)
+_BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One range partition of `sessions` ([lower, upper) on received_at) and its `steps` twin."""
+
+    name: str  # the sessions partition; the steps one is the same with steps_ in front
+    lower: datetime
+    upper: datetime
+
+    @property
+    def suffix(self) -> str:
+        return self.name.removeprefix("sessions")
+
+    @property
+    def steps_name(self) -> str:
+        return "steps" + self.suffix
+
+
+def floor(moment: datetime, interval: Interval) -> datetime:
+    moment = moment.astimezone(UTC)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if interval == "day" else day.replace(day=1)
+
+
+def following(start: datetime, interval: Interval) -> datetime:
+    if interval == "day":
+        return start + timedelta(days=1)
+    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def suffix_for(start: datetime, interval: Interval) -> str:
+    return start.strftime("_p%Y%m%d" if interval == "day" else "_p%Y%m")
+
+
+def is_partitioned(conn: Connection) -> bool:
+    if conn.dialect.name != "postgresql":
+        return False
+    kind = conn.execute(text("SELECT relkind::text FROM pg_class WHERE oid = to_regclass('sessions')"))
+    return kind.scalar() == "p"
+
+
+def partitions(conn: Connection) -> list[Partition]:
+    """The range partitions of `sessions`, oldest first (bounds read from the catalog in UTC)."""
+    if not is_partitioned(conn):
+        return []
+    conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
+    rows = conn.execute(text(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'sessions'::regclass"))
+    found = []
+    for name, bound in rows:
+        match = _BOUND.search(bound or "")
+        if match:
+            lower, upper = (datetime.fromisoformat(v).astimezone(UTC) for v in match.groups())
+            found.append(Partition(name, lower, upper))
+    return sorted(found, key=lambda p: p.lower)
+
+
+def ensure_partitions(conn: Connection, interval: Interval = "day", ahead: int = 7,
+                      now: datetime | None = None, since: datetime | None = None) -> list[str]:
+    """Create the partitions from `since` (default: now) to `ahead` intervals after now, plus
+    those the default partitions' rows need (moved into them). Ranges overlapping an existing
+    partition are skipped, so changing the interval later is safe. Returns the names created.
+    Runs in the caller's transaction; an advisory lock keeps concurrent callers apart."""
+    if not is_partitioned(conn):
+        return []
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ENSURE_LOCK})
+    now = now or datetime.now(UTC)
+    existing = partitions(conn)
+    stray = conn.execute(text(
+        f"SELECT min(received_at), max(received_at) FROM sessions{DEFAULT_SUFFIX}")).one()
+    start = floor(min(v for v in (now, since, stray[0]) if v is not None), interval)
+    end = following(floor(now, interval), interval)
+    for _ in range(ahead):
+        end = following(end, interval)
+    if stray[1] is not None:
+        end = max(end, following(floor(stray[1], interval), interval))
+    created = []
+    lower = start
+    while lower < end:
+        upper = following(lower, interval)
+        if not any(p.lower < upper and lower < p.upper for p in existing):
+            suffix = suffix_for(lower, interval)
+            _create_pair(conn, suffix, lower, upper)
+            created.append("sessions" + suffix)
+        lower = upper
+    return created
+
+
+def _create_pair(conn: Connection, suffix: str, lower: datetime, upper: datetime) -> None:
+    bounds = f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
+    moving = {}
+    for table, key in PAIRS:
+        moving[table] = conn.execute(text(
+            f"SELECT count(*) FROM {table}{DEFAULT_SUFFIX} WHERE {key} >= :lo AND {key} < :hi"),
+            {"lo": lower, "hi": upper}).scalar_one()
+    if not any(moving.values()):
+        for table, _ in PAIRS:  # sessions first: steps' foreign key needs its twin attached
+            conn.execute(text(f"CREATE TABLE {table}{suffix} PARTITION OF {table} {bounds}"))
+        return
+    # rows waited in the default partitions: move them into a standalone twin, then attach it
+    for table, key in reversed(PAIRS):
+        where = f"{key} >= :lo AND {key} < :hi"
+        conn.execute(text(f"CREATE TABLE {table}{suffix} (LIKE {table} INCLUDING DEFAULTS)"))
+        conn.execute(text(f"INSERT INTO {table}{suffix} SELECT * FROM {table}{DEFAULT_SUFFIX} "
+                          f"WHERE {where}"), {"lo": lower, "hi": upper})
+        conn.execute(text(f"DELETE FROM {table}{DEFAULT_SUFFIX} WHERE {where}"),
+                     {"lo": lower, "hi": upper})
+    for table, _ in PAIRS:
+        conn.execute(text(f"ALTER TABLE {table} ATTACH PARTITION {table}{suffix} {bounds}"))
+
+
+async def ensure_ahead(engine: AsyncEngine, interval: Interval, ahead: int) -> list[str]:
+    """`ensure_partitions` in a transaction of its own (the worker's hourly call)."""
+    async with engine.begin() as conn:
+        return await conn.run_sync(ensure_partitions, interval, ahead)

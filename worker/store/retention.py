@@ -1,0 +1,213 @@
+"""`llm4rerank retention`: export whole old partitions of the trace store to Parquet, then DETACH
+and DROP them, never a long DELETE.
+
+A partition pair (sessions_pX and steps_pX, same bounds) is old when its upper bound is at or
+before now minus `--older-than`; one that straddles the cutoff waits for the next run. For each
+old pair, oldest first:
+1. with `--export DIR`: each table's rows go to DIR/<partition>.parquet through a temporary file,
+   fsynced and renamed into place, so a crash never leaves a partial file under the final name;
+2. one transaction checks the partitions still hold exactly the rows exported, then detaches and
+   drops steps_pX and sessions_pX together.
+A crash between 1 and 2 leaves the partitions in place; the next run exports them again (the
+same rows, replacing the files atomically) and drops them. A re-run after success finds nothing.
+
+Rows in the default partitions (times no range covered when they arrived) are first moved into
+range partitions by `ensure_partitions`, so they age out like the others. Deduplication after
+retention: see worker/store/dedup.py (a request_id whose session was dropped is new again).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, Connection, DateTime, Float, Integer, Table, func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..errors import ConfigError
+from .partitions import (
+    _ENSURE_LOCK,
+    Interval,
+    Partition,
+    ensure_partitions,
+    is_partitioned,
+    partitions,
+)
+from .tables import sessions, steps
+
+_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+BATCH_ROWS = 5000
+
+
+def parse_age(value: str) -> timedelta:
+    """'30d', '12h', '2w' (also s and m) as a timedelta."""
+    match = _AGE.match(value)
+    if not match:
+        raise ValueError(f"--older-than: a number and a unit (s, m, h, d, w), e.g. 30d; got {value!r}")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@dataclass
+class RetentionReport:
+    cutoff: datetime
+    dropped: list[str] = field(default_factory=list)  # sessions partitions, steps twins with them
+    files: list[Path] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # partition name -> rows exported/dropped
+    created: list[str] = field(default_factory=list)
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("retention --export needs pyarrow: pip install 'llm4rerank[parquet]'") from None
+    return pa, pq
+
+
+def arrow_schema(table: Table) -> Any:
+    """A fixed schema from the table's columns (JSON as its text), the same for every batch."""
+    pa, _ = _pyarrow()
+    fields = []
+    for column in table.columns:
+        kind = column.type
+        if isinstance(kind, DateTime):
+            arrow = pa.timestamp("us", tz="UTC")
+        elif isinstance(kind, Float):
+            arrow = pa.float64()
+        elif isinstance(kind, Integer):
+            arrow = pa.int64()
+        else:
+            arrow = pa.string()
+        fields.append(pa.field(column.name, arrow))
+    return pa.schema(fields)
+
+
+def _cell(column: Any, value: Any) -> Any:
+    if value is not None and isinstance(column.type, JSON):
+        return orjson.dumps(value).decode()
+    return value
+
+
+async def export_partition(conn: AsyncConnection, table: Table, key: str, part: Partition,
+                           name: str, folder: Path) -> tuple[Path, int]:
+    """Write one partition's rows to folder/name.parquet atomically; returns (path, rows)."""
+    pa, pq = _pyarrow()
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{name}.parquet"
+    for stale in folder.glob(f".{name}.parquet.tmp*"):  # left by a crash mid-write
+        stale.unlink()
+    temp = folder / f".{name}.parquet.tmp{os.getpid()}"
+    schema = arrow_schema(table)
+    columns = list(table.columns)
+    query = (select(table).where(table.c[key] >= part.lower, table.c[key] < part.upper)
+             .order_by(table.c.id))
+    rows = 0
+    try:
+        with pq.ParquetWriter(temp, schema) as writer:
+            result = await conn.stream(query)
+            async for batch in result.partitions(BATCH_ROWS):
+                data = {c.name: [_cell(c, row[i]) for row in batch] for i, c in enumerate(columns)}
+                writer.write_table(pa.Table.from_pydict(data, schema=schema))
+                rows += len(batch)
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+        _fsync_dir(folder)
+    finally:
+        temp.unlink(missing_ok=True)
+    return final, rows
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def old_partitions(conn: Connection, cutoff: datetime) -> list[Partition]:
+    return [p for p in partitions(conn) if p.upper <= cutoff]
+
+
+def _count(conn: Connection, name: str) -> int:
+    return int(conn.execute(select(func.count()).select_from(text(name))).scalar_one())
+
+
+def drop_pair(conn: Connection, part: Partition, expected: dict[str, int] | None) -> bool:
+    """Detach and drop the pair in the caller's transaction; False when already gone. With
+    `expected` (rows exported per table), refuse if the partitions hold anything else."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ENSURE_LOCK})
+    if conn.execute(text("SELECT to_regclass(:n)"), {"n": part.name}).scalar() is None:
+        return False
+    names = {"sessions": part.name, "steps": part.steps_name}
+    for table in ("steps", "sessions"):  # steps first: they reference their sessions
+        conn.execute(text(f"LOCK TABLE {names[table]} IN ACCESS EXCLUSIVE MODE"))
+    if expected is not None:
+        for table, name in names.items():
+            held = _count(conn, name)
+            if held != expected[name]:
+                raise RuntimeError(f"{name} holds {held} rows, {expected[name]} were exported; "
+                                   "kept (run retention again)")
+    for table in ("steps", "sessions"):
+        conn.execute(text(f"ALTER TABLE {table} DETACH PARTITION {names[table]}"))
+        conn.execute(text(f"DROP TABLE {names[table]}"))
+    return True
+
+
+async def retain(url: str, older_than: timedelta, export: Path | None = None, *,
+                 interval: Interval = "day", ahead: int = 7, dry_run: bool = False,
+                 now: datetime | None = None, engine: AsyncEngine | None = None,
+                 after_export: Any = None) -> RetentionReport:
+    """Create partitions ahead, then export (optional) and drop every pair older than the cutoff.
+    `after_export(partition)` runs between export and drop (tests simulate a crash there)."""
+    if not url.startswith("postgresql"):
+        raise ConfigError("retention works on the PostgreSQL store (SQLite stores are not partitioned)")
+    now = now or datetime.now(UTC)
+    report = RetentionReport(cutoff=now - older_than)
+    own = engine is None
+    engine = engine or create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            if not await conn.run_sync(is_partitioned):
+                raise ConfigError("the store is not partitioned: run `llm4rerank db upgrade` first")
+            if not dry_run:
+                report.created = await conn.run_sync(ensure_partitions, interval, ahead, now)
+            old = await conn.run_sync(old_partitions, report.cutoff)
+        for part in old:
+            if dry_run:
+                report.dropped.append(part.name)
+                continue
+            expected = None
+            if export is not None:
+                expected = {}
+                async with engine.connect() as conn:
+                    for table, key, name in _pair(part):
+                        path, rows = await export_partition(conn, table, key, part, name, export)
+                        report.files.append(path)
+                        expected[name] = rows
+            if after_export is not None:
+                after_export(part)
+            async with engine.begin() as conn:
+                dropped = await conn.run_sync(drop_pair, part, expected)
+            if dropped:
+                report.dropped.append(part.name)
+                if expected is not None:
+                    report.rows.update(expected)
+    finally:
+        if own:
+            await engine.dispose()
+    return report
+
+
+def _pair(part: Partition) -> Iterable[tuple[Table, str, str]]:
+    yield sessions, "received_at", part.name
+    yield steps, "session_received_at", part.steps_name
