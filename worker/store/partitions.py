@@ -12,6 +12,7 @@ unpartitioned: every function here does nothing there.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -83,34 +84,40 @@ def partitions(conn: Connection) -> list[Partition]:
     return sorted(found, key=lambda p: p.lower)
 
 
+def occupied(conn: Connection, table: str, column: str, interval: Interval) -> list[datetime]:
+    """The starts of the intervals that hold rows of `table` (UTC)."""
+    rows = conn.execute(text(
+        f"SELECT DISTINCT date_trunc(:unit, {column} AT TIME ZONE 'UTC') FROM {table}"),
+        {"unit": interval})
+    return [value.replace(tzinfo=UTC) for (value,) in rows if value is not None]
+
+
 def ensure_partitions(conn: Connection, interval: Interval = "day", ahead: int = 7,
-                      now: datetime | None = None, since: datetime | None = None) -> list[str]:
-    """Create the partitions from `since` (default: now) to `ahead` intervals after now, plus
-    those the default partitions' rows need (moved into them). Ranges overlapping an existing
-    partition are skipped, so changing the interval later is safe. Returns the names created.
-    Runs in the caller's transaction; an advisory lock keeps concurrent callers apart."""
+                      now: datetime | None = None, extra: Iterable[datetime] = ()) -> list[str]:
+    """Create the partitions from now to `ahead` intervals after it, one for each interval the
+    default partitions hold rows of (moved into it) and for each time in `extra` (the migration's
+    existing rows). Ranges overlapping an existing partition are skipped, so changing the interval
+    later is safe. Returns the names created. Runs in the caller's transaction; an advisory lock
+    keeps concurrent callers apart."""
     if not is_partitioned(conn):
         return []
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ENSURE_LOCK})
     now = now or datetime.now(UTC)
     existing = partitions(conn)
-    stray = conn.execute(text(
-        f"SELECT min(received_at), max(received_at) FROM sessions{DEFAULT_SUFFIX}")).one()
-    start = floor(min(v for v in (now, since, stray[0]) if v is not None), interval)
-    end = following(floor(now, interval), interval)
-    for _ in range(ahead):
-        end = following(end, interval)
-    if stray[1] is not None:
-        end = max(end, following(floor(stray[1], interval), interval))
+    starts = {floor(moment, interval) for moment in extra}
+    starts.update(occupied(conn, f"sessions{DEFAULT_SUFFIX}", "received_at", interval))
+    lower = floor(now, interval)
+    for _ in range(ahead + 1):
+        starts.add(lower)
+        lower = following(lower, interval)
     created = []
-    lower = start
-    while lower < end:
+    for lower in sorted(starts):
         upper = following(lower, interval)
         if not any(p.lower < upper and lower < p.upper for p in existing):
             suffix = suffix_for(lower, interval)
             _create_pair(conn, suffix, lower, upper)
+            existing.append(Partition("sessions" + suffix, lower, upper))
             created.append("sessions" + suffix)
-        lower = upper
     return created
 
 

@@ -15,7 +15,7 @@ Revises: 0003
 import sqlalchemy as sa
 from alembic import op
 
-from worker.store.partitions import DEFAULT_SUFFIX, ensure_partitions
+from worker.store.partitions import DEFAULT_SUFFIX, ensure_partitions, occupied
 
 revision = "0008_partitions"
 down_revision = "0003"
@@ -69,9 +69,9 @@ def upgrade() -> None:
                "PARTITION BY RANGE (session_received_at)")
     for table in ("sessions", "steps"):
         op.execute(f"CREATE TABLE {table}{DEFAULT_SUFFIX} PARTITION OF {table} DEFAULT")
-    oldest = conn.execute(sa.text(f"SELECT min(received_at) FROM sessions{OLD}")).scalar()
     interval, ahead = _settings()
-    ensure_partitions(conn, interval, ahead, since=oldest)  # type: ignore[arg-type]
+    ensure_partitions(conn, interval, ahead,  # type: ignore[arg-type]
+                      extra=occupied(conn, f"sessions{OLD}", "received_at", interval))  # type: ignore[arg-type]
     op.execute(f"INSERT INTO sessions SELECT * FROM sessions{OLD}")
     op.execute(f"INSERT INTO steps SELECT st.*, s.received_at FROM steps{OLD} st "
                f"JOIN sessions{OLD} s ON s.id = st.session_id")

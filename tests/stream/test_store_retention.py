@@ -1,0 +1,256 @@
+"""Time partitions and retention on real PostgreSQL: partitions created ahead, rows of the default
+partition moved out, old partitions exported to Parquet and dropped whole (newer sessions intact
+through the audit queries), a re-run after a crash between export and drop, one session per
+request_id with two workers receiving at once, and a duplicate arriving after retention."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import func, select, text
+from stream_helpers import make_requests
+
+import worker.store.store as store_module
+from worker.audit.queries import TraceQueries
+from worker.engine.steps import StepRecord
+from worker.schemas import RerankRequest, RerankResult, Usage
+from worker.store.partitions import ensure_ahead, ensure_partitions, partitions
+from worker.store.retention import parse_age, retain
+from worker.store.store import Store
+from worker.store.tables import sessions, steps
+
+pytestmark = pytest.mark.integration
+OLD_DAYS = 40
+
+
+@pytest.fixture
+def db(fresh_database):
+    with fresh_database("llm4rerank_test_retention") as (_, url):
+        yield url
+
+
+@pytest.fixture
+async def store(db: str):
+    s = Store(db)
+    yield s
+    await s.close()
+
+
+def _requests(n: int, prefix: str, seed: int = 7) -> list[RerankRequest]:
+    return [RerankRequest.model_validate(r) for r in make_requests(n, seed=seed, prefix=prefix)]
+
+
+async def _walk(store: Store, request: RerankRequest, n_steps: int = 2) -> None:
+    """What a worker stores for one request: the session, its steps, its result."""
+    await store.receive([(request, None)])
+    claim = await store.claim(request.request_id, "w1", 30)
+    assert claim is not None
+    ranking = [c.item_id for c in request.candidates]
+    await store.add_steps([(claim.session_id, StepRecord(step=i + 1, node="accuracy", policy="llm",
+                                                         ranking=ranking, next_node="stop"))
+                           for i in range(n_steps)])
+    result = RerankResult(request_id=request.request_id, status="ok", ranking=ranking,
+                          path=["accuracy", "stop"], llm_calls=n_steps, usage=Usage(), model="m",
+                          prompt_version="p", latency_ms=1, reason=None,
+                          completed_at=store_module.utcnow())
+    assert await store.complete(claim.session_id, "w1", result)
+
+
+async def _walk_at(monkeypatch, store: Store, requests: list[RerankRequest], when: datetime) -> None:
+    """Sessions stored as if received at `when` (the store's clock moved, nothing else)."""
+    monkeypatch.setattr(store_module, "utcnow", lambda: when)
+    try:
+        for request in requests:
+            await _walk(store, request)
+    finally:
+        monkeypatch.undo()
+
+
+async def _rows(store: Store, request_ids: list[str]) -> tuple[list[dict], list[dict]]:
+    async with store.engine.connect() as conn:
+        s = [dict(r) for r in (await conn.execute(
+            select(sessions).where(sessions.c.request_id.in_(request_ids)).order_by(sessions.c.id)
+        )).mappings()]
+        st = [dict(r) for r in (await conn.execute(
+            select(steps).where(steps.c.session_id.in_([r["id"] for r in s])).order_by(steps.c.id)
+        )).mappings()]
+    return s, st
+
+
+def _same(db_rows: list[dict], parquet_rows: list[dict]) -> None:
+    """Parquet keeps JSON as its text: parse it back, then every column of every row is equal."""
+    assert len(db_rows) == len(parquet_rows)
+    for mine, theirs in zip(db_rows, parquet_rows, strict=True):
+        assert set(theirs) == set(mine)
+        for key, value in mine.items():
+            got = theirs[key]
+            if isinstance(value, dict | list):
+                got = orjson.loads(got)
+            assert got == value, key
+
+
+async def _partition_names(store: Store) -> list[str]:
+    async with store.engine.begin() as conn:
+        return [p.name for p in await conn.run_sync(partitions)]
+
+
+def test_ages_parse() -> None:
+    assert parse_age("30d") == timedelta(days=30)
+    assert parse_age(" 12h") == timedelta(hours=12)
+    assert parse_age("2w") == timedelta(weeks=2)
+    for bad in ("30", "d", "-1d", "1y", "1.5d"):
+        with pytest.raises(ValueError):
+            parse_age(bad)
+
+
+async def test_partitions_are_created_ahead_and_the_default_partition_is_emptied(
+        store: Store, monkeypatch) -> None:
+    now = datetime.now(UTC)
+    async with store.engine.begin() as conn:
+        parts = await conn.run_sync(partitions)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    assert parts[0].lower <= now < parts[0].upper
+    assert parts[-1].upper >= today + timedelta(days=8), "a week ahead after `db upgrade`"
+    assert await ensure_ahead(store.engine, "day", 7) == []  # idempotent
+
+    # a month ahead in monthly ranges: only ranges no daily partition overlaps are added
+    async with store.engine.begin() as conn:
+        created = await conn.run_sync(ensure_partitions, "month", 3)
+    assert created and all(len(name) == len("sessions_p202601") for name in created)
+
+    # a row no range covers lands in the default partition; the next ensure moves it out
+    far = today - timedelta(days=400)
+    request = _requests(1, "stray")[0]
+    await _walk_at(monkeypatch, store, [request], far)
+    async with store.engine.connect() as conn:
+        held = (await conn.execute(text("SELECT count(*) FROM sessions_default"))).scalar_one()
+        held_steps = (await conn.execute(text("SELECT count(*) FROM steps_default"))).scalar_one()
+    assert (held, held_steps) == (1, 2)
+    created = await ensure_ahead(store.engine, "day", 7)
+    assert far.strftime("sessions_p%Y%m%d") in created
+    async with store.engine.connect() as conn:
+        for table in ("sessions_default", "steps_default"):
+            assert (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one() == 0
+        moved = (await conn.execute(
+            text(f"SELECT count(*) FROM {far.strftime('steps_p%Y%m%d')}"))).scalar_one()
+    assert moved == 2
+    stored = await TraceQueries(store.engine).session(request.request_id)
+    assert stored is not None and [s["step"] for s in stored["steps"]] == [1, 2]
+
+
+async def test_retention_exports_old_partitions_and_drops_only_them(
+        store: Store, db: str, tmp_path: Path, monkeypatch) -> None:
+    old, new = _requests(3, "old", seed=1), _requests(2, "new", seed=2)
+    old_time = datetime.now(UTC) - timedelta(days=OLD_DAYS)
+    await _walk_at(monkeypatch, store, old, old_time)
+    for request in new:
+        await _walk(store, request)
+    await ensure_ahead(store.engine, "day", 7)  # the old rows leave the default partition
+    old_sessions, old_steps = await _rows(store, [r.request_id for r in old])
+    assert len(old_sessions) == 3 and len(old_steps) == 6
+    before = await _partition_names(store)
+
+    report = await retain(db, timedelta(days=30), tmp_path / "export")
+
+    name = old_time.strftime("sessions_p%Y%m%d")
+    assert report.dropped == [name]
+    assert sorted(p.name for p in report.files) == [f"{name}.parquet",
+                                                     f"{name.replace('sessions', 'steps')}.parquet"]
+    _same(old_sessions, pq.read_table(tmp_path / "export" / f"{name}.parquet").to_pylist())
+    _same(old_steps, pq.read_table(
+        tmp_path / "export" / f"{name.replace('sessions', 'steps')}.parquet").to_pylist())
+    assert not list((tmp_path / "export").glob(".*")), "no temporary file left"
+
+    after = await _partition_names(store)
+    assert set(before) - set(after) == {name}
+    async with store.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT to_regclass(:n)"),
+                                   {"n": name.replace("sessions", "steps")})).scalar() is None
+    queries = TraceQueries(store.engine)
+    for request in old:
+        assert await queries.session(request.request_id) is None
+    for request in new:
+        stored = await queries.session(request.request_id)
+        assert stored is not None and stored["status"] == "ok"
+        assert [s["step"] for s in stored["steps"]] == [1, 2]
+    assert len(await queries.load([r.request_id for r in new])) == 2
+
+    again = await retain(db, timedelta(days=30), tmp_path / "export")
+    assert again.dropped == [] and again.files == []
+
+
+async def test_a_crash_between_export_and_drop_is_repaired_by_running_again(
+        store: Store, db: str, tmp_path: Path, monkeypatch) -> None:
+    old = _requests(2, "crash", seed=3)
+    old_time = datetime.now(UTC) - timedelta(days=OLD_DAYS)
+    await _walk_at(monkeypatch, store, old, old_time)
+    old_sessions, old_steps = await _rows(store, [r.request_id for r in old])
+    name = old_time.strftime("sessions_p%Y%m%d")
+
+    class Crash(Exception):
+        pass
+
+    def crash(_part: object) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        await retain(db, timedelta(days=30), tmp_path, after_export=crash)
+    assert name in await _partition_names(store), "nothing dropped before the crash"
+    assert (tmp_path / f"{name}.parquet").exists()
+    (tmp_path / f".{name}.parquet.tmp999").write_bytes(b"half a file")  # a crash mid-write too
+    assert await TraceQueries(store.engine).session(old[0].request_id) is not None
+
+    report = await retain(db, timedelta(days=30), tmp_path)
+    assert report.dropped == [name]
+    assert report.rows == {name: 2, name.replace("sessions", "steps"): 4}
+    _same(old_sessions, pq.read_table(tmp_path / f"{name}.parquet").to_pylist())
+    _same(old_steps, pq.read_table(
+        tmp_path / f"{name.replace('sessions', 'steps')}.parquet").to_pylist())
+    assert not list(tmp_path.glob(".*"))
+    assert name not in await _partition_names(store)
+    assert (await retain(db, timedelta(days=30), tmp_path)).dropped == []
+
+
+async def test_two_workers_receiving_one_request_id_store_one_session(store: Store, db: str) -> None:
+    other = Store(db)
+    try:
+        requests = _requests(30, "twice", seed=4)
+        batches = [requests[i:i + 5] for i in range(0, 30, 5)]
+        for _ in range(3):  # the same batches from both, in opposite orders (no deadlock)
+            await asyncio.gather(
+                *(store.receive([(r, None) for r in b]) for b in batches),
+                *(other.receive([(r, None) for r in reversed(b)]) for b in reversed(batches)))
+        async with store.engine.connect() as conn:
+            counts = dict((await conn.execute(
+                select(sessions.c.request_id, func.count()).where(
+                    sessions.c.request_id.in_([r.request_id for r in requests]))
+                .group_by(sessions.c.request_id))).all())
+        assert counts == {r.request_id: 1 for r in requests}
+        # a batch holding one request_id twice stores it once
+        dup = _requests(1, "inbatch", seed=5)[0]
+        await store.receive([(dup, None), (dup, None)])
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).where(
+                sessions.c.request_id == dup.request_id))).scalar_one() == 1
+    finally:
+        await other.close()
+
+
+async def test_a_duplicate_after_its_partition_was_dropped_is_a_new_session(
+        store: Store, db: str, monkeypatch) -> None:
+    request = _requests(1, "late", seed=6)[0]
+    await _walk_at(monkeypatch, store, [request], datetime.now(UTC) - timedelta(days=OLD_DAYS))
+    assert await store.receive([(request, None)]) == []  # finished, stored without a source
+    assert await store.claim(request.request_id, "w2", 30) is None, "deduplicated while stored"
+    assert (await retain(db, timedelta(days=30))).dropped
+
+    receipt = await store.receive_checked([(request, None)])
+    assert receipt.seen == [] and receipt.conflicts == {}
+    claim = await store.claim(request.request_id, "w2", 30)
+    assert claim is not None and claim.attempts == 1 and claim.steps == [], \
+        "after retention the request_id is new again: walked once more"
