@@ -100,11 +100,7 @@ async def export_partition(conn: AsyncConnection, table: Table, key: str, part: 
                            name: str, folder: Path) -> tuple[Path, int]:
     """Write one partition's rows to folder/name.parquet atomically; returns (path, rows)."""
     pa, pq = _pyarrow()
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{name}.parquet"
-    for stale in folder.glob(f".{name}.parquet.tmp*"):  # left by a crash mid-write
-        stale.unlink()
-    temp = folder / f".{name}.parquet.tmp{os.getpid()}"
+    final, temp = _prepare(folder, name)
     schema = arrow_schema(table)
     columns = list(table.columns)
     query = (select(table).where(table.c[key] >= part.lower, table.c[key] < part.upper)
@@ -117,21 +113,30 @@ async def export_partition(conn: AsyncConnection, table: Table, key: str, part: 
                 data = {c.name: [_cell(c, row[i]) for row in batch] for i, c in enumerate(columns)}
                 writer.write_table(pa.Table.from_pydict(data, schema=schema))
                 rows += len(batch)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-        _fsync_dir(folder)
+        _publish(temp, final)
     finally:
         temp.unlink(missing_ok=True)
     return final, rows
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _prepare(folder: Path, name: str) -> tuple[Path, Path]:
+    """(final, temporary) paths; removes temporary files a crash mid-write left behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f".{name}.parquet.tmp*"):
+        stale.unlink()
+    return folder / f"{name}.parquet", folder / f".{name}.parquet.tmp{os.getpid()}"
+
+
+def _publish(temp: Path, final: Path) -> None:
+    """Durable, then under its final name: a reader never sees part of a file."""
+    for path, flags in ((temp, os.O_RDONLY), (final.parent, os.O_RDONLY)):
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if path == temp:
+            os.replace(temp, final)
 
 
 def old_partitions(conn: Connection, cutoff: datetime) -> list[Partition]:
@@ -152,7 +157,7 @@ def drop_pair(conn: Connection, part: Partition, expected: dict[str, int] | None
     for table in ("steps", "sessions"):  # steps first: they reference their sessions
         conn.execute(text(f"LOCK TABLE {names[table]} IN ACCESS EXCLUSIVE MODE"))
     if expected is not None:
-        for table, name in names.items():
+        for name in names.values():
             held = _count(conn, name)
             if held != expected[name]:
                 raise RuntimeError(f"{name} holds {held} rows, {expected[name]} were exported; "

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 Db = Annotated[str | None, typer.Option("--db", help="database URL (default LLM4RERANK_DATABASE_URL)")]
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
     from ..cli import settings_or_exit
 
     return settings_or_exit()
 
 
 def retention_command(
-    older_than: Annotated[str, typer.Option(help="drop partitions wholly older than this, e.g. 30d, 12h, 2w")],
+    older_than: Annotated[str, typer.Option(
+        help="drop partitions wholly older than this, e.g. 30d, 12h, 2w")],
     export: Annotated[Path | None, typer.Option(
         help="first write each partition to DIR/<partition>.parquet (sessions_p…, steps_p…)")] = None,
     db: Db = None,
