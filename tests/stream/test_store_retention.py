@@ -254,3 +254,29 @@ async def test_a_duplicate_after_its_partition_was_dropped_is_a_new_session(
     claim = await store.claim(request.request_id, "w2", 30)
     assert claim is not None and claim.attempts == 1 and claim.steps == [], \
         "after retention the request_id is new again: walked once more"
+
+
+async def test_the_commands_list_create_and_drop(store: Store, db: str, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    import subprocess
+
+    from conftest import CLI
+
+    old_time = datetime.now(UTC) - timedelta(days=OLD_DAYS)
+    await _walk_at(monkeypatch, store, _requests(1, "cli", seed=8), old_time)
+    name = old_time.strftime("sessions_p%Y%m%d")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CLI, *args, "--db", db], capture_output=True, text=True, timeout=120)
+
+    made = await asyncio.to_thread(run, "db", "partitions")
+    assert made.returncode == 0 and name in made.stdout, made.stderr  # out of the default partition
+    listed = await asyncio.to_thread(run, "retention", "--older-than", "30d", "--dry-run")
+    assert listed.returncode == 0 and f"would drop {name}" in listed.stdout
+    assert name in await _partition_names(store)
+    bad = await asyncio.to_thread(run, "retention", "--older-than", "30 days")
+    assert bad.returncode == 2 and "--older-than" in bad.stderr
+    done = await asyncio.to_thread(run, "retention", "--older-than", "30d", "--export", str(tmp_path))
+    assert done.returncode == 0 and f"dropped {name}" in done.stdout, done.stderr
+    assert name not in await _partition_names(store)
+    assert pq.read_table(tmp_path / f"{name}.parquet").num_rows == 1
