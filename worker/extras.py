@@ -3,7 +3,7 @@ that does says which extra to install instead of failing on an import deep insid
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 from .errors import ConfigError
 
@@ -17,7 +17,15 @@ class MissingExtra(ConfigError):
 
 def require_extra(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
     """Raise MissingExtra naming `extra` when any of its `modules` (default: all) is missing."""
-    missing = [m for m in modules or EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules or EXTRAS[extra] if not _importable(m)]
     if missing:
         raise MissingExtra(f"{what} needs {', '.join(missing)}, which the `{extra}` extra installs: "
                            f"pip install 'llm4rerank[{extra}]' (or `make install`)")
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
