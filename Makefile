@@ -45,7 +45,7 @@ test: install
 
 # The fast lane: every test that needs no service (no Kafka, PostgreSQL, sim-llm, browser, llama.cpp).
 test-fast: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider -m "not integration" -n auto
+	$(BIN)/pytest -q -p no:cacheprovider -m "not integration"
 
 # requirements.lock: the image's exact versions (runtime and the eval extra), compiled from pyproject.toml.
 lock: $(STAMP)
