@@ -280,3 +280,12 @@ async def test_the_commands_list_create_and_drop(store: Store, db: str, tmp_path
     assert done.returncode == 0 and f"dropped {name}" in done.stdout, done.stderr
     assert name not in await _partition_names(store)
     assert pq.read_table(tmp_path / f"{name}.parquet").num_rows == 1
+
+
+def test_export_without_pyarrow_names_the_extra(monkeypatch) -> None:
+    import worker.extras as extras
+    from worker.store.retention import _pyarrow
+
+    monkeypatch.setattr(extras, "_importable", lambda module: module != "pyarrow")
+    with pytest.raises(extras.MissingExtra, match=r"llm4rerank\[eval\]"):
+        _pyarrow()

@@ -64,11 +64,13 @@ class RetentionReport:
 
 
 def _pyarrow() -> Any:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError("retention --export needs pyarrow: pip install 'llm4rerank[parquet]'") from None
+    """pyarrow, imported only when exporting (it comes with the `eval` extra)."""
+    from ..extras import require_extra
+
+    require_extra("eval", "retention --export", ("pyarrow",))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     return pa, pq
 
 
