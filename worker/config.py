@@ -105,6 +105,14 @@ class Settings(BaseSettings):
         """Which worker fleet a session belongs to: it alone resumes and publishes it."""
         return f"{self.consumer_group}@{self.request_topic}"
 
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with `changes` (None = keep), validated like the environment's values are
+        (`model_copy(update=...)` would skip validation)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        if not given:
+            return self
+        return type(self).model_validate({**self.model_dump(), **given})
+
     @model_validator(mode="after")
     def _sizes_fit(self) -> Settings:
         if self.dlq_payload_max_bytes > self.kafka_max_message_bytes // 2:

@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .errors import RequestError
+from .status import ResultStatus
 
 # Characters a request may not hold (README, "Text in requests"). PostgreSQL cannot store U+0000
 # and the others are invisible or break a prompt's lines. Free text (goal, string feature values)
@@ -193,7 +194,7 @@ class Usage(BaseModel):
     completion_tokens: int = 0
 
 
-Status = Literal["ok", "degraded", "failed"]
+Status = ResultStatus  # ok, degraded or failed: worker.status.Status, values unchanged on the wire
 
 
 class RepairSummary(BaseModel):

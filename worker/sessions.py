@@ -13,6 +13,7 @@ from .engine.walk import WalkOutcome
 from .runconfig import RunConfig
 from .schemas import RerankResult, Usage, utcnow
 from .service import Reranker
+from .status import Status
 from .store.journal import GroupCommitWriter, SessionJournal
 from .store.store import Claim, Store
 
@@ -73,7 +74,7 @@ async def _fail(store: Store, reranker: Reranker, claim: Claim, owner: str
     received = claim.receipt_at
     latency = round((utcnow() - received).total_seconds() * 1000) if received else 0
     result = RerankResult(
-        request_id=claim.request.request_id, status="failed",
+        request_id=claim.request.request_id, status=Status.FAILED,
         ranking=[c.item_id for c in claim.request.candidates], path=[],
         llm_calls=sum(1 for s in claim.steps for c in s.calls if c.raw is not None or c.error),
         usage=Usage(prompt_tokens=sum(s.prompt_tokens for s in claim.steps),

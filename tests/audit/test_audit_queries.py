@@ -20,11 +20,11 @@ from worker.audit.db import read_only_engine, reader_url
 from worker.audit.export import SCHEMA, export_jsonl, export_parquet
 from worker.audit.filters import FilterError, TraceFilters, check_limit, decode_cursor, parse_filters
 from worker.audit.queries import TraceQueries
-from worker.audit.replay import replay_recorded, select_sessions
-from worker.audit.report import build_report, kendall_tau, session_metrics
 from worker.audit.trace import moves, render_session, with_lists
 from worker.cli import app
 from worker.config import Settings
+from worker.replay.replayer import replay_recorded, select_sessions
+from worker.replay.report import build_report, kendall_tau, session_metrics
 
 N = 40
 

@@ -20,9 +20,9 @@ from sqlalchemy import select
 from worker.audit.db import read_only_engine
 from worker.audit.filters import TraceFilters
 from worker.audit.queries import StoredSession, TraceQueries
-from worker.audit.replay import Comparison, replay_recorded, select_sessions
-from worker.audit.report import build_report, render_diff
 from worker.config import Settings
+from worker.replay.replayer import Comparison, replay_recorded, select_sessions
+from worker.replay.report import build_report, render_diff
 from worker.store.tables import sessions
 
 pytestmark = pytest.mark.integration

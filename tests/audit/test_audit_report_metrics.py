@@ -11,12 +11,12 @@ import pytest
 from worker.audit.db import read_only_engine
 from worker.audit.filters import TraceFilters
 from worker.audit.queries import TraceQueries
-from worker.audit.replay import replay_recorded, select_sessions
-from worker.audit.report import build_report
 from worker.config import Settings
 from worker.evaluation.candidates import Case
 from worker.evaluation.report import case_metrics
 from worker.evaluation.runner import Record
+from worker.replay.replayer import replay_recorded, select_sessions
+from worker.replay.report import build_report
 from worker.schemas import RerankRequest
 
 pytestmark = pytest.mark.integration

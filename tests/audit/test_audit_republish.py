@@ -15,8 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from audit_helpers import KAFKA
 
 from worker.audit.filters import parse_filters
-from worker.audit.republish import REPLAY_OF_HEADER, republish_from_store
 from worker.config import Settings
+from worker.replay.republish import REPLAY_OF_HEADER, republish_from_store
 from worker.schemas import RerankRequest
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.audit.report import session_metrics
 from worker.engine import heuristics, measures, prompts
 from worker.evaluation.baselines import random_order
 from worker.evaluation.candidates import Case, build_cases, leave_one_out, pick_users
@@ -19,6 +18,7 @@ from worker.evaluation.datasets import synthetic
 from worker.evaluation.gmf import GMFConfig, train_gmf
 from worker.evaluation.report import case_metrics
 from worker.evaluation.runner import Record
+from worker.replay.report import session_metrics
 from worker.schemas import AspectConfig, Item, RerankRequest
 
 ROOT = Path(__file__).resolve().parents[2]

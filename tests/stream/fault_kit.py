@@ -19,8 +19,8 @@ from stream_helpers import collect, produce, query
 
 from worker.audit.db import read_only_engine
 from worker.audit.queries import TraceQueries
-from worker.audit.replay import RecordedReplayer
 from worker.config import Settings
+from worker.replay.replayer import RecordedReplayer
 
 REPO = Path(__file__).resolve().parents[2]
 SLACK_MS = 1000  # the README's promise: deadline + about a second, even in a total LLM outage

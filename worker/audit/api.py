@@ -29,6 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..engine.nodes import node_styles
 from .filters import FilterError, check_limit, parse_filters
 from .openapi import openapi_document
 from .queries import TraceQueries
@@ -240,6 +241,10 @@ def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
     async def openapi(request: Request) -> Response:
         return JSON(openapi_document())
 
+    async def list_nodes(request: Request) -> Response:
+        """The node registry's names, short labels and colours, so the viewer hard-codes none."""
+        return JSON({"nodes": node_styles()})
+
     async def health(request: Request) -> Response:
         return JSON({"status": "ok"})
 
@@ -254,6 +259,7 @@ def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
         Route("/", index, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/api/nodes", list_nodes, methods=["GET"]),
         Route("/api/sessions", list_sessions, methods=["GET"]),
         Route("/api/session", get_session_by_query, methods=["GET"]),
         # request ids may contain "/": the calls route comes first so its suffix wins

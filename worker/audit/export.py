@@ -17,8 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .filters import TraceFilters
-from .queries import StoredSession, TraceQueries
-from .replay import select_sessions
+from .queries import StoredSession, TraceQueries, select_sessions
 from .trace import with_lists
 
 STRS = pa.list_(pa.string())

@@ -15,7 +15,8 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..engine.nodes import ALL_NODES
+from ..engine.nodes import node_names
+from ..status import Status as _S
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
@@ -23,7 +24,7 @@ MAX_TOP_K = 100
 DEFAULT_TOP_K = 10
 MAX_ROW_ID = 2**63 - 1  # PostgreSQL bigint
 
-Status = Literal["pending", "running", "ok", "degraded", "failed"]
+Status = Literal[_S.PENDING, _S.RUNNING, _S.OK, _S.DEGRADED, _S.FAILED]  # worker.status.Status
 Order = Literal["desc", "asc"]
 Text = Field(None, min_length=1, max_length=256)
 
@@ -62,8 +63,8 @@ class TraceFilters(BaseModel):
     @field_validator("node")
     @classmethod
     def _known_node(cls, value: str | None) -> str | None:
-        if value is not None and value not in ALL_NODES:
-            raise ValueError(f"unknown node {value!r}; known: {', '.join(ALL_NODES)}")
+        if value is not None and value not in node_names():
+            raise ValueError(f"unknown node {value!r}; known: {', '.join(node_names())}")
         return value
 
     @field_validator("request_ids")

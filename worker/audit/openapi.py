@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.nodes import ALL_NODES
+from ..engine.nodes import node_names
+from ..status import Status
 from .filters import DEFAULT_PAGE, DEFAULT_TOP_K, MAX_PAGE, MAX_TOP_K
 
 
@@ -23,8 +24,8 @@ LIST_PARAMETERS = [
     _q("until", "received before (ISO 8601)", {"type": "string", "format": "date-time"}),
     _q("user", "user_id", TEXT),
     _q("status", "session status", {"type": "string",
-                                    "enum": ["pending", "running", "ok", "degraded", "failed"]}),
-    _q("node", "the walk visited this node", {"type": "string", "enum": list(ALL_NODES)}),
+                                    "enum": [s.value for s in Status]}),
+    _q("node", "the walk visited this node", {"type": "string"}),  # enum: node_names(), at call time
     _q("goal", "case-insensitive substring of the goal", TEXT),
     _q("model", "model that served the session", TEXT),
     _q("prompt_version", "prompt set version, e.g. default-0123456789ab", TEXT),
@@ -92,6 +93,12 @@ CALL = {
 }
 
 
+def _list_parameters() -> list[dict[str, Any]]:
+    """LIST_PARAMETERS with the node enum read from the registry now (it may have grown)."""
+    return [{**p, "schema": {**p["schema"], "enum": list(node_names())}} if p["name"] == "node" else p
+            for p in LIST_PARAMETERS]
+
+
 def openapi_document() -> dict[str, Any]:
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
@@ -119,6 +126,11 @@ def openapi_document() -> dict[str, Any]:
                         "source_partition": {"type": ["integer", "null"]},
                         "source_offset": {"type": ["integer", "null"]}}}]},
                 "Call": CALL,
+                "Nodes": {"type": "object", "properties": {"nodes": {"type": "array", "items": {
+                    "type": "object", "properties": {
+                        "name": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["aspect", "functional"]},
+                        "short": {"type": "string"}, "colour": {"type": "string"}}}}}},
                 "StepCalls": {"type": "object", "properties": {
                     "request_id": {"type": "string"}, "step": {"type": "integer"},
                     "calls": {"type": "array", "items": {"$ref": "#/components/schemas/Call"}}}},
@@ -127,9 +139,14 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/api/sessions": {"get": {
                 "summary": "Search sessions (keyset paging by received_at, id)",
-                "security": secured, "parameters": LIST_PARAMETERS,
+                "security": secured, "parameters": _list_parameters(),
                 "responses": {"200": {"description": "one page", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Page"}}}}, **ERRORS}}},
+            "/api/nodes": {"get": {
+                "summary": "The graph's nodes: name, kind (aspect or functional), short label, colour",
+                "security": secured,
+                "responses": {"200": {"description": "the node registry", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Nodes"}}}}, **ERRORS}}},
             "/api/sessions/{request_id}": {"get": {
                 "summary": "One session with every step and the list after each step",
                 "security": secured,

@@ -218,3 +218,21 @@ def _step(row: Any) -> dict[str, Any]:
     data = plain(row)
     data["created_at"] = utc(data.get("created_at"))
     return data
+
+
+LOAD_BATCH = 100
+
+
+async def select_sessions(
+    queries: TraceQueries, filters: TraceFilters, limit: int | None = None
+) -> AsyncIterator[StoredSession]:
+    """Matching sessions with their steps, oldest first, loaded a batch at a time."""
+    ids: list[str] = []
+    async for item in queries.iterate(filters, order="asc", limit=limit):
+        ids.append(item["request_id"])
+        if len(ids) >= LOAD_BATCH:
+            for stored in await queries.load(ids):
+                yield stored
+            ids = []
+    for stored in await queries.load(ids):
+        yield stored

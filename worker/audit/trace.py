@@ -10,11 +10,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..engine.nodes import BACKWARD, STOP
+from ..engine.nodes import BACKWARD, STOP, short_label
 from ..engine.prompts import BREAKS
 
 ARROW = " → "
-SHORT = {"accuracy": "A", "diversity": "D", "fairness": "F", "novelty": "N", "backward": "B", "stop": "S"}
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -184,7 +183,7 @@ def _calls_text(calls: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def short_path(path: Sequence[str] | None) -> str:
-    return "".join(SHORT.get(n, "?") for n in path or []) or "-"
+    return "".join(short_label(n) for n in path or []) or "-"
 
 
 def render_table(rows: Sequence[dict[str, Any]]) -> str:

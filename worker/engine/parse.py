@@ -13,6 +13,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from .nodes import node_names
+
 MAX_REPAIR_SHARE = 0.5  # the parser's default; the policy passes LLM4RERANK_LLM_MAX_REPAIR_SHARE
 _TOKEN = re.compile(r"[^\s,;\[\]\"'`()]+")
 _LIST = re.compile(r"\[([^\[\]]*)\]")
@@ -175,7 +177,7 @@ def match_node(text: str, offered: tuple[str, ...], notes: list[str]) -> str | N
                 notes.append(f"next node {text.strip()!r} read as {word!r}")
             return word
     for word in words:
-        if word in {"backward", "stop", "accuracy", "diversity", "fairness", "novelty"}:
+        if word in node_names():
             notes.append(f"next node {word!r} is not on offer")
             return None
     return None

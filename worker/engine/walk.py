@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..errors import DeadlineExceeded
 from ..schemas import RerankRequest, Usage
+from ..status import ResultStatus, Status
 from .nodes import ACCURACY, BACKWARD, STOP, WalkPlan, offered_after
 from .steps import Journal, NodeAnswer, NodeAsk, NullJournal, Policy, StepRecord
 
@@ -30,7 +31,7 @@ from .steps import Journal, NodeAnswer, NodeAsk, NullJournal, Policy, StepRecord
 class WalkOutcome:
     ranking: list[str]
     path: list[str]
-    status: str
+    status: ResultStatus
     reason: str | None
     policy: str
     llm_calls: int
@@ -61,7 +62,8 @@ async def walk(
     steps: list[StepRecord] = []
     calls = 0
     usable_lists = 0
-    status, reason = "ok", None
+    status: ResultStatus = Status.OK
+    reason: str | None = None
     reason_note: str | None = None
     node = ACCURACY
 
@@ -80,7 +82,7 @@ async def walk(
         try:
             answer = await policy.answer(ask)
         except DeadlineExceeded as exc:
-            status, reason = "degraded", f"deadline of {plan.deadline_ms} ms passed at {node}"
+            status, reason = Status.DEGRADED, f"deadline of {plan.deadline_ms} ms passed at {node}"
             if exc.calls:  # the node's calls made before the deadline are stored and counted
                 reason += f": {exc}"
                 calls += len(exc.calls)
@@ -104,11 +106,11 @@ async def walk(
         steps.append(step)
         await journal.record(step)
         if answer.problem is not None:
-            status, reason = "degraded", f"unusable answer at {node}: {answer.problem}"
+            status, reason = Status.DEGRADED, f"unusable answer at {node}: {answer.problem}"
             break
         node = answer.next_node or STOP
 
-    if status == "degraded" and usable_lists == 0 and fallback is not None:
+    if status == Status.DEGRADED and usable_lists == 0 and fallback is not None:
         offset = len(steps)
         rest = await walk(request, fallback, plan, journal=_Offset(journal, offset), clock=clock,
                           started=started)
@@ -124,7 +126,7 @@ async def walk(
     await journal.record(stop)
     path.append(STOP)
     if sorted(final) != sorted(upstream):  # unreachable unless a policy breaks its contract
-        final, status, reason = upstream, "failed", "internal error: ranking was not a permutation"
+        final, status, reason = upstream, Status.FAILED, "internal error: ranking was not a permutation"
     return WalkOutcome(final, path, status, reason, policy.name, calls, _usage(steps), steps)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ..engine.nodes import ALL_NODES, STOP
+from ..engine.nodes import STOP, node_names
 from ..simllm import SIMULATED_MODEL
 from . import metrics
 from .candidates import Case
@@ -107,7 +107,7 @@ def table3(records: Sequence[Record]) -> list[dict[str, Any]]:
         n = len(recs)
         rows.append({
             "method": method, "goal": goal, "label": label(method, goal), "n": n,
-            "node_visits": {node: visits[node] / n for node in ALL_NODES if node != STOP},
+            "node_visits": {node: visits[node] / n for node in node_names() if node != STOP},
             "mean_steps": sum(len([p for p in r.path if p != STOP]) for r in recs) / n,
             "capped_share": sum(r.capped for r in recs) / n,
             "top_paths": [{"path": p, "share": c / n} for p, c in paths],
@@ -214,7 +214,7 @@ def markdown(context: dict[str, Any], t2: list[dict[str, Any]], t3: list[dict[st
                   "| requests | " + " | ".join(str(p["count"]) for p in positions) + " |",
                   "| share | " + " | ".join(f"{p['share']:.0%}" for p in positions) + " |", ""]
     if t3:
-        nodes = [n for n in ALL_NODES if n != STOP and any(r["node_visits"].get(n) for r in t3)]
+        nodes = [n for n in node_names() if n != STOP and any(r["node_visits"].get(n) for r in t3)]
         lines += ["## Table 3: navigation (node visits per request, by Goal)", ""]
         lines.append("| Walk | n | " + " | ".join(nodes)
                      + " | mean steps | stopped by cap | most common paths |")
@@ -344,7 +344,7 @@ def plot_node_usage(t3: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r["method"] for r in t3))
-    nodes = [n for n in ALL_NODES if n != STOP and any(r["node_visits"].get(n) for r in t3)]
+    nodes = [n for n in node_names() if n != STOP and any(r["node_visits"].get(n) for r in t3)]
     if not methods:
         fig = plt.figure(figsize=(6, 1.5))
         fig.text(0.5, 0.5, "no walks evaluated (baselines only)", ha="center", va="center")

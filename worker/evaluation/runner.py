@@ -14,6 +14,7 @@ import orjson
 from tqdm import tqdm
 
 from ..service import Reranker
+from ..status import Status
 from .baselines import Baseline
 from .candidates import Case, with_goal
 
@@ -33,7 +34,7 @@ class Record:
     llm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    status: str = "ok"
+    status: str = Status.OK
     policy: str = ""
     capped: bool = False
     latency_ms: int = 0
@@ -87,7 +88,8 @@ class BaselineMethod:
     async def run(self, case: Case, goal: str) -> Record:
         started = time.perf_counter()
         ranking = self.fn(case.request)
-        return Record(self.name, NO_GOAL, case.request.request_id, ranking, status="ok", policy=self.name,
+        return Record(self.name, NO_GOAL, case.request.request_id, ranking, status=Status.OK,
+                      policy=self.name,
                       latency_ms=round((time.perf_counter() - started) * 1000), model=self.model,
                       prompt_version=self.version)
 

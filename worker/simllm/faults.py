@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ..engine.nodes import node_names
+
 
 class Faults(BaseModel):
     latency_ms: float = Field(0.0, ge=0)
@@ -70,7 +72,7 @@ def malform(answer: str, rng: random.Random) -> str:
     if kind == "unknown":
         return answer.replace(numbers[0], "999", 1) if numbers else answer
     if kind == "case":
-        return re.sub(r"(accuracy|diversity|fairness|novelty|backward|stop)",
+        return re.sub("(" + "|".join(map(re.escape, node_names())) + ")",
                       lambda m: m.group(1).upper() + ".", answer)
     if kind == "truncated":
         return answer[: max(1, len(answer) // 3)]

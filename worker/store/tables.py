@@ -20,11 +20,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from ..status import Status
+
 metadata = MetaData()
 Json = JSON().with_variant(JSONB(), "postgresql")
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
-PENDING, RUNNING, OK, DEGRADED, FAILED = "pending", "running", "ok", "degraded", "failed"
+PENDING, RUNNING, OK, DEGRADED, FAILED = Status  # the typed values, unchanged in the database
 FINISHED = (OK, DEGRADED, FAILED)
 
 sessions = Table(

@@ -33,7 +33,7 @@ BACKPRESSURE = Gauge("llm4rerank_backpressure", "1 while a dependency is down", 
 
 def observe(result: RerankResult, outcome: WalkOutcome, replayed_calls: int) -> None:
     """Count one finished walk (steps served from a recording are not counted as new calls)."""
-    REQUESTS.labels(result.status).inc()
+    REQUESTS.labels(str(result.status)).inc()
     WALK_SECONDS.observe(result.latency_ms / 1000)
     STEPS.observe(len(outcome.steps))
     if "+" in outcome.policy:

@@ -1,18 +1,16 @@
-"""The `llm4rerank` command line. Exit codes: 0 success, 1 some inputs failed, 2 usage or
-configuration error (one line naming the fix)."""
+"""`llm4rerank rerank`, `sim-llm`, `worker`, `submit` and `schemas`: the service's own verbs."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Coroutine
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from .audit.command import (
+from ..errors import ConfigError
+from .common import (
     Goal,
     Item,
     Model,
@@ -24,13 +22,10 @@ from .audit.command import (
     TopK,
     Until,
     User,
+    fail,
+    run,
+    settings_or_exit,
 )
-from .config import Settings
-from .errors import ConfigError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="LLM4Rerank: goal-steered LLM reranking as a streaming service.")
-T = TypeVar("T")
 
 
 class PolicyName(StrEnum):
@@ -38,34 +33,6 @@ class PolicyName(StrEnum):
     heuristic = "heuristic"
 
 
-def fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
-
-
-def settings_or_exit(**overrides: Any) -> Settings:
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except Exception as exc:  # pydantic's ValidationError names the variable
-        raise fail(f"bad configuration: {exc}".splitlines()[0] + f" ({_first_error(exc)})") from None
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        err = errors()[0]
-        return f"LLM4RERANK_{str(err['loc'][0]).upper()}: {err['msg']}"
-    return str(exc)
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
-
-
-@app.command()
 def rerank(
     file: Annotated[str, typer.Argument(help="JSONL requests, or - for standard input")] = "-",
     out: Annotated[Path | None, typer.Option(help="JSONL results (default: stdout)")] = None,
@@ -76,9 +43,9 @@ def rerank(
         help="keep sessions and steps in this database, e.g. sqlite+aiosqlite:///traces.db")] = None,
 ) -> None:
     """Offline: rerank JSONL requests without Kafka; invalid lines give error records."""
-    from .offline import rerank_lines
-    from .policies.chat import OpenAIChat
-    from .service import Reranker
+    from ..offline import rerank_lines
+    from ..policies.chat import OpenAIChat
+    from ..service import Reranker
 
     settings = settings_or_exit()
 
@@ -90,8 +57,8 @@ def rerank(
         reranker = Reranker(settings, chat, policy=policy.value)
         trace_store = None
         if store:
-            from .store.migrate import upgrade_async
-            from .store.store import Store
+            from ..store.migrate import upgrade_async
+            from ..store.store import Store
 
             await upgrade_async(store)
             trace_store = Store(store)
@@ -118,7 +85,6 @@ def rerank(
     raise typer.Exit(run(main()))
 
 
-@app.command("sim-llm")
 def sim_llm(
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -141,16 +107,16 @@ def sim_llm(
     """A SIMULATED OpenAI-compatible LLM (heuristic answers), for development and tests only."""
     import uvicorn
 
-    from .simllm import SIMULATED_MODEL
-    from .simllm.faults import Faults
-    from .simllm.server import SimState, create_app
+    from ..simllm import SIMULATED_MODEL
+    from ..simllm.faults import Faults
+    from ..simllm.server import SimState, create_app
 
     settings = settings_or_exit()
     faults = Faults(latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms,
                     error_rate=error_rate, rate_limit_rate=rate_limit_rate,
                     malformed_rate=malformed_rate, timeout_rate=timeout_rate, timeout_s=timeout_s,
                     backward_rate=backward_rate)
-    from .simllm.dialects import DIALECTS
+    from ..simllm.dialects import DIALECTS
 
     if dialect not in DIALECTS:
         raise fail(f"--dialect: one of {list(DIALECTS)}")
@@ -163,10 +129,9 @@ def sim_llm(
                 timeout_keep_alive=30, backlog=4096)
 
 
-@app.command()
 def worker(loglevel: str = "info") -> None:
     """The Kafka worker: requests in, results and dead letters out, every step in PostgreSQL."""
-    from .stream.app import run_worker
+    from ..stream.app import run_worker
 
     settings = settings_or_exit()
     if not settings.llm_base_url:
@@ -177,7 +142,6 @@ def worker(loglevel: str = "info") -> None:
         raise fail(str(exc)) from None
 
 
-@app.command()
 def submit(
     file: Annotated[str | None, typer.Argument(help="JSONL requests, or - for standard input")] = None,
     wait: Annotated[bool, typer.Option(help="print results and dead letters as they arrive")] = False,
@@ -194,13 +158,15 @@ def submit(
         help="with --from-store: appended to each request_id (default ~kafka-<UTC time>)")] = None,
 ) -> None:
     """Produce rerank requests to Kafka (key = request_id), from a file or from the trace store."""
-    from .stream.submit import submit as produce
+    from ..stream.submit import submit as produce
 
     settings = settings_or_exit()
     if from_store:
         if file is not None:
             raise fail("give either FILE or --from-store, not both")
-        _republish(settings, limit, suffix, request_ids=tuple(request_id or ()), since=since,
+        from .replay import republish
+
+        republish(settings, limit, suffix, request_ids=tuple(request_id or ()), since=since,
                    until=until, user=user, status=status, node=node, goal=goal, model=model,
                    prompt_version=prompt_version, item=item, top_k=top_k, replay_of=replay_of)
         return
@@ -224,78 +190,16 @@ def submit(
                    "or fix LLM4RERANK_KAFKA_BOOTSTRAP") from None
 
 
-def _republish(settings: Settings, limit: int | None, suffix: str | None, **filters: Any) -> None:
-    import time
-
-    import orjson
-
-    from .audit.filters import FilterError, parse_filters
-    from .audit.republish import republish_from_store
-
-    try:
-        selection = parse_filters(**filters)
-    except FilterError as exc:
-        raise fail(str(exc)) from None
-    tag = suffix or time.strftime("~kafka-%Y%m%dT%H%M%S", time.gmtime())
-    try:
-        pairs = run(republish_from_store(settings, selection, suffix=tag, limit=limit))
-    except (OSError, ConnectionError) as exc:
-        raise fail(f"cannot reach Kafka or the store ({exc}); start them (make up)") from None
-    for new, original in pairs:
-        sys.stdout.buffer.write(orjson.dumps({"request_id": new, "replay_of": original}) + b"\n")
-    typer.echo(f"re-published {len(pairs)} stored request(s) to {settings.request_topic}", err=True)
-
-
-db_app = typer.Typer(no_args_is_help=True, help="The trace store's schema.")
-app.add_typer(db_app, name="db")
-
-
-@db_app.command("upgrade")
-def db_upgrade(
-    url: Annotated[str | None, typer.Option(help="database URL (default LLM4RERANK_DATABASE_URL)")] = None,
-    revision: str = "head",
-) -> None:
-    """Create or migrate the trace store's schema (idempotent)."""
-    from .store.migrate import upgrade
-
-    target = url or settings_or_exit().database_url
-    try:
-        upgrade(target, revision)
-    except (OSError, ConnectionError) as exc:
-        raise fail(f"cannot reach the database at {target} ({exc}); start it (make up) or fix "
-                   "LLM4RERANK_DATABASE_URL") from None
-    typer.echo(f"schema at {revision} in {target}")
-
-
-@app.command("schemas")
 def export_schemas(
     out: Annotated[Path, typer.Option(help="folder for the JSON Schema files")] = Path("schemas"),
 ) -> None:
     """Write the messages' JSON Schemas (the contract for producers in any language)."""
     import orjson
 
-    from .schemas import json_schemas
+    from ..schemas import json_schemas
 
     out.mkdir(parents=True, exist_ok=True)
     for name, schema in json_schemas().items():
         (out / f"{name}.schema.json").write_bytes(
             orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
         typer.echo(f"wrote {out / f'{name}.schema.json'}")
-
-
-def _register_subsystems() -> None:
-    """Verbs whose modules live with their subsystem (evaluation, audit and replay)."""
-    from .audit.command import audit_api_command, export_command, replay_command, trace_app
-    from .evaluation.command import eval_command
-
-    app.add_typer(trace_app, name="trace")
-    app.command("replay")(replay_command)
-    app.command("audit-api")(audit_api_command)
-    app.command("export")(export_command)
-    app.command("eval")(eval_command)
-
-
-_register_subsystems()
-
-if __name__ == "__main__":
-    app()

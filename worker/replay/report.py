@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
+from ..audit.trace import ARROW
 from ..engine.measures import alpha_ndcg, hit_rate, item_categories, item_groups, mad, ndcg
-from .replay import Comparison
-from .trace import ARROW
+from .replayer import Comparison
 
 K = 10
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
+from ..audit.db import read_only_engine
+from ..audit.filters import TraceFilters
+from ..audit.queries import TraceQueries
 from ..config import Settings
-from .db import read_only_engine
-from .filters import TraceFilters
-from .queries import TraceQueries
 
 REPLAY_OF_HEADER = "replay-of"
 REPLAY_MODE = "kafka"

@@ -16,11 +16,11 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from ..audit.queries import StoredSession, select_sessions
 from ..config import Settings
 from ..engine.nodes import STOP
 from ..engine.prompts import PromptSet
@@ -29,13 +29,13 @@ from ..errors import ConfigError, DeadlineExceeded, ReplayExhausted, RequestErro
 from ..runconfig import RunConfig
 from ..schemas import RerankRequest, RerankResult
 from ..service import Reranker, limits_of
-from .filters import TraceFilters
-from .queries import StoredSession, TraceQueries
+from ..status import Status
 
 CAP_NOTE = re.compile(r"step cap of (\d+) LLM calls reached")
 CRASHED = re.compile(r"^the walk (crashed|failed) \d+ time")
 OWNER = f"replay-{os.getpid()}"
-LOAD_BATCH = 100
+__all__ = ["Comparison", "Outcome", "RecordedReplayer", "StepDiff", "replay_live", "replay_recorded",
+           "select_sessions"]
 
 
 @dataclass
@@ -96,22 +96,6 @@ class Comparison:
         r, o = self.replay, self.original
         return (self.error is None and not self.diffs and r is not None and r.status == o.status
                 and r.path == o.path and r.ranking == o.ranking)
-
-
-# selection -------------------------------------------------------------------------------------
-async def select_sessions(
-    queries: TraceQueries, filters: TraceFilters, limit: int | None = None
-) -> AsyncIterator[StoredSession]:
-    """Matching sessions with their steps, oldest first, loaded a batch at a time."""
-    ids: list[str] = []
-    async for item in queries.iterate(filters, order="asc", limit=limit):
-        ids.append(item["request_id"])
-        if len(ids) >= LOAD_BATCH:
-            for stored in await queries.load(ids):
-                yield stored
-            ids = []
-    for stored in await queries.load(ids):
-        yield stored
 
 
 # recorded --------------------------------------------------------------------------------------
@@ -183,17 +167,11 @@ class RecordedReplayer:
         version = row.get("prompt_version") or ""
         if not heuristic and version and prompts.version != version:
             notes.append(f"prompt templates changed since the session ran ({version} -> {prompts.version})")
-        update: dict[str, Any] = {"prompts": name,
-                                  "llm_model": row.get("model") or self.settings.llm_model}
-        raw = row["run_config"]
-        for key in ("llm_answer_shape", "llm_max_repair_share", "llm_window", "llm_window_step",
-                    "llm_context_tokens", "llm_tokenizer"):  # sizing, stored since 0005
-            if raw.get(key) is not None:
-                update[key] = Path(raw[key]) if key == "llm_tokenizer" else raw[key]
+        config = config.model_copy(update={"prompts": name})
         deadline = "deadline of" in (row.get("reason") or "")
-        reranker = Reranker(self.settings.model_copy(update=update), _AfterRecording(deadline),
-                            policy=config.policy, prompts=prompts)
-        return reranker, notes, config.model_copy(update={"prompts": name})
+        reranker = Reranker(config.settings_for(self.settings, model=row.get("model")),
+                            _AfterRecording(deadline), policy=config.policy, prompts=prompts)
+        return reranker, notes, config
 
     def _inferred(self, stored: StoredSession) -> tuple[Reranker, list[str]]:
         """Older sessions (no `run_config`): infer prompt set, output mode and step cap."""
@@ -217,7 +195,7 @@ class RecordedReplayer:
                   "llm_structured": structured, "prompts": name,
                   "llm_model": row.get("model") or self.settings.llm_model}
         deadline = "deadline of" in (row.get("reason") or "")
-        reranker = Reranker(self.settings.model_copy(update=update), _AfterRecording(deadline),
+        reranker = Reranker(self.settings.with_overrides(**update), _AfterRecording(deadline),
                             policy="heuristic" if heuristic else "llm", prompts=prompts)
         return reranker, notes
 
@@ -232,7 +210,7 @@ class RecordedReplayer:
         journal = ListJournal()
         recorded = [c for s in stored.steps for c in s.calls]
         comparison = Comparison(request, original, None, replay_id=stored.request_id, notes=notes)
-        crashed = original.status == "failed" and bool(CRASHED.search(original.reason or ""))
+        crashed = original.status == Status.FAILED and bool(CRASHED.search(original.reason or ""))
         try:
             result, _ = await reranker.run(parsed, config=config, journal=journal,
                                            recorded=recorded, live=True)
@@ -241,7 +219,7 @@ class RecordedReplayer:
                 comparison.notes.append("the session failed after crashes; the replay finished")
         except Exception as exc:  # the engine under test may be broken: report, do not stop
             if crashed:  # like the original, the walk cannot finish from what was stored
-                comparison.replay = Outcome(original.request_id, "failed", [],
+                comparison.replay = Outcome(original.request_id, Status.FAILED, [],
                                             [c.item_id for c in parsed.candidates])
                 comparison.notes.append(f"the walk stops as stored: {type(exc).__name__}: {exc}")
             elif isinstance(exc, ReplayExhausted):

@@ -1,6 +1,7 @@
-"""`llm4rerank eval`: the paper's offline protocol on a dataset the user brings (or generated data):
-GMF candidates, walks and baselines with bounded concurrency, a resumable per-request cache, and a
-report in the layout of the paper's Tables 2 and 3 with PNG plots."""
+"""The paper's offline protocol on a dataset the user brings (or generated data): GMF candidates,
+walks and baselines with bounded concurrency, a resumable per-request cache, and a report in the
+layout of the paper's Tables 2 and 3 with PNG plots. `llm4rerank eval` (worker/cli/evaluation.py)
+parses options and prints; this module does the work."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 import typer
 
-from .candidates import DEFAULT_PROTOCOL, GOALS, PROTOCOLS
+from ..config import Settings
+from .candidates import PROTOCOLS
 
 POLICIES = ("llm", "heuristic", "upstream", "random", "popularity", "mmr", "dpp", "fair")
 DATASETS = ("synthetic", "ml-1m", "kuairand", "douban", "csv")
@@ -22,7 +24,7 @@ SYNTHETIC_MIN_USERS = 200  # GMF needs some users to learn from; only --users of
 CASES_VERSION = 2  # bump when candidate generation changes, so old outputs are not reused
 
 
-def _list(value: str, allowed: tuple[str, ...] | None, option: str) -> list[str]:
+def parse_list(value: str, allowed: tuple[str, ...] | None, option: str) -> list[str]:
     items = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
     if not items:
         raise ValueError(f"{option} is empty; give a comma-separated list")
@@ -34,7 +36,7 @@ def _list(value: str, allowed: tuple[str, ...] | None, option: str) -> list[str]
     return items
 
 
-def _ks(value: str) -> list[int]:
+def parse_ks(value: str) -> list[int]:
     try:
         ks = sorted({int(v) for v in value.split(",") if v.strip()})
     except ValueError:
@@ -44,77 +46,33 @@ def _ks(value: str) -> list[int]:
     return ks
 
 
-def eval_command(
-    dataset: Annotated[str, typer.Option(help="synthetic, ml-1m, kuairand, douban or csv")] = "synthetic",
-    data_dir: Annotated[Path | None, typer.Option(
-        help="folder with the dataset's files (a CSV file for --dataset csv); never downloaded")] = None,
-    users: Annotated[int, typer.Option(
-        min=0, help="users to evaluate, sampled with --seed (0 = all); generated data: max(N, 200)")] = 100,
-    goals: Annotated[str, typer.Option(help="Goal variants: A,D,F,ADF,D-F,F-D")] = "A,D,F,ADF,D-F,F-D",
-    policy: Annotated[str, typer.Option(
-        help="comma list of llm (the configured endpoint), heuristic, upstream, random, popularity, "
-             "mmr, dpp, fair")]
-        = "heuristic,upstream,random,popularity,mmr,dpp,fair",
-    out: Annotated[Path, typer.Option(help="report folder; also holds the resumable cache")]
-        = Path("artifacts/eval"),
-    concurrency: Annotated[int, typer.Option(min=1, help="walks in flight")] = 8,
-    seed: Annotated[int, typer.Option(help="seeds data generation, GMF and user sampling")] = 0,
-    k: Annotated[str, typer.Option(help="metric cut-offs")] = "10,20",
-    items: Annotated[int, typer.Option(min=30, help="items in generated data")] = 300,
-    columns: Annotated[str, typer.Option(
-        help="--dataset csv: role=column list, "
-             "e.g. user=uid,item=iid,time=ts,category=genre,group=year")] = "",
-    split_at: Annotated[float | None, typer.Option(help="--dataset csv: numeric group column split")] = None,
-    candidates: Annotated[int, typer.Option(min=2, max=100, help="candidates per request")] = 20,
-    max_steps: Annotated[int, typer.Option(min=1, max=50, help="step cap per walk (the paper: 5)")] = 5,
-    protocol: Annotated[str, typer.Option(
-        help="candidate lists: paper (the paper's: GMF top n-1 + the held-out item, in GMF order), "
-             "random-position (the held-out item at a random position) or retrieved (only users whose "
-             "held-out item GMF puts in its top n)")] = DEFAULT_PROTOCOL,
-    fresh: Annotated[bool, typer.Option(help="discard earlier results in --out")] = False,
-    progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
-) -> None:
-    """Evaluate LLM4Rerank with the paper's protocol and metrics (HR, NDCG, alpha-NDCG, MAD)."""
-    from ..cli import fail, run, settings_or_exit
+class Evaluation:
+    """One `llm4rerank eval` run: the cases (reused or built), the methods, the walks and the report."""
 
-    try:
-        goal_list = _list(goals, tuple(GOALS), "--goals")
-        policies = _list(policy, POLICIES, "--policy")
-        ks = _ks(k)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    if protocol not in PROTOCOLS:
-        raise fail(f"--protocol {protocol!r} unknown; use one of {', '.join(PROTOCOLS)}")
-    if dataset not in DATASETS:
-        raise fail(f"--dataset {dataset!r} unknown; use one of {', '.join(DATASETS)}")
-    settings = settings_or_exit()
-    if "llm" in policies and not settings.llm_base_url:
-        raise fail("--policy llm needs an endpoint: set LLM4RERANK_LLM_BASE_URL (and LLM4RERANK_LLM_MODEL), "
-                   "or drop llm from --policy")
-    setup = {
-        "version": CASES_VERSION, "dataset": dataset,
-        "data_dir": str(data_dir.resolve()) if data_dir else None, "users": users, "seed": seed,
-        "items": items if dataset == "synthetic" else None, "columns": columns or None, "split_at": split_at,
-        "candidates": candidates, "max_steps": max_steps, "protocol": protocol,
-    }
-    started = time.monotonic()
-    try:
-        prepared = _prepare(out, setup, fresh)
-    except _SetupError as exc:
-        raise fail(str(exc)) from None
-    cases, info = prepared
+    def __init__(self, settings: Settings, out: Path, setup: dict[str, Any], *, policies: list[str],
+                 goals: list[str], ks: list[int], concurrency: int, progress: bool) -> None:
+        self.settings, self.out, self.setup = settings, out, setup
+        self.policies, self.goals, self.ks = policies, goals, ks
+        self.concurrency, self.progress = concurrency, progress
+        self.started = time.monotonic()
 
-    async def main() -> tuple[list[Any], int, dict[str, Any]]:
+    def prepare(self, fresh: bool) -> tuple[list[Any], dict[str, Any]]:
+        """The cases and the dataset's facts; SetupError names what to fix."""
+        return _prepare(self.out, self.setup, fresh)
+
+    async def run(self, cases: list[Any], info: dict[str, Any]) -> tuple[list[Any], int, dict[str, Any]]:
+        """Every method on every case and Goal, resumable from the cache in `out`."""
         from ..policies.chat import OpenAIChat
         from ..service import Reranker
         from .baselines import BASELINES, popularity
         from .runner import BaselineMethod, Method, ResultCache, WalkMethod, run_all
 
+        settings = self.settings
         chat = None
         methods: list[Method] = []
         llm_info: dict[str, Any] = {}
         try:
-            for name in policies:
+            for name in self.policies:
                 if name == "llm":
                     chat = OpenAIChat(settings)
                     await chat.check()
@@ -128,37 +86,30 @@ def eval_command(
                     methods.append(BaselineMethod(name, popularity(info.get("popularity", {}))))
                 else:
                     methods.append(BaselineMethod(name, BASELINES[name]))
-            cache = ResultCache(out / "cache" / "results.jsonl")
-            records, ran = await run_all(methods, cases, goal_list, cache, concurrency, progress)
+            cache = ResultCache(self.out / "cache" / "results.jsonl")
+            records, ran = await run_all(methods, cases, self.goals, cache, self.concurrency, self.progress)
         finally:
             if chat is not None:
                 await chat.close()
         return records, ran, llm_info
 
-    records, ran, llm_info = run(main())
-    from ..simllm import SIMULATED_MODEL
-    from .report import write_report
+    def report(self, records: list[Any], ran: int, llm_info: dict[str, Any], cases: list[Any],
+               info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+        """Write the report (Markdown, JSON, plots); returns its context and the files' paths."""
+        from ..simllm import SIMULATED_MODEL
+        from .report import write_report
 
-    context = {
-        **{key: value for key, value in info.items() if key != "popularity"}, **llm_info,
-        "goals": goal_list, "policies": policies, "ks": ks, "max_steps": max_steps,
-        "seed": seed, "ran": ran, "reused": len(records) - ran, "seconds": time.monotonic() - started,
-        "simulated": llm_info.get("llm_model") == SIMULATED_MODEL,
-    }
-    paths = write_report(out, context, records, cases, ks)
-    text = paths["markdown"].read_text(encoding="utf-8")
-    table = text[text.index("## Table 2"):text.index("Best value per column")]
-    if context["simulated"]:
-        typer.echo(f"NOTE: the llm rows come from {SIMULATED_MODEL}, a SIMULATED LLM (heuristic answers).")
-    typer.echo(table.rstrip())
-    typer.echo(f"\nran {ran} requests, reused {len(records) - ran} from the cache, "
-               f"{context['seconds']:.1f} s; report: {paths['markdown']}")
-    for key in ("json", "metrics_png", "positions_png", "node_usage_png"):
-        typer.echo(f"  {paths[key]}")
-    raise typer.Exit(0)
+        context = {
+            **{key: value for key, value in info.items() if key != "popularity"}, **llm_info,
+            "goals": self.goals, "policies": self.policies, "ks": self.ks,
+            "max_steps": self.setup["max_steps"], "seed": self.setup["seed"], "ran": ran,
+            "reused": len(records) - ran, "seconds": time.monotonic() - self.started,
+            "simulated": llm_info.get("llm_model") == SIMULATED_MODEL,
+        }
+        return context, write_report(self.out, context, records, cases, self.ks)
 
 
-class _SetupError(ValueError):
+class SetupError(ValueError):
     pass
 
 
@@ -178,7 +129,7 @@ def _prepare(out: Path, setup: dict[str, Any], fresh: bool) -> tuple[list[Any], 
         if manifest.get("fingerprint") != fingerprint:
             before = manifest.get("setup", {})
             differs = sorted(k for k in set(before) | set(setup) if before.get(k) != setup.get(k))
-            raise _SetupError(f"--out {out} holds an evaluation with a different setup "
+            raise SetupError(f"--out {out} holds an evaluation with a different setup "
                               f"({', '.join(differs)}); "
                               "pass --fresh to discard it or choose another --out")
         if cases_path.exists():
@@ -217,9 +168,9 @@ def _build(setup: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         data = load(name, data_dir, users=max(n_users, SYNTHETIC_MIN_USERS), items=setup["items"] or 300,
                     seed=setup["seed"], columns=setup["columns"] or "", split_at=setup["split_at"])
     except DataError as exc:
-        raise _SetupError(str(exc)) from None
+        raise SetupError(str(exc)) from None
     except OSError as exc:
-        raise _SetupError(f"cannot read the data: {exc}; check --data-dir") from None
+        raise SetupError(f"cannot read the data: {exc}; check --data-dir") from None
     inter = data.interactions
 
     def echo(message: str) -> None:
@@ -229,9 +180,9 @@ def _build(setup: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     split = leave_one_out(data)
     chosen = pick_users(split, n_users, setup["seed"])
     if len(chosen) == 0:
-        raise _SetupError(f"{data.name}: no user has 2 or more interactions; leave-one-out needs them")
+        raise SetupError(f"{data.name}: no user has 2 or more interactions; leave-one-out needs them")
     if inter.n_items < setup["candidates"] + 1:
-        raise _SetupError(f"{data.name} has {inter.n_items} items; --candidates {setup['candidates']} "
+        raise SetupError(f"{data.name} has {inter.n_items} items; --candidates {setup['candidates']} "
                           "needs more")
     config = GMFConfig(seed=setup["seed"], batch_size=2048 if len(split.train_user) < 500_000 else 8192)
     echo(f"training GMF on {len(split.train_user)} interactions (at most {config.epochs} epochs, "
@@ -240,11 +191,11 @@ def _build(setup: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     try:
         model = train_gmf(split.train_user, split.train_item, inter.n_users, inter.n_items, config)
     except GMFCollapsed as exc:
-        raise _SetupError(f"{data.name}: {exc}") from None
+        raise SetupError(f"{data.name}: {exc}") from None
     cases = build_cases(data, split, model, chosen, n_candidates=setup["candidates"],
                         max_steps=setup["max_steps"], protocol=setup["protocol"], seed=setup["seed"])
     if not cases:
-        raise _SetupError(f"{data.name}: --protocol {setup['protocol']} leaves no user to evaluate")
+        raise SetupError(f"{data.name}: --protocol {setup['protocol']} leaves no user to evaluate")
     counts = popularity_counts(split.train_item, inter.n_items)
     in_lists = {c.item_id for case in cases for c in case.request.candidates}
     info = {
