@@ -17,6 +17,8 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..engine.steps import StepRecord
+from ..store.parts import joined
+from ..store.store import read_steps
 from ..store.tables import sessions, steps
 from .filters import Order, TraceFilters, decode_cursor, encode_cursor
 
@@ -174,8 +176,13 @@ class TraceQueries:
             step_rows = (await conn.execute(
                 select(*columns, _call_count(self.engine.dialect.name).label("call_count"))
                 .where(steps.c.session_id == row["id"]).order_by(steps.c.step))).mappings().all()
+            steps_out = [_step(s) for s in step_rows]
+            if with_calls:
+                for step, calls in zip(steps_out, await joined(conn, [s["calls"] for s in steps_out]),
+                                       strict=True):
+                    step["calls"] = calls
         data = summary(row)
-        data["steps"] = [_step(s) for s in step_rows]
+        data["steps"] = steps_out
         return data
 
     async def step_calls(self, request_id: str, step: int) -> builtins.list[dict[str, Any]] | None:
@@ -184,9 +191,9 @@ class TraceQueries:
             calls = (await conn.execute(
                 select(steps.c.calls).select_from(steps.join(sessions, steps.c.session_id == sessions.c.id))
                 .where(sessions.c.request_id == request_id, steps.c.step == step))).first()
-        if calls is None:
-            return None
-        return list(calls[0] or [])
+            if calls is None:
+                return None
+            return list((await joined(conn, [calls[0] or []]))[0])
 
     async def load(self, request_ids: Sequence[str]) -> builtins.list[StoredSession]:
         """Full sessions (request, outcome, steps with calls) for replay, in the order asked."""
@@ -200,10 +207,8 @@ class TraceQueries:
                 step_rows = (await conn.execute(
                     select(steps).where(steps.c.session_id.in_(list(by_session)))
                     .order_by(steps.c.session_id, steps.c.step))).mappings().all()
-                fields = StepRecord.model_fields
-                for s in step_rows:
-                    by_session[s["session_id"]].append(
-                        StepRecord.model_validate({k: v for k, v in s.items() if k in fields}))
+                for s, record in zip(step_rows, await read_steps(conn, step_rows), strict=True):
+                    by_session[s["session_id"]].append(record)
         found = {r["request_id"]: StoredSession(summary(r), by_session[r["id"]]) for r in rows}
         return [found[rid] for rid in request_ids if rid in found]
 

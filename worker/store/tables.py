@@ -105,3 +105,11 @@ steps = Table(
     UniqueConstraint("session_id", "step", name="uq_steps_session_step"),
     Index("ix_steps_node_session", "node", "session_id"),
 )
+
+# Parts of prompts stored once and referenced from steps.calls by their SHA-256 (see parts.py).
+prompt_parts = Table(
+    "prompt_parts",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("body", Json, nullable=False),
+)
