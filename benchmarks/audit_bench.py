@@ -269,7 +269,8 @@ async def explain(db: str, named: list[tuple[str, str]]) -> None:
             compiled = query.compile(dialect=postgresql.dialect(paramstyle="named"),
                                      compile_kwargs={"render_postcompile": True})
             statement = text("EXPLAIN (ANALYZE, BUFFERS) " + compiled.string.replace("::", " ::")).bindparams(
-                *(bindparam(k, v, type_=compiled.binds[k].type) for k, v in compiled.params.items()
+                *(bindparam(k, v, type_=compiled.binds[k].type if k in compiled.binds else None)
+                  for k, v in compiled.params.items()
                   if f":{k}" in compiled.string))
             async with engine.connect() as conn:
                 plan = (await conn.execute(statement)).scalars().all()

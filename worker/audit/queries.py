@@ -13,7 +13,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, exists, func, or_, select, tuple_, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -98,7 +108,8 @@ def conditions(f: TraceFilters, dialect: str = "postgresql") -> list[ColumnEleme
 def _after(cursor: tuple[datetime, int], order: Order) -> ColumnElement[bool]:
     at, row_id = cursor
     key = tuple_(sessions.c.received_at, sessions.c.id)  # a row comparison: one index range
-    return key < tuple_(at, row_id) if order == "desc" else key > tuple_(at, row_id)
+    position = tuple_(literal(at, sessions.c.received_at.type), literal(row_id, sessions.c.id.type))
+    return key < position if order == "desc" else key > position
 
 
 def page_query(where: Sequence[ColumnElement[bool]], limit: int, order: Order) -> Select[Any]:

@@ -24,29 +24,33 @@ def upgrade() -> None:
     )
 
 
+# the fields a lean call leaves out when at their default (worker.store.parts.CALL_DEFAULTS)
+CALL_DEFAULTS = ('{"response_format": null, "raw": null, "raw_replaced": null, "prompt_tokens": 0, '
+                 '"completion_tokens": 0, "latency_ms": 0.0, "retries": 0, "error": null, '
+                 '"attempts": [], "deadline_passed": false, "finish_reason": null, "model": null, '
+                 '"cached_tokens": null, "window": null, "max_tokens": null, "counted_tokens": null}')
+ATTEMPT_DEFAULTS = '{"status": null, "error": null, "latency_ms": 0.0}'
+PART = ("CASE WHEN jsonb_typeof({v}) = 'string' AND left({v} #>> '{{}}', 7) = 'sha256:' "
+        "THEN (SELECT p.body FROM prompt_parts p WHERE p.hash = substr({v} #>> '{{}}', 8)) "
+        "ELSE {v} END")
+
+
 def downgrade() -> None:
-    """Puts every part back into the steps that refer to it, then drops the table."""
-    bind = op.get_bind()
-    if bind.dialect.name == "postgresql":
-        op.execute("""
+    """Writes every lean call back in full (parts joined in, defaults filled), then drops the table."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"""
             UPDATE steps SET calls = (
-              SELECT jsonb_agg(
-                       CASE WHEN call ? 'messages' THEN
-                         jsonb_set(call, '{messages}', (
-                           SELECT jsonb_agg(COALESCE(
-                                    (SELECT p.body FROM prompt_parts p WHERE p.hash = m->>'sha256'),
-                                    m) ORDER BY i)
-                           FROM jsonb_array_elements(call->'messages') WITH ORDINALITY AS e(m, i)))
-                       ELSE call END
-                       || CASE WHEN jsonb_typeof(call->'response_format') = 'object'
-                                AND call->'response_format' ? 'sha256' THEN
-                            jsonb_build_object('response_format', (
-                              SELECT p.body FROM prompt_parts p
-                              WHERE p.hash = call->'response_format'->>'sha256'))
-                          ELSE '{}'::jsonb END
-                       ORDER BY n)
-              FROM jsonb_array_elements(calls) WITH ORDINALITY AS c(call, n))
+              SELECT jsonb_agg(full_call ORDER BY n) FROM (
+                SELECT n, '{CALL_DEFAULTS}'::jsonb || lean || jsonb_build_object(
+                  'messages', (SELECT coalesce(jsonb_agg({PART.format(v="m")} ORDER BY i), '[]')
+                               FROM jsonb_array_elements(lean->'messages') WITH ORDINALITY e(m, i)),
+                  'response_format', {PART.format(v="coalesce(lean->'response_format', 'null')")},
+                  'attempts', (SELECT coalesce(jsonb_agg('{ATTEMPT_DEFAULTS}'::jsonb || a ORDER BY j),
+                                               '[]')
+                               FROM jsonb_array_elements(coalesce(lean->'attempts', '[]'))
+                                    WITH ORDINALITY t(a, j))) AS full_call
+                FROM jsonb_array_elements(calls) WITH ORDINALITY c(lean, n)) AS expanded)
             WHERE jsonb_typeof(calls) = 'array' AND jsonb_array_length(calls) > 0
-              AND calls::text LIKE '%"sha256"%'
+              AND calls::text LIKE '%"sha256:%'
         """)
     op.drop_table("prompt_parts")

@@ -28,8 +28,9 @@ def upgrade() -> None:
                     ["model", "prompt_version", "received_at", "id"])
     op.drop_index("ix_sessions_model_prompt", table_name="sessions")
     op.create_index("ix_sessions_prompt_time", "sessions", ["prompt_version", "received_at", "id"])
+    replays = sa.text("replay_of IS NOT NULL")
     op.create_index("ix_sessions_replays_time", "sessions", ["received_at", "id"],
-                    **{f"{d}_where": sa.text("replay_of IS NOT NULL") for d in ("postgresql", "sqlite")})
+                    postgresql_where=replays, sqlite_where=replays)
     if postgres:
         op.create_index("ix_sessions_final_ranking", "sessions", ["final_ranking"],
                         postgresql_using="gin", postgresql_ops={"final_ranking": "jsonb_path_ops"})
