@@ -34,16 +34,16 @@ def _always(_: BaseException) -> bool:
 def waiting(what: str, *, retry_on: Callable[[BaseException], bool] = _always,
             flag: Flag | None = None, attempts: int | None = None,
             first_s: float = FIRST_WAIT_S, max_s: float = MAX_WAIT_S) -> AsyncRetrying:
-    """The retry policy for `what`: exponential backoff from `first_s` to `max_s`, a warning per
-    wait, `flag` raised while waiting; errors `retry_on` refuses (and the last of `attempts`)
-    are raised to the caller."""
+    """The retry policy while waiting for `what` (the dependency, and who waits): exponential
+    backoff from `first_s` to `max_s`, a warning per wait, `flag` raised while waiting; errors
+    `retry_on` refuses (and the last of `attempts`) are raised to the caller."""
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
         if flag is not None:
             flag.set(1)
         wait = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning("%s waits (%s); retrying in %.1fs", what, exc, wait)
+        log.warning("waiting for %s (%s); retrying in %.1fs", what, exc, wait)
 
     return AsyncRetrying(
         retry=retry_if_exception(retry_on),
@@ -57,8 +57,11 @@ def waiting(what: str, *, retry_on: Callable[[BaseException], bool] = _always,
 async def until_done(call: Callable[[], Awaitable[T]], what: str, **policy: Any) -> T:
     """`call()` retried under `waiting(what, **policy)`; the flag is lowered once it is through,
     whether it succeeded or gave up (then nothing waits any more)."""
+    async def attempt() -> T:  # tenacity would call a lambda returning a coroutine as sync code
+        return await call()
+
     try:
-        result: T = await waiting(what, **policy)(call)
+        result: T = await waiting(what, **policy)(attempt)
     finally:
         flag = policy.get("flag")
         if flag is not None:

@@ -56,3 +56,14 @@ def test_gives_up_after_its_attempts() -> None:
     with pytest.raises(ConnectionError):
         asyncio.run(until_done(down, "the test", attempts=4, first_s=0.001, max_s=0.001))
     assert len(calls) == 4
+
+
+def test_awaits_a_lambda_returning_a_coroutine() -> None:
+    sent = []
+
+    async def send(value: str) -> str:
+        sent.append(value)
+        return value
+
+    assert asyncio.run(until_done(lambda: send("x"), "the test")) == "x"
+    assert sent == ["x"]

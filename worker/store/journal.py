@@ -85,7 +85,7 @@ class GroupCommitWriter:
                 if not done.done():
                     done.set_result(None)
 
-        await until_done(attempt, "the step writer")
+        await until_done(attempt, "PostgreSQL (the step writer)")
         self.healthy = True
 
     async def _one_by_one(

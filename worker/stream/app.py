@@ -180,7 +180,7 @@ class WorkerService(Service):
 async def _wait_for(probe: Any, what: str, attempts: int = 30) -> None:
     """Wait about `attempts` seconds for a dependency at start, then name the fix."""
     try:
-        await until_done(probe, f"the start ({what})", attempts=attempts, first_s=1.0, max_s=1.0)
+        await until_done(probe, what, attempts=attempts, first_s=1.0, max_s=1.0)
     except Exception as exc:
         raise ConfigError(f"cannot reach {what} ({exc}); start it or fix the setting") from None
 

@@ -97,7 +97,7 @@ class Inbox:
                 deployment=self.deployment, result_topic=self.result_topic)
 
         try:
-            return await until_done(store, "the inbox", retry_on=waits,
+            return await until_done(store, "PostgreSQL (the inbox)", retry_on=waits,
                                     flag=metrics.BACKPRESSURE.labels("postgres"))
         except Exception as exc:
             error = (unstorable(request, exc) if is_data_error(exc) else RequestError(
@@ -114,7 +114,7 @@ class Inbox:
             record = dead_letter(raw, error, source, 0)
             body = orjson.dumps(record.model_dump(mode="json"))
         # the broker unavailable: the message must not be lost, so this waits as long as it takes
-        await until_done(lambda: self.send_and_wait(self.dlq_topic, key, body), "the DLQ publish")
+        await until_done(lambda: self.send_and_wait(self.dlq_topic, key, body), "Kafka (the DLQ publish)")
 
 def receipt_time(timestamp: float | None) -> datetime | None:
     """A Kafka timestamp as a datetime; None (receipt) when the message carries none."""

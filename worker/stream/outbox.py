@@ -48,4 +48,4 @@ class Publisher:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=interval_s)
             self.wake.clear()
-            await until_done(self.publish_once, "publishing results")
+            await until_done(self.publish_once, "Kafka or PostgreSQL (the outbox)")
