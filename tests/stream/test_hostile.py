@@ -30,7 +30,7 @@ from hostile_cases import (
 )
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
-from stream_helpers import collect, query
+from stream_helpers import collect, full_calls, query
 
 from worker.audit.api import create_app
 from worker.audit.db import read_only_engine
@@ -176,8 +176,9 @@ async def test_hostile_messages_and_answers(sim_llm, stream_env, start_worker, t
     assert odd["policy"] == "llm" and odd["status"] == "ok"
 
     # prompts: request text never starts a line, and a 900 KB title is cut (noted in the step)
-    rows = await query(url, "select x.request_id, s.calls, s.notes from steps s join sessions x "
-                            "on x.id = s.session_id")
+    rows = await full_calls(url, await query(
+        url, "select x.request_id, s.calls, s.notes from steps s join sessions x "
+             "on x.id = s.session_id"))
     for row in rows:
         for call in row["calls"] or []:
             for message in call["messages"]:
