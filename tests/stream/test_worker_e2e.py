@@ -7,7 +7,7 @@ import asyncio
 import urllib.request
 
 import orjson
-from stream_helpers import collect, make_requests, produce, query
+from stream_helpers import collect, full_calls, make_requests, produce, query
 
 from worker.schemas import RerankResult
 
@@ -54,9 +54,10 @@ async def test_results_dead_letters_and_stored_steps(sim_llm, stream_env, start_
                                 "where request_id like 'e2e-%'")
     assert len(sessions) == 30 and all(s["status"] in ("ok", "degraded") for s in sessions)
     for session in sessions:
-        steps = await query(url, "select s.node, s.calls from steps s join sessions x on "
-                                 "x.id = s.session_id where x.request_id = :r order by s.step",
-                            r=session["request_id"])
+        steps = await full_calls(url, await query(
+            url, "select s.node, s.calls from steps s join sessions x on "
+                 "x.id = s.session_id where x.request_id = :r order by s.step",
+            r=session["request_id"]))
         assert [s["node"] for s in steps] == session["path"]
         assert sum(len(s["calls"] or []) for s in steps) == session["llm_calls"]
         assert all(c["raw"] is not None and c["messages"] for s in steps for c in s["calls"] or [])
