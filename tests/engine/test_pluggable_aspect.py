@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from engine_kit import example_requests
 
-from worker.config import REPO_PROMPTS
+from worker.config import PACKAGED_PROMPTS
 from worker.engine import nodes
 from worker.engine.nodes import AspectNode, plan_walk
 from worker.engine.prompts import PromptSet, SessionPrompts
@@ -20,7 +20,7 @@ from worker.policies.heuristic import HeuristicPolicy
 def recency(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> PromptSet:
     entry = AspectNode("recency", True, ("recen", "latest"), "groups")
     monkeypatch.setitem(nodes.ASPECT_NODES, "recency", entry)
-    shutil.copytree(REPO_PROMPTS / "default", tmp_path / "default")
+    shutil.copytree(PACKAGED_PROMPTS / "default", tmp_path / "default")
     (tmp_path / "default" / "nodes" / "recency.txt").write_text(
         "Favour recent candidates: keep $attribute groups ($groups) evenly placed.\n")
     return PromptSet.load(tmp_path, "default")

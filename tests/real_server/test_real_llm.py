@@ -17,14 +17,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stream"))
 from real_server_kit import MODEL_ID, tokenizer_file
+from service_kit import CLI
 from stream_helpers import collect, full_calls, produce, query
 
 from worker.samples import sample_requests
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = str(Path(sys.executable).parent / "llm4rerank")
 CONTEXT = 2048  # the server's one slot
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from service_kit import REPO
 from stream_helpers import collect, full_calls, produce, query
 
 from worker.audit.db import read_only_engine
@@ -22,7 +23,6 @@ from worker.audit.queries import TraceQueries
 from worker.audit.replay import RecordedReplayer
 from worker.config import Settings
 
-REPO = Path(__file__).resolve().parents[2]
 SLACK_MS = 1000  # the README's promise: deadline + about a second, even in a total LLM outage
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import subprocess
 import time
 import urllib.request
@@ -28,6 +27,7 @@ from hostile_cases import (
     phase_one,
     phase_two,
 )
+from service_kit import CLI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from stream_helpers import collect, full_calls, query
@@ -37,7 +37,6 @@ from worker.audit.db import read_only_engine
 from worker.engine.steps import LLMCall
 
 pytestmark = pytest.mark.integration
-CLI = os.path.join(os.path.dirname(__file__), "..", "..", ".venv", "bin", "llm4rerank")
 TOKEN = "hostile-suite-token-0123456789"
 PRODUCER_LIMIT = 1_000_000
 

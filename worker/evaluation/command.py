@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from .candidates import DEFAULT_PROTOCOL, GOALS, PROTOCOLS
+from ..extras import MissingExtra, require_extra
+from .protocols import DEFAULT_PROTOCOL, GOALS, PROTOCOLS
 
 POLICIES = ("llm", "heuristic", "upstream", "random", "popularity", "mmr", "dpp", "fair")
 DATASETS = ("synthetic", "ml-1m", "kuairand", "douban", "csv")
@@ -77,6 +78,10 @@ def eval_command(
     """Evaluate LLM4Rerank with the paper's protocol and metrics (HR, NDCG, alpha-NDCG, MAD)."""
     from ..cli import fail, run, settings_or_exit
 
+    try:
+        require_extra("eval", "llm4rerank eval")
+    except MissingExtra as exc:
+        raise fail(str(exc)) from None
     try:
         goal_list = _list(goals, tuple(GOALS), "--goals")
         policies = _list(policy, POLICIES, "--policy")
