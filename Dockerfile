@@ -8,8 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     LLM4RERANK_PROMPTS_DIR=/app/prompts
 
 WORKDIR /app
+# Exact versions from requirements.lock (make lock) first, so a rebuild resolves nothing afresh;
+# then the project itself, without re-resolving its dependencies.
+COPY requirements.lock /app/requirements.lock
+RUN pip install -r /app/requirements.lock
 COPY . /app
-RUN pip install /app \
+RUN pip install --no-deps /app \
     && useradd --system --create-home --uid 10001 llm4rerank
 
 USER llm4rerank

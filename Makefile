@@ -9,12 +9,12 @@ SIM_PORT ?= 8000
 export LLM4RERANK_LLM_BASE_URL ?= http://127.0.0.1:$(SIM_PORT)/v1
 export LLM4RERANK_LLM_MODEL ?= sim-llm-simulated
 
-.PHONY: install up down demo demo-stop test check lint bench eval-demo schemas clean
+.PHONY: install up down demo demo-stop test test-fast check lint lock bench eval-demo schemas clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,eval]'
 	touch $(STAMP)
 
 SYSTEM_FLAGS ?=
@@ -43,6 +43,16 @@ test: install
 	$(BIN)/llm4rerank db upgrade
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# The fast lane: every test that needs no service (no Kafka, PostgreSQL, sim-llm, browser, llama.cpp).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m "not integration"
+
+# requirements.lock: the image's exact versions (runtime and the eval extra), compiled from pyproject.toml.
+lock: $(STAMP)
+	$(PY) -m pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra eval --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu --no-header --annotation-style line -o requirements.lock
+
 check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy worker
@@ -56,6 +66,8 @@ bench: up
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/engine_bench.py
 	$(PY) benchmarks/worker_bench.py
+	$(PY) benchmarks/store_bench.py
+	if [ -n "$(AUDIT_SESSIONS)" ]; then $(PY) benchmarks/audit_bench.py --sessions $(AUDIT_SESSIONS); fi
 
 eval-demo: install
 	bash scripts/eval_demo.sh

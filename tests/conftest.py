@@ -8,65 +8,53 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
-from service_kit import free_port, wait_http
+import service_kit
+from service_kit import KAFKA, PG_ADMIN, SimLLM, free_port, start_sim
 
-REPO = Path(__file__).resolve().parent.parent
-CLI = str(REPO / ".venv" / "bin" / "llm4rerank") if (REPO / ".venv").exists() else "llm4rerank"
-PG_ADMIN = os.environ.get("LLM4RERANK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-KAFKA = os.environ.get("LLM4RERANK_TEST_KAFKA", "127.0.0.1:9092")
-SIM_MODEL = "sim-llm-simulated"
+CLI = service_kit.CLI
+SIM_MODEL = service_kit.SIM_MODEL
+
+# Fixtures that start or reach a service (Kafka, PostgreSQL, sim-llm, llama.cpp, a browser): a test
+# using one, directly or through another fixture, is marked `integration`, so that
+# `pytest -m "not integration"` (make test-fast) runs without any service.
+SERVICE_FIXTURES = frozenset({
+    "sim_llm", "sim", "pg_url", "fresh_database", "pg_exec", "kafka", "stream_env", "start_worker",
+    "llama_server", "audit_db", "populated", "owned_services",
+})
 
 
-class SimLLM:
-    """`llm4rerank sim-llm` as a child process on a free port."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
-    def __init__(self, *args: str, log: Path | None = None) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.args = args
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> SimLLM:
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen([CLI, "sim-llm", "--port", str(self.port), *self.args],
-                                     stdout=out, stderr=out)
-        wait_http(f"{self.base_url}/models")
-        return self
-
-    def faults(self, **update: float) -> dict:
-        import orjson
-
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/sim/faults",
-                                         data=orjson.dumps(update), method="POST")
-        return orjson.loads(urllib.request.urlopen(request, timeout=5).read())
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimLLM]:
+    """One fault-free sim-llm (seed 1) shared by the session; tests must not change its faults."""
+    started = start_sim(tmp_path_factory.mktemp("sim"))
+    yield started
+    started.stop()
 
 
 @pytest.fixture
-def sim_llm(tmp_path: Path) -> Iterator[type[SimLLM]]:
+def sim_llm(tmp_path: Path) -> Iterator[Callable[..., SimLLM]]:
+    """Fresh sim-llm processes (the fault dice start from zero), stopped after the test:
+    `sim_llm(*cli_args, seed=1)`."""
     started: list[SimLLM] = []
 
-    def make(*args: str) -> SimLLM:
-        sim = SimLLM(*args, log=tmp_path / f"sim-{len(started)}.log").start()
+    def make(*args: str, seed: int | None = 1) -> SimLLM:
+        sim = start_sim(tmp_path / f"sim-{len(started)}", *args, seed=seed)
         started.append(sim)
         return sim
 
-    yield make  # type: ignore[misc]
+    yield make
     for sim in started:
         sim.stop()
 

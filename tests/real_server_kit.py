@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from service_kit import REPO, free_port, wait_http
 
-REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "infra" / "vllm" / "llama-2-chat.jinja"
 MODEL_ID = "tiny-random-llama"
 
@@ -127,9 +127,6 @@ class LlamaServer:
 
     def __init__(self, model: Path, *, n_ctx: int = 4096, n_parallel: int = 1,
                  log: Path | None = None) -> None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from service_kit import free_port
-
         self.model, self.n_ctx, self.n_parallel, self.log = model, n_ctx, n_parallel, log
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -140,8 +137,6 @@ class LlamaServer:
         return self.n_ctx // self.n_parallel
 
     def start(self) -> LlamaServer:
-        from service_kit import wait_http
-
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVE, str(self.model), str(self.port), str(self.n_ctx),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-REPO_PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+# The prompt sets: the repository's prompts/, shipped as the package data `worker.prompts`
+# (pyproject.toml maps one onto the other, for editable and wheel installs alike).
+PACKAGED_PROMPTS = Path(str(resources.files("worker.prompts")))
 
 
 class Settings(BaseSettings):
@@ -64,7 +67,7 @@ class Settings(BaseSettings):
     deadline_ms: int = Field(30_000, ge=100)
     concurrency: int = Field(64, ge=1)
     prompts: str = "default"
-    prompts_dir: Path = REPO_PROMPTS
+    prompts_dir: Path = PACKAGED_PROMPTS
 
     max_candidates: int = Field(100, ge=2)
     max_history: int = Field(200, ge=0)

@@ -1,5 +1,5 @@
-"""Helpers of the auditor and replay tests: child processes (sim-llm, audit-api), request
-generation, and the reader role's grants on a test database."""
+"""Helpers of the auditor and replay tests: the audit-api child process (sim-llm comes from
+service_kit.py), request generation, and the reader role's grants on a test database."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from service_kit import free_port, wait_http
+from service_kit import CLI, KAFKA, REPO, SIM_MODEL, SimLLM, free_port, start_sim, wait_http
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = str(REPO / ".venv" / "bin" / "llm4rerank") if (REPO / ".venv").exists() else "llm4rerank"
-KAFKA = os.environ.get("LLM4RERANK_TEST_KAFKA", "127.0.0.1:9092")
-SIM_MODEL = "sim-llm-simulated"
+__all__ = ["CLI", "KAFKA", "REPO", "SIM_MODEL", "start_sim"]
+
 N_SESSIONS = 300
 SIM_SEED = 2
 MALFORMED = 0.15  # with SIM_SEED: a few dozen of the sessions need their lists repaired
@@ -45,10 +43,6 @@ class Process:
                 self.proc.wait(10)
 
 
-def start_sim(log: Path, *args: str) -> Process:
-    return Process(["sim-llm", *args], "/v1/models", log)
-
-
 def reader_statements(database: str) -> str:
     """infra/postgres/reader.sql, granting on `database` instead of llm4rerank."""
     sql = (REPO / "infra" / "postgres" / "reader.sql").read_text()
@@ -72,7 +66,7 @@ def make_requests(n: int, seed: int = 7, prefix: str = "gen") -> list[dict]:
     return out
 
 
-def rerank_into(url: str, requests: list[dict], tmp: Path, sim: Process) -> subprocess.CompletedProcess[str]:
+def rerank_into(url: str, requests: list[dict], tmp: Path, sim: SimLLM) -> subprocess.CompletedProcess[str]:
     source = tmp / f"requests-{uuid.uuid4().hex[:6]}.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in requests))
     env = {**os.environ, "LLM4RERANK_LLM_BASE_URL": sim.url + "/v1", "LLM4RERANK_LLM_MODEL": SIM_MODEL}

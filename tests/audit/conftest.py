@@ -48,7 +48,7 @@ class Populated:
 def populated(audit_db: AuditDb, tmp_path_factory: pytest.TempPathFactory) -> Populated:
     """N_SESSIONS sessions walked against sim-llm with malformed answers (so repairs happen)."""
     tmp = tmp_path_factory.mktemp("populate")
-    sim = start_sim(tmp / "sim.log", "--seed", str(SIM_SEED), "--malformed-rate", str(MALFORMED))
+    sim = start_sim(tmp / "sim", "--seed", str(SIM_SEED), "--malformed-rate", str(MALFORMED))
     try:
         requests = make_requests(N_SESSIONS)
         started = time.monotonic()

@@ -143,6 +143,8 @@ async def test_paging_filters_and_detail(client: httpx.AsyncClient, populated: A
     assert sorted(seen) == sorted(populated.request_ids)
     assert [datetime.fromisoformat(t) for t in received] == sorted(
         datetime.fromisoformat(t) for t in received), "pages are not in ascending receipt order"
+    assert datetime.fromisoformat(received[0]) < datetime.fromisoformat(received[-1]), \
+        "all sessions share one receipt time: the order check above could not fail"
     assert len(seen) == len(set(seen)) == len(populated.request_ids)
 
     rid = populated.request_ids[3]

@@ -17,7 +17,7 @@ from audit_helpers import make_requests
 from typer.testing import CliRunner
 
 from worker.audit.db import read_only_engine, reader_url
-from worker.audit.export import SCHEMA, export_jsonl, export_parquet
+from worker.audit.export import export_jsonl, export_parquet, parquet_schema
 from worker.audit.filters import FilterError, TraceFilters, check_limit, decode_cursor, parse_filters
 from worker.audit.queries import TraceQueries
 from worker.audit.trace import moves, render_session, with_lists
@@ -229,7 +229,7 @@ def test_export_one_row_per_step(sqlite_store: str, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in jsonl.splitlines()]
     assert len(rows) == steps and {"request_id", "step", "node", "list_after", "raw_answers"} <= set(rows[0])
     table = pq.read_table(tmp_path / "steps.parquet")
-    assert table.num_rows == steps and table.schema.equals(SCHEMA)
+    assert table.num_rows == steps and table.schema.equals(parquet_schema())
     last = [r for r in rows if r["node"] == "stop"]
     assert all(r["ranking"] == r["final_ranking"] for r in last)
 

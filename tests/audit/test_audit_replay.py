@@ -123,7 +123,7 @@ async def _replays_of(url: str, tag: str) -> list[dict[str, Any]]:
 
 
 def test_live_replay_stores_linked_sessions_and_a_report(populated: Any, tmp_path: Path) -> None:
-    sim = start_sim(tmp_path / "sim.log", "--seed", "11")
+    sim = start_sim(tmp_path / "sim", "--seed", "11")
     try:
         report = tmp_path / "live.json"
         args = ["replay", "--mode", "live", "--db", populated.db.url, "--base-url", sim.url + "/v1",

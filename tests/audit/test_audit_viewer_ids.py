@@ -29,7 +29,7 @@ def test_odd_request_ids_open_in_the_api_and_the_viewer(fresh_database, pg_exec,
         requests = make_requests(len(ODD_IDS) + 1, prefix="ids")
         for request, rid in zip(requests, [*ODD_IDS, "x"], strict=True):
             request["request_id"] = rid
-        sim = start_sim(tmp_path / "sim.log", "--seed", "3")
+        sim = start_sim(tmp_path / "sim", "--seed", "3")
         try:
             done = rerank_into(url, requests, tmp_path, sim)
         finally:

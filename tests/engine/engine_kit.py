@@ -1,5 +1,6 @@
 """Helpers for the navigation engine's tests: requests, a scripted model, a fake clock,
-small HTTP servers and the simulated LLM as a process (fixtures are re-exported by conftest.py).
+small HTTP servers (fixtures are re-exported by conftest.py); sim-llm is started by the shared
+service_kit.py and its fixtures in tests/conftest.py.
 
 Everything here is seeded and bounded in time; processes started here are stopped here.
 """
@@ -8,19 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from service_kit import free_port
+from service_kit import CLI, EXAMPLES, REPO, SIM_MODEL, SimLLM, clean_env, free_port
 
 from worker.config import Settings
 from worker.engine.prompts import PromptSet
@@ -30,12 +27,9 @@ from worker.policies.llm import LLMPolicy
 from worker.samples import GENRES, GOALS, TITLES
 from worker.schemas import RerankRequest, parse_request
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-CLI = str(BIN / "llm4rerank")
-EXAMPLES = REPO / "examples" / "requests.jsonl"
 INVALID = REPO / "examples" / "invalid.jsonl"
-SIM_MODEL = "sim-llm-simulated"
+__all__ = ["CLI", "EXAMPLES", "REPO", "SIM_MODEL", "SimLLM", "clean_env", "free_port"]
+
 
 def request_dict(rng: random.Random, n: int = 20, rid: str = "t-1", goal: str | None = None,
                  aspects: dict[str, Any] | None = None, max_steps: int | None = 5) -> dict[str, Any]:
@@ -149,88 +143,18 @@ def js(ranking: list[int] | list[str] | None = None, node: str | None = None) ->
 # processes and ports
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any LLM4RERANK_* variable of the caller, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4RERANK_")}
-    env.update(extra)
-    return env
-
-
-@dataclass
-class SimProcess:
-    port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return clean_env(LLM4RERANK_LLM_BASE_URL=self.base_url, LLM4RERANK_LLM_MODEL=SIM_MODEL,
-                         LLM4RERANK_LLM_RETRY_MAX_WAIT_S="0.05", **extra)
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-def start_sim(tmp: Path, *args: str, seed: int = 1) -> SimProcess:
-    """Start `llm4rerank sim-llm` on a free port and wait until GET /v1/models answers."""
-    for _ in range(3):
-        port = free_port()
-        log = tmp / f"sim-{port}.log"
-        proc = subprocess.Popen(
-            [CLI, "sim-llm", "--port", str(port), "--seed", str(seed), *args],
-            stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=clean_env(), cwd=tmp)
-        sim = SimProcess(port, proc, log)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                sim.get("/v1/models")
-                return sim
-            except OSError:
-                time.sleep(0.05)
-        sim.stop()  # port taken between free_port() and bind, or a slow start: try another port
-    raise RuntimeError(f"sim-llm did not start: {log.read_text()}")
-
-
-@pytest.fixture(scope="session")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
-    """One fault-free sim-llm for the session (its fault dice are not used)."""
-    proc = start_sim(tmp_path_factory.mktemp("sim"))
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def sim_factory(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
-    """Fresh sim-llm processes (seeded fault dice start from zero), stopped after the test."""
-    started: list[SimProcess] = []
-
-    def make(*args: str, seed: int = 1) -> SimProcess:
-        proc = start_sim(tmp_path, *args, seed=seed)
-        started.append(proc)
-        return proc
-
-    yield make
-    for proc in started:
-        proc.stop()
-
-
 def run_cli(*args: str, env: dict[str, str], cwd: Path, stdin: bytes | None = None,
             timeout: float = 90) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([CLI, *args], env=env, cwd=cwd, input=stdin, capture_output=True,
                           timeout=timeout)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll `condition` until it holds: an event to wait for instead of a fixed sleep."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the awaited condition never held"
+        await asyncio.sleep(0.005)
 
 
 def jsonl(data: bytes) -> list[dict[str, Any]]:

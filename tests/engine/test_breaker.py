@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+from engine_kit import until
 
 from worker.policies.breaker import Breaker, EndpointDown
 
@@ -21,11 +22,13 @@ async def test_closed_until_the_threshold_then_one_probe_at_a_time() -> None:
 
     inside = 0
     peak = 0
+    probes = 0
     down = True
 
     async def caller() -> None:
-        nonlocal inside, peak
+        nonlocal inside, peak, probes
         async with breaker.admit(time.monotonic() + 5):
+            probes += 1
             inside += 1
             peak = max(peak, inside)
             await asyncio.sleep(0.02)
@@ -33,7 +36,7 @@ async def test_closed_until_the_threshold_then_one_probe_at_a_time() -> None:
             breaker.failed() if down else breaker.answered()
 
     tasks = [asyncio.create_task(caller()) for _ in range(10)]
-    await asyncio.sleep(0.6)
+    await until(lambda: probes >= 3)  # three probes, one after another
     assert peak == 1, "while open, only one caller at a time may probe"
     down = False
     breaker.answered()  # the endpoint is back: everyone waiting goes at once

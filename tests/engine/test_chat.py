@@ -17,6 +17,7 @@ from engine_kit import (
     free_port,
     ids,
     is_permutation,
+    until,
 )
 
 from worker.config import Settings
@@ -176,7 +177,7 @@ async def test_waiting_for_a_slot_respects_the_deadline(llm_server: FakeLLMServe
     chat = OpenAIChat(settings(llm_server.base_url, llm_max_inflight=1))
     try:
         slow = asyncio.create_task(chat.complete(MESSAGES, None, soon()))
-        await asyncio.sleep(0.1)
+        await until(lambda: llm_server.in_flight == 1)  # the only slot is taken
         with pytest.raises(DeadlineExceeded, match="slot"):
             await chat.complete(MESSAGES, None, soon(0.2))
         llm_server.release.set()

@@ -12,7 +12,7 @@ from engine_kit import (
     EXAMPLES,
     INVALID,
     SIM_MODEL,
-    SimProcess,
+    SimLLM,
     clean_env,
     default_prompts,
     free_port,
@@ -66,7 +66,7 @@ def check_results(results: list[dict[str, Any]], steps: list[dict[str, Any]], pr
         assert result["usage"]["prompt_tokens"] == sum(s["prompt_tokens"] for s in trace) > 0
 
 
-def test_rerank_examples_against_sim(sim: SimProcess, tmp_path: Path) -> None:
+def test_rerank_examples_against_sim(sim: SimLLM, tmp_path: Path) -> None:
     proc, results, steps = rerank(tmp_path, sim.env())
     assert proc.returncode == 0, proc.stderr.decode()
     check_results(results, steps, "default")
@@ -83,7 +83,7 @@ def test_rerank_examples_against_sim(sim: SimProcess, tmp_path: Path) -> None:
     ({"LLM4RERANK_LLM_STRUCTURED": "none"}, "default"),
     ({"LLM4RERANK_PROMPTS": "paper", "LLM4RERANK_LLM_STRUCTURED": "none"}, "paper"),
 ], ids=["paper", "text", "paper-text"])
-def test_prompt_sets_and_text_mode_end_to_end(sim: SimProcess, tmp_path: Path,
+def test_prompt_sets_and_text_mode_end_to_end(sim: SimLLM, tmp_path: Path,
                                               variables: dict[str, str], prompt_set: str) -> None:
     proc, results, steps = rerank(tmp_path, sim.env(**variables))
     assert proc.returncode == 0, proc.stderr.decode()
@@ -98,8 +98,8 @@ def test_prompt_sets_and_text_mode_end_to_end(sim: SimProcess, tmp_path: Path,
         assert all(not c["raw"].lstrip().startswith("{") for s in steps for c in s["calls"])
 
 
-def test_rerank_with_faults_still_gives_permutations(sim_factory, tmp_path: Path) -> None:
-    faulty = sim_factory(*FAULTS)
+def test_rerank_with_faults_still_gives_permutations(sim_llm, tmp_path: Path) -> None:
+    faulty = sim_llm(*FAULTS)
     proc, results, steps = rerank(tmp_path, faulty.env())
     assert proc.returncode == 0, proc.stderr.decode()
     check_results(results, steps, "default", statuses=("ok", "degraded"))
@@ -114,16 +114,16 @@ def test_rerank_with_faults_still_gives_permutations(sim_factory, tmp_path: Path
 @pytest.mark.parametrize("variables", [{"LLM4RERANK_PROMPTS": "paper"},
                                        {"LLM4RERANK_LLM_STRUCTURED": "none"}],
                          ids=["paper", "text"])
-def test_rerank_with_faults_in_other_modes(sim_factory, tmp_path: Path,
+def test_rerank_with_faults_in_other_modes(sim_llm, tmp_path: Path,
                                            variables: dict[str, str]) -> None:
-    faulty = sim_factory(*FAULTS)
+    faulty = sim_llm(*FAULTS)
     proc, results, steps = rerank(tmp_path, faulty.env(**variables))
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     prompt_set = variables.get("LLM4RERANK_PROMPTS", "default")
     check_results(results, steps, prompt_set, statuses=("ok", "degraded"))
 
 
-def test_mixed_valid_and_invalid_lines(sim: SimProcess, tmp_path: Path) -> None:
+def test_mixed_valid_and_invalid_lines(sim: SimLLM, tmp_path: Path) -> None:
     valid = EXAMPLES.read_text("utf-8").splitlines()
     invalid = INVALID.read_text("utf-8").splitlines()
     unknown_aspect = json.loads(valid[2])
@@ -161,7 +161,7 @@ def test_heuristic_policy_needs_no_endpoint(tmp_path: Path) -> None:
     assert steps and all(s["calls"] == [] for s in steps)
 
 
-def test_standard_input_and_output(sim: SimProcess, tmp_path: Path) -> None:
+def test_standard_input_and_output(sim: SimLLM, tmp_path: Path) -> None:
     data = EXAMPLES.read_bytes().splitlines()[0] + b"\n"
     proc = run_cli("rerank", "-", env=sim.env(), cwd=tmp_path, stdin=data)
     assert proc.returncode == 0, proc.stderr.decode()
@@ -189,7 +189,7 @@ def test_unreachable_endpoint_is_a_usage_error(tmp_path: Path) -> None:
     assert "unreachable" in line and "LLM4RERANK_LLM_BASE_URL" in line
 
 
-def test_wrong_model_is_a_usage_error(sim: SimProcess, tmp_path: Path) -> None:
+def test_wrong_model_is_a_usage_error(sim: SimLLM, tmp_path: Path) -> None:
     env = sim.env()
     env["LLM4RERANK_LLM_MODEL"] = "meta-llama/Llama-2-13b-chat-hf"
     line = one_line_error(run_cli("rerank", str(EXAMPLES), env=env, cwd=tmp_path))
@@ -201,12 +201,12 @@ def test_wrong_model_is_a_usage_error(sim: SimProcess, tmp_path: Path) -> None:
     ({"LLM4RERANK_MAX_STEPS": "many"}, "LLM4RERANK_MAX_STEPS"),
     ({"LLM4RERANK_LLM_STRUCTURED": "yaml"}, "LLM4RERANK_LLM_STRUCTURED"),
 ])
-def test_bad_settings_are_usage_errors(sim: SimProcess, tmp_path: Path, variables: dict[str, str],
+def test_bad_settings_are_usage_errors(sim: SimLLM, tmp_path: Path, variables: dict[str, str],
                                        names: str) -> None:
     line = one_line_error(run_cli("rerank", str(EXAMPLES), env=sim.env(**variables), cwd=tmp_path))
     assert names in line
 
 
-def test_missing_input_file_is_a_usage_error(sim: SimProcess, tmp_path: Path) -> None:
+def test_missing_input_file_is_a_usage_error(sim: SimLLM, tmp_path: Path) -> None:
     line = one_line_error(run_cli("rerank", str(tmp_path / "nope.jsonl"), env=sim.env(), cwd=tmp_path))
     assert "no such file" in line

@@ -8,7 +8,7 @@ import json
 
 import orjson
 import pytest
-from engine_kit import FakeLLMServer, example_requests, jsonl, run_cli
+from engine_kit import SIM_MODEL, FakeLLMServer, example_requests, jsonl, run_cli
 
 from worker.config import Settings
 from worker.errors import ConfigError
@@ -17,7 +17,6 @@ from worker.policies.formats import probe_format
 from worker.service import Reranker
 from worker.simllm.dialects import check_format
 
-SIM_MODEL = "sim-llm-simulated"
 ACCEPTS = {  # dialect -> the modes it takes (the rest it refuses)
     "vllm": {"json_schema", "tgi", "json_object", "none"},
     "tgi": {"tgi", "none"},
@@ -37,8 +36,8 @@ def test_dialect_table(dialect: str, mode: str) -> None:
 
 
 @pytest.mark.parametrize("dialect", sorted(ACCEPTS))
-async def test_startup_check_and_walks_per_dialect(sim_factory, dialect: str) -> None:
-    sim = sim_factory("--dialect", dialect)
+async def test_startup_check_and_walks_per_dialect(sim_llm, dialect: str) -> None:
+    sim = sim_llm("--dialect", dialect)
     request = example_requests()[0]
     for mode, shape in [(m, "list") for m in MODES] + [("json_schema", "keys")]:
         settings = Settings(llm_base_url=sim.base_url, llm_model=SIM_MODEL, llm_structured=mode,
@@ -64,8 +63,8 @@ async def test_startup_check_and_walks_per_dialect(sim_factory, dialect: str) ->
             assert keyed and all('"positions"' in (c.raw or "") for c in keyed)
 
 
-def test_the_cli_refuses_to_start_on_a_refused_format(sim_factory, tmp_path) -> None:
-    sim = sim_factory("--dialect", "tgi")
+def test_the_cli_refuses_to_start_on_a_refused_format(sim_llm, tmp_path) -> None:
+    sim = sim_llm("--dialect", "tgi")
     done = run_cli("rerank", "-", env=sim.env(LLM4RERANK_LLM_STRUCTURED="json_schema"),
                    cwd=tmp_path, stdin=b"")
     assert done.returncode != 0
@@ -86,12 +85,12 @@ async def test_a_500_validation_error_is_not_retried(llm_server: FakeLLMServer) 
     assert call.raw is None and call.error and call.error.startswith("HTTP 500")
 
 
-def test_seeded_backward_from_the_sim_gives_no_repeated_prompt(sim_factory, tmp_path) -> None:
+def test_seeded_backward_from_the_sim_gives_no_repeated_prompt(sim_llm, tmp_path) -> None:
     lines = b"".join(line + b"\n" for line in
                      (orjson.dumps(r.model_dump(mode="json")) for r in example_requests()[:6]))
     trace = tmp_path / "trace.jsonl"
     runs = [run_cli("rerank", "-", "--trace", str(trace),  # two fresh sims with one seed
-                    env=sim_factory("--backward-rate", "0.6", seed=4).env(LLM4RERANK_MAX_STEPS="8"),
+                    env=sim_llm("--backward-rate", "0.6", seed=4).env(LLM4RERANK_MAX_STEPS="8"),
                     cwd=tmp_path, stdin=lines) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     first, second = (jsonl(r.stdout) for r in runs)

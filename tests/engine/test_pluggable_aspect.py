@@ -18,7 +18,7 @@ from engine_kit import example_requests
 from typer.testing import CliRunner
 
 from worker.cli import app
-from worker.config import REPO_PROMPTS
+from worker.config import PACKAGED_PROMPTS
 from worker.engine import nodes
 from worker.engine.nodes import AspectNode, plan_walk, short_label
 from worker.engine.parse import match_node
@@ -35,7 +35,7 @@ ASPECTS = '{"recency": {"attribute": "year", "split_at": 1996}}'
 def recency(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> PromptSet:
     entry = AspectNode("recency", True, ("recen", "latest"), "groups", SHORT, COLOUR)
     monkeypatch.setitem(nodes.ASPECT_NODES, "recency", entry)
-    shutil.copytree(REPO_PROMPTS / "default", tmp_path / "default")
+    shutil.copytree(PACKAGED_PROMPTS / "default", tmp_path / "default")
     (tmp_path / "default" / "nodes" / "recency.txt").write_text(
         "Favour recent candidates: keep $attribute groups ($groups) evenly placed.\n")
     return PromptSet.load(tmp_path, "default")

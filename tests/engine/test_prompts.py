@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from engine_kit import default_prompts, example_requests, ids, js, make_request, scripted_policy
 
-from worker.config import REPO_PROMPTS, Settings
+from worker.config import PACKAGED_PROMPTS, Settings
 from worker.engine.nodes import plan_walk
 from worker.engine.prompts import PromptSet, SessionPrompts
 from worker.engine.walk import walk
@@ -123,7 +123,7 @@ async def test_text_mode_sends_no_response_format_and_asks_for_the_text_form() -
 
 def copy_prompts(tmp_path: Path) -> Path:
     root = tmp_path / "prompts"
-    shutil.copytree(REPO_PROMPTS, root)
+    shutil.copytree(PACKAGED_PROMPTS, root)
     return root
 
 
@@ -131,7 +131,7 @@ def copy_prompts(tmp_path: Path) -> Path:
                                   "default/manifest.json", "default/reask.txt"])
 def test_prompt_version_follows_the_template_files(tmp_path: Path, file: str) -> None:
     root = copy_prompts(tmp_path)
-    original = PromptSet.load(REPO_PROMPTS, "default").version
+    original = PromptSet.load(PACKAGED_PROMPTS, "default").version
     assert PromptSet.load(root, "default").version == original  # same bytes, same version
     assert original.startswith("default-")
     target = root / file
@@ -140,7 +140,7 @@ def test_prompt_version_follows_the_template_files(tmp_path: Path, file: str) ->
     target.write_text(edited, "utf-8")
     changed = PromptSet.load(root, "default").version
     assert changed != original and changed.startswith("default-")
-    assert PromptSet.load(root, "paper").version == PromptSet.load(REPO_PROMPTS, "paper").version
+    assert PromptSet.load(root, "paper").version == PromptSet.load(PACKAGED_PROMPTS, "paper").version
     target.write_text(before, "utf-8")
     assert PromptSet.load(root, "default").version == original
 

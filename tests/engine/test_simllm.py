@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from engine_kit import SIM_MODEL, SimProcess, default_prompts, example_requests, ids
+from engine_kit import SIM_MODEL, SimLLM, default_prompts, example_requests, ids
 
 from worker.config import Settings
 from worker.engine.nodes import offered_after, plan_walk
@@ -143,7 +143,7 @@ async def test_faults_are_seeded_and_switchable() -> None:
         assert state["served"] == 1 and state["error_rate"] == 0.0
 
 
-def test_the_process_says_it_is_simulated(sim: SimProcess) -> None:
+def test_the_process_says_it_is_simulated(sim: SimLLM) -> None:
     line = sim.log.read_text().strip().splitlines()[0]
     assert "SIMULATED" in line and SIM_MODEL in line and f":{sim.port}/v1" in line
     assert "seed 1" in line

@@ -1,59 +1,26 @@
-"""`llm4rerank eval` end to end: generated data, the llm policy through sim-llm (started here as a
-subprocess), the heuristic policy and the baselines; and the one-line errors on bad input."""
+"""`llm4rerank eval` end to end: generated data, the llm policy through sim-llm (the shared session
+fixture of tests/conftest.py), the heuristic policy and the baselines; and the one-line errors on
+bad input."""
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from service_kit import CLI, SIM_MODEL
 from typer.testing import CliRunner
 
 from worker.cli import app
 
-BIN = Path(sys.executable).parent / "llm4rerank"
+BIN = CLI
 USERS, GOALS = 15, ["A", "D", "F"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sim_llm(tmp_path_factory):
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("sim") / "sim.log").open("wb")
-    proc = subprocess.Popen([str(BIN), "sim-llm", "--port", str(port), "--seed", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path_factory.getbasetemp())
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(200):
-            if proc.poll() is not None:
-                pytest.fail(f"sim-llm exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("sim-llm did not start")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 def _env(url: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4RERANK_")}
     if url:
-        env |= {"LLM4RERANK_LLM_BASE_URL": url, "LLM4RERANK_LLM_MODEL": "sim-llm-simulated"}
+        env |= {"LLM4RERANK_LLM_BASE_URL": url, "LLM4RERANK_LLM_MODEL": SIM_MODEL}
     return env
 
 
@@ -66,16 +33,16 @@ def _eval(out: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, env=_env(url), cwd=out.parent, timeout=240)
 
 
-def test_eval_end_to_end_through_sim_llm(sim_llm, tmp_path):
+def test_eval_end_to_end_through_sim_llm(sim, tmp_path):
     out = tmp_path / "report"
-    done = _eval(out, sim_llm)
+    done = _eval(out, sim.base_url)
     assert done.returncode == 0, done.stderr
     assert "SIMULATED" in done.stdout and "| LLM4Rerank-D |" in done.stdout
     total = 2 * USERS * len(GOALS) + 6 * USERS
     assert f"ran {total} requests, reused 0" in done.stdout
 
     md = (out / "report.md").read_text()
-    assert "SIMULATED LLM" in md and "sim-llm-simulated" in md
+    assert "SIMULATED LLM" in md and SIM_MODEL in md
     for row in ["LLM4Rerank-A", "LLM4Rerank-D", "LLM4Rerank-F", "Heuristic-A", "Heuristic-F",
                 "GMF (upstream)", "Random order", "Popularity", "MMR", "DPP (fast greedy MAP)",
                 "Fair (proportional)"]:
@@ -119,15 +86,15 @@ def test_eval_end_to_end_through_sim_llm(sim_llm, tmp_path):
     cache = out / "cache" / "results.jsonl"
     lines = cache.read_text().splitlines()
     assert len(lines) == total
-    again = _eval(out, sim_llm)
+    again = _eval(out, sim.base_url)
     assert again.returncode == 0 and f"ran 0 requests, reused {total}" in again.stdout
     cache.write_text("\n".join(lines[:-25]) + "\n" + lines[-25][:40])  # cut mid-line
-    resumed = _eval(out, sim_llm)
+    resumed = _eval(out, sim.base_url)
     assert resumed.returncode == 0 and f"ran 25 requests, reused {total - 25}" in resumed.stdout
     assert json.loads((out / "report.json").read_text())["table2"] == report["table2"]
 
     # another setup in the same folder is refused with the fix named
-    other = _eval(out, sim_llm, "--k", "5")
+    other = _eval(out, sim.base_url, "--k", "5")
     assert other.returncode == 0  # k only changes the report
     other = subprocess.run([str(BIN), "eval", "--users", "7", "--out", str(out), "--no-progress"],
                            capture_output=True, text=True, env=_env(None), cwd=tmp_path, timeout=120)

@@ -22,6 +22,9 @@ from worker.evaluation.gmf import (
 from worker.evaluation.metrics import hit_rate
 from worker.evaluation.report import positive_positions
 
+# Trains GMF on about 1M interactions (tens of seconds of CPU): kept out of the fast lane.
+pytestmark = pytest.mark.integration
+
 ML1M_USERS, ML1M_ITEMS, ML1M_MEAN = 6040, 3706, 165  # ML-1M: 1,000,209 ratings, 165.6 per user
 
 

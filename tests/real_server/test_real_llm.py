@@ -17,14 +17,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stream"))
 from real_server_kit import MODEL_ID, tokenizer_file
-from stream_helpers import collect, produce, query
+from service_kit import CLI
+from stream_helpers import collect, full_calls, produce, query
 
 from worker.samples import sample_requests
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = str(Path(sys.executable).parent / "llm4rerank")
 CONTEXT = 2048  # the server's one slot
 
 
@@ -158,7 +157,8 @@ async def test_worker_through_kafka_records_what_the_server_did(llama_server, st
     by_id = {key: value for key, value in results}
     assert set(by_id) == {r["request_id"] for r in requests}
     assert all(r["policy"] == "llm" and r["model"] == MODEL_ID for r in by_id.values())
-    rows = await query(env["LLM4RERANK_DATABASE_URL"],
-                       "select s.node, s.calls from steps s join sessions x on x.id = s.session_id "
-                       "where x.request_id like 'real-kafka-%'")
+    rows = await full_calls(env["LLM4RERANK_DATABASE_URL"], await query(
+        env["LLM4RERANK_DATABASE_URL"],
+        "select s.node, s.calls from steps s join sessions x on x.id = s.session_id "
+        "where x.request_id like 'real-kafka-%'"))
     check_calls([{"calls": r["calls"]} for r in rows if r["calls"]])

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from stream_helpers import collect, produce, query
+from service_kit import REPO
+from stream_helpers import collect, full_calls, produce, query
 
 from worker.audit.db import read_only_engine
 from worker.audit.queries import TraceQueries
 from worker.config import Settings
 from worker.replay.replayer import RecordedReplayer
 
-REPO = Path(__file__).resolve().parents[2]
 SLACK_MS = 1000  # the README's promise: deadline + about a second, even in a total LLM outage
 
 
@@ -154,8 +154,9 @@ async def repeated_calls(url: str, prefix: str, calls_log: Path) -> tuple[int, i
     for line in calls_log.read_bytes().splitlines():
         entry = orjson.loads(line)
         served[entry["prompt"]].append(entry["t"])
-    steps = await query(url, "select s.calls, s.created_at from steps s join sessions x on "
-                             "x.id = s.session_id where x.request_id like :p", p=f"{prefix}-%")
+    steps = await full_calls(url, await query(
+        url, "select s.calls, s.created_at from steps s join sessions x on "
+             "x.id = s.session_id where x.request_id like :p", p=f"{prefix}-%"))
     checked = repeated = 0
     for step in steps:
         stored_at = step["created_at"].timestamp() if isinstance(step["created_at"], datetime) else 0

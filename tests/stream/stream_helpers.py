@@ -56,6 +56,19 @@ async def collect(bootstrap: str, topic: str, until: int | set[str], timeout_s: 
     return records
 
 
+async def full_calls(url: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Step rows with `calls` as recorded: prompt parts stored once joined back, defaults filled."""
+    from worker.store.parts import joined
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            calls = await joined(conn, [r["calls"] for r in rows])
+    finally:
+        await engine.dispose()
+    return [{**r, "calls": c} for r, c in zip(rows, calls, strict=True)]
+
+
 async def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
     engine = create_async_engine(url)
     try:

@@ -24,7 +24,7 @@ from fault_kit import (
     until_finished,
 )
 from service_kit import free_port
-from stream_helpers import make_requests, query
+from stream_helpers import full_calls, make_requests, query
 
 pytestmark = pytest.mark.integration
 
@@ -180,9 +180,10 @@ async def test_llm_failing_longer_than_the_deadline(fault, sim_llm, stream_env, 
                if "LLM endpoint unavailable" not in r["reason"]]
     assert not unnamed, unnamed[:3]
     assert all(r["llm_calls"] >= 1 for r in rows)
-    steps = await query(url, "select s.calls from steps s join sessions x on x.id = s.session_id "
-                             "where x.request_id = any(:ids) and s.problem like 'deadline of%'",
-                        ids=[r["request_id"] for r in outage])
+    steps = await full_calls(url, await query(
+        url, "select s.calls from steps s join sessions x on x.id = s.session_id "
+             "where x.request_id = any(:ids) and s.problem like 'deadline of%'",
+        ids=[r["request_id"] for r in outage]))
     attempts = [a for s in steps for c in s["calls"] for a in c["attempts"]]
     assert len(steps) >= len(outage) and attempts
     if fault == "500":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import subprocess
 import time
 import urllib.request
@@ -28,16 +27,16 @@ from hostile_cases import (
     phase_one,
     phase_two,
 )
+from service_kit import CLI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
-from stream_helpers import collect, query
+from stream_helpers import collect, full_calls, query
 
 from worker.audit.api import create_app
 from worker.audit.db import read_only_engine
 from worker.engine.steps import LLMCall
 
 pytestmark = pytest.mark.integration
-CLI = os.path.join(os.path.dirname(__file__), "..", "..", ".venv", "bin", "llm4rerank")
 TOKEN = "hostile-suite-token-0123456789"
 PRODUCER_LIMIT = 1_000_000
 
@@ -176,8 +175,9 @@ async def test_hostile_messages_and_answers(sim_llm, stream_env, start_worker, t
     assert odd["policy"] == "llm" and odd["status"] == "ok"
 
     # prompts: request text never starts a line, and a 900 KB title is cut (noted in the step)
-    rows = await query(url, "select x.request_id, s.calls, s.notes from steps s join sessions x "
-                            "on x.id = s.session_id")
+    rows = await full_calls(url, await query(
+        url, "select x.request_id, s.calls, s.notes from steps s join sessions x "
+             "on x.id = s.session_id"))
     for row in rows:
         for call in row["calls"] or []:
             for message in call["messages"]:

@@ -11,12 +11,12 @@ from pathlib import Path
 import orjson
 import pytest
 from hostile_cases import ODD_IDS, base
+from service_kit import CLI, SIM_MODEL
 from stream_helpers import collect, produce
 
 from worker.samples import sample_requests
 
 pytestmark = pytest.mark.integration
-CLI = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "llm4rerank")
 
 
 def hashes(log: Path) -> list[str]:
@@ -71,7 +71,7 @@ def test_item_ids_of_any_characters_are_parsed(sim_llm, tmp_path, prompts, struc
     source = tmp_path / "odd.jsonl"
     source.write_bytes(orjson.dumps(body) + b"\n")
     env = {"PATH": "/usr/bin:/bin", "LLM4RERANK_LLM_BASE_URL": sim.base_url,
-           "LLM4RERANK_LLM_MODEL": "sim-llm-simulated", "LLM4RERANK_PROMPTS": prompts,
+           "LLM4RERANK_LLM_MODEL": SIM_MODEL, "LLM4RERANK_PROMPTS": prompts,
            "LLM4RERANK_LLM_STRUCTURED": structured}
     done = subprocess.run([CLI, "rerank", str(source), "--out", str(tmp_path / "out.jsonl"),
                            "--trace", str(tmp_path / "trace.jsonl")], env=env, capture_output=True,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fault_kit import replay
 from prometheus_client import REGISTRY
+from service_kit import SIM_MODEL
 from stream_helpers import make_requests, query
 
 from worker.config import Settings
@@ -23,7 +24,6 @@ from worker.store.store import Store
 from worker.stream.runner import Runner
 
 pytestmark = pytest.mark.integration
-SIM_MODEL = "sim-llm-simulated"
 
 
 class PoisonChat:

@@ -3,11 +3,11 @@ each, invalid ones one dead letter each, and every step is stored."""
 
 from __future__ import annotations
 
-import asyncio
 import urllib.request
 
 import orjson
-from stream_helpers import collect, make_requests, produce, query
+from service_kit import CLI, SIM_MODEL
+from stream_helpers import collect, full_calls, make_requests, produce, query
 
 from worker.schemas import RerankResult
 
@@ -39,7 +39,7 @@ async def test_results_dead_letters_and_stored_steps(sim_llm, stream_env, start_
         result = by_id[request["request_id"]]
         assert sorted(result.ranking) == sorted(c["item_id"] for c in request["candidates"])
         assert result.path[0] == "accuracy" and result.path[-1] == "stop"
-        assert result.model == "sim-llm-simulated" and result.prompt_version.startswith("default-")
+        assert result.model == SIM_MODEL and result.prompt_version.startswith("default-")
 
     assert len(dead) == 5
     codes = sorted(d["error"]["code"] for _, d in dead)
@@ -54,9 +54,10 @@ async def test_results_dead_letters_and_stored_steps(sim_llm, stream_env, start_
                                 "where request_id like 'e2e-%'")
     assert len(sessions) == 30 and all(s["status"] in ("ok", "degraded") for s in sessions)
     for session in sessions:
-        steps = await query(url, "select s.node, s.calls from steps s join sessions x on "
-                                 "x.id = s.session_id where x.request_id = :r order by s.step",
-                            r=session["request_id"])
+        steps = await full_calls(url, await query(
+            url, "select s.node, s.calls from steps s join sessions x on "
+                 "x.id = s.session_id where x.request_id = :r order by s.step",
+            r=session["request_id"]))
         assert [s["node"] for s in steps] == session["path"]
         assert sum(len(s["calls"] or []) for s in steps) == session["llm_calls"]
         assert all(c["raw"] is not None and c["messages"] for s in steps for c in s["calls"] or [])
@@ -69,7 +70,6 @@ async def test_results_dead_letters_and_stored_steps(sim_llm, stream_env, start_
     # a request_id seen again returns the stored result, with no new LLM call
     served_before = sim.faults()["served"]
     await produce(bootstrap, env["LLM4RERANK_REQUEST_TOPIC"], [messages[0]])
-    await asyncio.sleep(0.5)
     again = await collect(bootstrap, env["LLM4RERANK_RESULT_TOPIC"], until=31, timeout_s=20)
     repeats = [v for k, v in again if k == valid[0]["request_id"]]
     assert len(repeats) == 2 and repeats[0]["ranking"] == repeats[1]["ranking"]
@@ -79,10 +79,7 @@ async def test_results_dead_letters_and_stored_steps(sim_llm, stream_env, start_
 
 async def test_submit_from_store_replays_through_kafka(sim_llm, stream_env, start_worker):
     import subprocess
-    import sys
-    from pathlib import Path
 
-    cli = str(Path(sys.executable).parent / "llm4rerank")
     sim = sim_llm("--seed", "4")
     env = {**stream_env, "LLM4RERANK_LLM_BASE_URL": sim.base_url}
     start_worker(env)
@@ -93,7 +90,7 @@ async def test_submit_from_store_replays_through_kafka(sim_llm, stream_env, star
     assert len(first) == 3
 
     ids = [arg for r in originals for arg in ("--request-id", r["request_id"])]
-    proc = subprocess.run([cli, "submit", "--from-store", *ids, "--suffix", "~again"], env=env,
+    proc = subprocess.run([CLI, "submit", "--from-store", *ids, "--suffix", "~again"], env=env,
                           capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()
     pairs = [orjson.loads(line) for line in proc.stdout.splitlines()]

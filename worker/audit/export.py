@@ -8,34 +8,44 @@ written a batch at a time, so memory stays bounded on any store size.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from ..extras import require_extra
 from .filters import TraceFilters
 from .queries import StoredSession, TraceQueries, select_sessions
 from .trace import with_lists
 
-STRS = pa.list_(pa.string())
-TS = pa.timestamp("us", tz="UTC")
-SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("user_id", pa.string()), ("goal", pa.string()),
-    ("session_status", pa.string()), ("model", pa.string()), ("prompt_version", pa.string()),
-    ("session_policy", pa.string()), ("path", STRS), ("final_ranking", STRS), ("reason", pa.string()),
-    ("session_llm_calls", pa.int64()), ("session_prompt_tokens", pa.int64()),
-    ("session_completion_tokens", pa.int64()), ("session_latency_ms", pa.float64()),
-    ("received_at", TS), ("completed_at", TS), ("replay_of", pa.string()), ("replay_mode", pa.string()),
-    ("step", pa.int64()), ("node", pa.string()), ("policy", pa.string()), ("ranking", STRS),
-    ("removed", STRS), ("next_node", pa.string()), ("offered", STRS), ("pool_size", pa.int64()),
-    ("list_before", STRS), ("list_after", STRS), ("notes", STRS), ("problem", pa.string()),
-    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("latency_ms", pa.float64()),
-    ("retries", pa.int64()), ("call_count", pa.int64()), ("raw_answers", STRS), ("call_errors", STRS),
-    ("messages_json", pa.string()),
-])
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@functools.cache
+def parquet_schema() -> pa.Schema:
+    """The Parquet file's columns; pyarrow (the `eval` extra) is imported only for Parquet."""
+    require_extra("eval", "export --format parquet", ("pyarrow",))
+    import pyarrow as pa
+
+    strs = pa.list_(pa.string())
+    ts = pa.timestamp("us", tz="UTC")
+    return pa.schema([
+        ("request_id", pa.string()), ("user_id", pa.string()), ("goal", pa.string()),
+        ("session_status", pa.string()), ("model", pa.string()), ("prompt_version", pa.string()),
+        ("session_policy", pa.string()), ("path", strs), ("final_ranking", strs), ("reason", pa.string()),
+        ("session_llm_calls", pa.int64()), ("session_prompt_tokens", pa.int64()),
+        ("session_completion_tokens", pa.int64()), ("session_latency_ms", pa.float64()),
+        ("received_at", ts), ("completed_at", ts), ("replay_of", pa.string()), ("replay_mode", pa.string()),
+        ("step", pa.int64()), ("node", pa.string()), ("policy", pa.string()), ("ranking", strs),
+        ("removed", strs), ("next_node", pa.string()), ("offered", strs), ("pool_size", pa.int64()),
+        ("list_before", strs), ("list_after", strs), ("notes", strs), ("problem", pa.string()),
+        ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("latency_ms", pa.float64()),
+        ("retries", pa.int64()), ("call_count", pa.int64()), ("raw_answers", strs), ("call_errors", strs),
+        ("messages_json", pa.string()),
+    ])
 
 
 def step_rows(stored: StoredSession, prompts: bool) -> list[dict[str, Any]]:
@@ -99,13 +109,17 @@ async def export_jsonl(queries: TraceQueries, filters: TraceFilters, sink: IO[by
 
 async def export_parquet(queries: TraceQueries, filters: TraceFilters, path: Path, *,
                          limit: int | None = None, prompts: bool = False) -> tuple[int, int]:
-    """One Parquet file with SCHEMA (an empty selection still writes the schema)."""
+    """One Parquet file with parquet_schema() (an empty selection still writes the schema)."""
+    schema = parquet_schema()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     rows = 0
     sessions: set[str] = set()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(str(path), SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(str(path), schema, compression="zstd") as writer:
         async for batch in _batches(queries, filters, limit, prompts):
-            writer.write_table(pa.Table.from_pylist(batch, schema=SCHEMA))
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
             rows += len(batch)
             sessions.update(r["request_id"] for r in batch)
     return len(sessions), rows

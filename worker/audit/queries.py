@@ -13,10 +13,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..engine.steps import StepRecord
+from ..store.parts import joined
+from ..store.store import read_steps
 from ..store.tables import sessions, steps
 from .filters import Order, TraceFilters, decode_cursor, encode_cursor
 
@@ -61,8 +74,9 @@ def utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def conditions(f: TraceFilters) -> list[ColumnElement[bool]]:
-    """The WHERE clauses of a filter set; every value is a bound parameter."""
+def conditions(f: TraceFilters, dialect: str = "postgresql") -> list[ColumnElement[bool]]:
+    """The WHERE clauses of a filter set; every value is a bound parameter. On PostgreSQL the
+    goal and item filters are also phrased so that their GIN indexes (trigram, jsonb) serve them."""
     c = sessions.c
     out: list[ColumnElement[bool]] = []
     if f.request_ids:
@@ -76,10 +90,13 @@ def conditions(f: TraceFilters) -> list[ColumnElement[bool]]:
         if value is not None:
             out.append(column == value)
     if f.goal is not None:
-        out.append(c.goal.icontains(f.goal, autoescape=True))
+        escaped = f.goal.replace("/", "//").replace("%", "/%").replace("_", "/_")
+        out.append(c.goal.ilike(f"%{escaped}%", escape="/"))
     if f.node is not None:
         out.append(exists().where(steps.c.session_id == c.id, steps.c.node == f.node))
     if f.item is not None and f.top_k is not None:
+        if dialect == "postgresql":
+            out.append(type_coerce(c.final_ranking, JSONB).contains([f.item]))
         out.append(or_(*(c.final_ranking[i].as_string() == f.item for i in range(f.top_k))))
     if f.replays == "exclude":
         out.append(c.replay_of.is_(None))
@@ -90,10 +107,22 @@ def conditions(f: TraceFilters) -> list[ColumnElement[bool]]:
 
 def _after(cursor: tuple[datetime, int], order: Order) -> ColumnElement[bool]:
     at, row_id = cursor
-    c = sessions.c
-    if order == "desc":
-        return or_(c.received_at < at, and_(c.received_at == at, c.id < row_id))
-    return or_(c.received_at > at, and_(c.received_at == at, c.id > row_id))
+    key = tuple_(sessions.c.received_at, sessions.c.id)  # a row comparison: one index range
+    position = tuple_(literal(at, sessions.c.received_at.type), literal(row_id, sessions.c.id.type))
+    return key < position if order == "desc" else key > position
+
+
+def page_query(where: Sequence[ColumnElement[bool]], limit: int, order: Order) -> Select[Any]:
+    """The page's ids first (ordered by received_at, id; an index-only scan where an index leads
+    with the filtered column and ends in those keys), then their summaries: the planner does not
+    have to guess how much of the table a filter skips before the first matching row."""
+    def keys(table: Any) -> list[Any]:
+        return [k.desc() if order == "desc" else k.asc() for k in (table.c.received_at, table.c.id)]
+
+    page = (select(sessions.c.id, sessions.c.received_at).where(*where).order_by(*keys(sessions))
+            .limit(limit).subquery("page"))
+    return (select(sessions.c.id, *SUMMARY_COLUMNS)
+            .join_from(sessions, page, sessions.c.id == page.c.id).order_by(*keys(page)))
 
 
 def plain(row: Any) -> dict[str, Any]:
@@ -123,13 +152,10 @@ class TraceQueries:
         self, filters: TraceFilters, *, limit: int, cursor: str | None = None, order: Order = "desc"
     ) -> Page:
         """One page of session summaries, newest first by default, with the next page's cursor."""
-        where = conditions(filters)
+        where = conditions(filters, self.engine.dialect.name)
         if cursor:
             where.append(_after(decode_cursor(cursor, order), order))
-        keys = (sessions.c.received_at, sessions.c.id)
-        query = (select(sessions.c.id, *SUMMARY_COLUMNS).where(*where)
-                 .order_by(*(k.desc() if order == "desc" else k.asc() for k in keys))
-                 .limit(limit + 1))
+        query = page_query(where, limit + 1, order)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         more = len(rows) > limit
@@ -141,9 +167,10 @@ class TraceQueries:
         return Page([summary(r) for r in rows], next_cursor)
 
     async def count(self, filters: TraceFilters) -> int:
+        where = conditions(filters, self.engine.dialect.name)
         async with self.engine.connect() as conn:
             return (await conn.execute(
-                select(func.count()).select_from(sessions).where(*conditions(filters)))).scalar_one()
+                select(func.count()).select_from(sessions).where(*where))).scalar_one()
 
     async def iterate(
         self, filters: TraceFilters, *, order: Order = "asc", batch: int = 200, limit: int | None = None
@@ -174,8 +201,13 @@ class TraceQueries:
             step_rows = (await conn.execute(
                 select(*columns, _call_count(self.engine.dialect.name).label("call_count"))
                 .where(steps.c.session_id == row["id"]).order_by(steps.c.step))).mappings().all()
+            steps_out = [_step(s) for s in step_rows]
+            if with_calls:
+                for step, calls in zip(steps_out, await joined(conn, [s["calls"] for s in steps_out]),
+                                       strict=True):
+                    step["calls"] = calls
         data = summary(row)
-        data["steps"] = [_step(s) for s in step_rows]
+        data["steps"] = steps_out
         return data
 
     async def step_calls(self, request_id: str, step: int) -> builtins.list[dict[str, Any]] | None:
@@ -184,9 +216,9 @@ class TraceQueries:
             calls = (await conn.execute(
                 select(steps.c.calls).select_from(steps.join(sessions, steps.c.session_id == sessions.c.id))
                 .where(sessions.c.request_id == request_id, steps.c.step == step))).first()
-        if calls is None:
-            return None
-        return list(calls[0] or [])
+            if calls is None:
+                return None
+            return list((await joined(conn, [calls[0] or []]))[0])
 
     async def load(self, request_ids: Sequence[str]) -> builtins.list[StoredSession]:
         """Full sessions (request, outcome, steps with calls) for replay, in the order asked."""
@@ -200,10 +232,8 @@ class TraceQueries:
                 step_rows = (await conn.execute(
                     select(steps).where(steps.c.session_id.in_(list(by_session)))
                     .order_by(steps.c.session_id, steps.c.step))).mappings().all()
-                fields = StepRecord.model_fields
-                for s in step_rows:
-                    by_session[s["session_id"]].append(
-                        StepRecord.model_validate({k: v for k, v in s.items() if k in fields}))
+                for s, record in zip(step_rows, await read_steps(conn, step_rows), strict=True):
+                    by_session[s["session_id"]].append(record)
         found = {r["request_id"]: StoredSession(summary(r), by_session[r["id"]]) for r in rows}
         return [found[rid] for rid in request_ids if rid in found]
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..evaluation.candidates import DEFAULT_PROTOCOL, GOALS, PROTOCOLS
+from ..evaluation.protocols import DEFAULT_PROTOCOL, GOALS, PROTOCOLS
 from .common import fail, run, settings_or_exit
 
 
@@ -51,8 +51,13 @@ def eval_command(
         parse_ks,
         parse_list,
     )
+    from ..extras import MissingExtra, require_extra
     from ..simllm import SIMULATED_MODEL
 
+    try:
+        require_extra("eval", "llm4rerank eval")
+    except MissingExtra as exc:
+        raise fail(str(exc)) from None
     try:
         goal_list = parse_list(goals, tuple(GOALS), "--goals")
         policies = parse_list(policy, POLICIES, "--policy")

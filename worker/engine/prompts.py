@@ -1,4 +1,6 @@
-"""Prompt templates from `prompts/<set>/`, laid out for vLLM's automatic prefix caching.
+"""Prompt templates from `prompts/<set>/` (shipped as the package data `worker.prompts`, found through
+importlib.resources: config.PACKAGED_PROMPTS), validated at load, laid out for vLLM's automatic
+prefix caching.
 
 Everything constant within a session (instructions, goal, user, candidates, output format) is
 rendered into the first message and stays byte-identical across steps; the pool, the node's
@@ -20,7 +22,7 @@ import orjson
 from ..errors import ConfigError
 from ..schemas import AspectConfig, RerankRequest
 from .measures import group_of
-from .nodes import FUNCTIONAL, WalkPlan
+from .nodes import ASPECT_NODES, BACKWARD, FUNCTIONAL, WalkPlan
 
 HISTORY_SHOWN = 10
 FIELD_MAX_CHARS = 500
@@ -66,6 +68,77 @@ class Cleaner:
         return out
 
 
+# What the renderer provides to each template (SessionPrompts below), and what a template must use
+# so that nothing the model needs is dropped. Keys not listed here are optional extra files.
+SESSION_VALUES = frozenset({"goal", "user", "candidates", "columns", "nodes", "format"})
+PROVIDED: dict[str, frozenset[str]] = {
+    "system": SESSION_VALUES,
+    "step": SESSION_VALUES | {"pool", "node", "focus", "offered"},
+    "candidate": frozenset({"alias", "item_id", "features"}),
+    "pool_line": frozenset({"step", "node", "ranking"}),
+    "withdrawn_line": frozenset({"step", "node", "ranking"}),
+    "reask": frozenset({"problem", "n", "offered"}),
+    "reask_node": frozenset({"problem", "n", "offered"}),
+    "format_json": frozenset(),
+    "format_keys": frozenset(),
+    "format_text": frozenset(),
+}
+ASPECT_VALUES = frozenset({"attribute", "groups", "seen"})
+REQUIRED_FILES = ("system", "step", "candidate", "pool_line", "reask", "reask_node", "format_json",
+                  "format_text")
+REQUIRED: dict[str, frozenset[str]] = {
+    "step": frozenset({"pool", "focus", "offered"}),
+    "candidate": frozenset({"features"}),
+    "pool_line": frozenset({"ranking"}),
+    "withdrawn_line": frozenset({"ranking"}),
+    "reask": frozenset({"problem"}),
+    "reask_node": frozenset({"problem", "offered"}),
+}
+# Each must appear in the system or the step template.
+REQUIRED_SESSION = frozenset({"goal", "user", "candidates", "format"})
+
+
+def validate_templates(folder: Path, texts: dict[str, str], manifest: dict[str, Any]) -> None:
+    """Refuse a prompt set that would fail, or silently drop information, at render time: every
+    registered node needs its focus template, every placeholder must be one the renderer
+    provides, and the ones carrying the request must be used. Errors name the file."""
+    problems: list[str] = []
+    for key in (*REQUIRED_FILES, *(f"nodes/{n}" for n in (*ASPECT_NODES, BACKWARD))):
+        if key not in texts:
+            problems.append(f"{folder / key}.txt is missing (every registered node and every "
+                            f"part of the prompt needs its template)")
+    for key, text in texts.items():
+        template = Template(text)
+        path = f"{folder / key}.txt"
+        if not template.is_valid():
+            problems.append(f"{path}: a `$` that starts no placeholder (write `$$` for a dollar)")
+            continue
+        used = set(template.get_identifiers())
+        if key.startswith("nodes/"):
+            node = key.removeprefix("nodes/")
+            provided: frozenset[str] = frozenset() if node in FUNCTIONAL else ASPECT_VALUES
+            spec = ASPECT_NODES.get(node)
+            required = frozenset({"attribute"}) if spec is not None and spec.needs_attribute else (
+                frozenset())
+        else:
+            provided = PROVIDED.get(key, frozenset())
+            required = REQUIRED.get(key, frozenset())
+            if key == "candidate":
+                required |= {"alias" if manifest.get("id_style", "alias") == "alias" else "item_id"}
+        for name in sorted(used - provided):
+            problems.append(f"{path}: unknown placeholder ${name} (the renderer provides "
+                            f"{', '.join(sorted(provided)) or 'none here'})")
+        for name in sorted(required - used):
+            problems.append(f"{path}: placeholder ${name} is missing")
+    session = set(Template(texts.get("system", "")).get_identifiers()) | set(
+        Template(texts.get("step", "")).get_identifiers())
+    for name in sorted(REQUIRED_SESSION - session):
+        problems.append(f"{folder / 'system'}.txt and {folder / 'step'}.txt: placeholder ${name} "
+                        f"is missing from both")
+    if problems:
+        raise ConfigError(f"prompt set {folder.name!r} is invalid: " + "; ".join(problems))
+
+
 @dataclass(frozen=True)
 class PromptSet:
     """One directory of templates; `version` hashes every file so results name what produced them."""
@@ -79,7 +152,8 @@ class PromptSet:
     def load(cls, root: Path, name: str) -> PromptSet:
         folder = root / name
         if not folder.is_dir():
-            known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            known = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if (
+                root.is_dir()) else []
             raise ConfigError(
                 f"prompt set {name!r} not found in {root}; set LLM4RERANK_PROMPTS to one of {known}"
             )
@@ -87,11 +161,16 @@ class PromptSet:
             str(p.relative_to(folder).with_suffix("")): p.read_text("utf-8").rstrip("\n")
             for p in sorted(folder.rglob("*.txt"))
         }
-        manifest_text = (folder / "manifest.json").read_text("utf-8")
+        try:
+            manifest_text = (folder / "manifest.json").read_text("utf-8")
+            manifest = orjson.loads(manifest_text)
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"{folder / 'manifest.json'}: {exc}") from exc
+        validate_templates(folder, texts, manifest)
         digest = hashlib.sha256(manifest_text.encode())
         for key in sorted(texts):
             digest.update(f"\0{key}\0{texts[key]}".encode())
-        return cls(name, texts, orjson.loads(manifest_text), f"{name}-{digest.hexdigest()[:12]}")
+        return cls(name, texts, manifest, f"{name}-{digest.hexdigest()[:12]}")
 
     @property
     def uses_aliases(self) -> bool:

@@ -11,15 +11,7 @@ import numpy as np
 from ..schemas import HistoryItem, Item, Options, RerankRequest, User
 from .datasets import Dataset
 from .gmf import GMF
-
-GOALS: dict[str, str] = {
-    "A": "Focus on accuracy",
-    "D": "Focus on diversity",
-    "F": "Focus on fairness",
-    "ADF": "Consider accuracy, diversity and fairness in a balanced way",
-    "D-F": "Mainly focus on diversity, followed by fairness",
-    "F-D": "Mainly focus on fairness, followed by diversity",
-}
+from .protocols import DEFAULT_PROTOCOL, GOALS, PROTOCOLS
 
 
 @dataclass
@@ -79,17 +71,6 @@ class Case:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Case:
         return cls(RerankRequest.model_validate(obj["request"]), obj["positive"])
-
-
-PROTOCOLS: dict[str, str] = {
-    "paper": "the held-out item plus GMF's top n-1 unseen items, in GMF order (a held-out item GMF "
-             "ranks lower sits last)",
-    "random-position": "the same candidates, the held-out item moved to a uniformly random position "
-                       "(the score column stays in list order, so neither position nor score gives it away)",
-    "retrieved": "only users whose held-out item is among GMF's top n unseen items; the candidates are "
-                 "GMF's top n, in GMF order",
-}
-DEFAULT_PROTOCOL = "paper"
 
 
 def candidate_items(model: GMF, split: Split, user: int, n: int = 20) -> tuple[np.ndarray, np.ndarray]:

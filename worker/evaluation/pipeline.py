@@ -16,7 +16,7 @@ import orjson
 import typer
 
 from ..config import Settings
-from .candidates import PROTOCOLS
+from .protocols import PROTOCOLS
 
 POLICIES = ("llm", "heuristic", "upstream", "random", "popularity", "mmr", "dpp", "fair")
 DATASETS = ("synthetic", "ml-1m", "kuairand", "douban", "csv")

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from ..engine.steps import StepRecord
 from ..schemas import RerankRequest, RerankResult, Source, canonical_hash, utcnow
+from .parts import joined, split_calls, store_parts
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
 
 
@@ -240,18 +241,17 @@ class Store:
         if not batch:
             return
         now = utcnow()
-        rows = [{**step.model_dump(mode="json"), "session_id": sid, "created_at": now}
-                for sid, step in batch]
+        parts: dict[str, Any] = {}
+        rows = [step_row(sid, step, now, parts) for sid, step in batch]
         async with self.engine.begin() as conn:
+            await store_parts(conn, parts)
             await conn.execute(self._insert_step, rows)
 
     async def _steps(self, conn: AsyncConnection, session_id: int) -> list[StepRecord]:
         rows = (await conn.execute(
             select(steps).where(steps.c.session_id == session_id).order_by(steps.c.step)
         )).mappings().all()
-        fields = StepRecord.model_fields
-        return [StepRecord.model_validate({k: v for k, v in r.items() if k in fields})
-                for r in rows]
+        return await read_steps(conn, rows)
 
     # results and the outbox ------------------------------------------------------------------
     async def complete(self, session_id: int, owner: str, result: RerankResult,
@@ -302,6 +302,23 @@ class Store:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(sessions.c.result).where(
                 sessions.c.request_id == request_id, sessions.c.status.in_(FINISHED)))).scalar()
+
+
+def step_row(session_id: int, step: StepRecord, now: datetime,
+             parts: dict[str, Any]) -> dict[str, Any]:
+    """A step's row with its calls' shared parts moved into `parts` (stored once, by hash)."""
+    row = step.model_dump(mode="json")
+    row["calls"] = split_calls(row["calls"], parts)
+    return {**row, "session_id": session_id, "created_at": now}
+
+
+async def read_steps(conn: AsyncConnection, rows: Sequence[Any]) -> list[StepRecord]:
+    """StepRecords from step rows of either form (calls in full, or referring to prompt parts)."""
+    fields = StepRecord.model_fields
+    calls = await joined(conn, [r["calls"] for r in rows])
+    return [StepRecord.model_validate({**{k: v for k, v in r.items() if k in fields},
+                                       "calls": c or []})
+            for r, c in zip(rows, calls, strict=True)]
 
 
 def _outbox(limit: int, deployment: str | None = None) -> Select[Any]:
