@@ -5,7 +5,7 @@ the run; ties are never hits; the candidate protocols and the random-order row b
 import numpy as np
 import pytest
 
-from worker.evaluation import command
+from worker.evaluation import pipeline
 from worker.evaluation.baselines import popularity, random_order, upstream
 from worker.evaluation.candidates import build_cases, leave_one_out, pick_users
 from worker.evaluation.datasets import synthetic
@@ -131,8 +131,8 @@ def test_a_collapsed_gmf_stops_the_eval_command_with_a_clear_message(monkeypatch
     real = GMFConfig
     monkeypatch.setattr("worker.evaluation.gmf.GMFConfig",
                         lambda **kwargs: real(**kwargs, l2=1e4, epochs=3, patience=10))  # planted
-    setup = {"version": command.CASES_VERSION, "dataset": "synthetic", "data_dir": None, "users": 20,
+    setup = {"version": pipeline.CASES_VERSION, "dataset": "synthetic", "data_dir": None, "users": 20,
              "seed": 0, "items": 200, "columns": None, "split_at": None, "candidates": 20, "max_steps": 5,
              "protocol": "paper"}
-    with pytest.raises(command._SetupError, match="GMF collapsed and did not learn"):
-        command._build(setup)
+    with pytest.raises(pipeline.SetupError, match="GMF collapsed and did not learn"):
+        pipeline._build(setup)
