@@ -55,6 +55,7 @@ lock: $(STAMP)
 
 check: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy worker
 
 lint: check

@@ -51,33 +51,81 @@ TARGET_P95_MS = 50.0
 START = datetime(2026, 10, 1, tzinfo=UTC)
 DAYS = 30
 USERS = 50_000
-GOALS = ["Mainly focus on accuracy, followed by diversity", "Focus on diversity",
-         "Focus on fairness", "Consider accuracy, diversity and fairness in a balanced way"]
-MODELS = [("meta-llama/Llama-2-13b-chat-hf", "default-f37d74cf573a"),
-          ("meta-llama/Llama-2-13b-chat-hf", "paper-0b1e4c2d9a77"),
-          ("Qwen/Qwen2.5-7B-Instruct", "default-f37d74cf573a")]
+GOALS = [
+    "Mainly focus on accuracy, followed by diversity",
+    "Focus on diversity",
+    "Focus on fairness",
+    "Consider accuracy, diversity and fairness in a balanced way",
+]
+MODELS = [
+    ("meta-llama/Llama-2-13b-chat-hf", "default-f37d74cf573a"),
+    ("meta-llama/Llama-2-13b-chat-hf", "paper-0b1e4c2d9a77"),
+    ("Qwen/Qwen2.5-7B-Instruct", "default-f37d74cf573a"),
+]
 STATUSES = ["ok"] * 90 + ["degraded"] * 7 + ["failed"] * 2 + ["running"]
 REPLAY_SHARE = 0.02
 BATCH = 20_000
-PARTS = ({"role": "system", "content": "Rerank one user's list (synthetic)."},
-         {"type": "json_object"})
-SESSION_COLUMNS = ("id", "request_id", "user_id", "goal", "request", "status", "model",
-                   "prompt_version", "policy", "path", "final_ranking", "reason", "llm_calls",
-                   "prompt_tokens", "completion_tokens", "latency_ms", "received_at", "started_at",
-                   "completed_at", "published_at", "attempts", "source_topic", "source_partition",
-                   "source_offset", "replay_of", "replay_mode", "deployment", "result_topic",
-                   "crashes", "request_hash", "request_text", "receipt_at")
-STEP_COLUMNS = ("id", "session_id", "step", "node", "policy", "ranking", "next_node", "offered",
-                "pool_size", "calls", "notes", "prompt_tokens", "completion_tokens", "latency_ms",
-                "retries", "cached_tokens", "created_at")
+PARTS = ({"role": "system", "content": "Rerank one user's list (synthetic)."}, {"type": "json_object"})
+SESSION_COLUMNS = (
+    "id",
+    "request_id",
+    "user_id",
+    "goal",
+    "request",
+    "status",
+    "model",
+    "prompt_version",
+    "policy",
+    "path",
+    "final_ranking",
+    "reason",
+    "llm_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "received_at",
+    "started_at",
+    "completed_at",
+    "published_at",
+    "attempts",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "replay_of",
+    "replay_mode",
+    "deployment",
+    "result_topic",
+    "crashes",
+    "request_hash",
+    "request_text",
+    "receipt_at",
+)
+STEP_COLUMNS = (
+    "id",
+    "session_id",
+    "step",
+    "node",
+    "policy",
+    "ranking",
+    "next_node",
+    "offered",
+    "pool_size",
+    "calls",
+    "notes",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "retries",
+    "cached_tokens",
+    "created_at",
+)
 
 
 def walk(rng: random.Random) -> list[str]:
     """A node path: mostly one to three aspect nodes, sometimes a backward, then stop."""
     path = [rng.choice(("accuracy", "accuracy", "diversity", "fairness"))]
     while rng.random() < 0.5 and len(path) < 5:
-        path.append("backward" if rng.random() < 0.03 else rng.choice(("accuracy", "diversity",
-                                                                          "fairness")))
+        path.append("backward" if rng.random() < 0.03 else rng.choice(("accuracy", "diversity", "fairness")))
     return [*path, "stop"]
 
 
@@ -99,30 +147,87 @@ def rows(n: int, seed: int) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[
         replay_of = f"req-{rng.randrange(1, i):07d}" if i > 1 and rng.random() < REPLAY_SHARE else None
         path = walk(rng)
         final = rng.sample(items, len(items))
-        request = {"request_id": f"req-{i:07d}", "goal": goal, "user": {"user_id": user},
-                   "candidates": [{"item_id": it} for it in items]}
+        request = {
+            "request_id": f"req-{i:07d}",
+            "goal": goal,
+            "user": {"user_id": user},
+            "candidates": [{"item_id": it} for it in items],
+        }
         text = orjson.dumps(request).decode()
         done = at + timedelta(seconds=2)
         finished = status != "running"
-        sess.append((
-            i, request["request_id"], user, goal, text, status, model if finished else None,
-            version if finished else None, "llm", orjson.dumps(path).decode(),
-            orjson.dumps(final).decode() if finished else None, None, len(path) - 1,
-            900 * len(path), 60 * len(path), 2000, at, at, done if finished else None,
-            done if finished else None, 1, "rerank.requests", i % 6, i // 6,
-            replay_of, "live" if replay_of else None, "workers", "rerank.results", 0,
-            hashlib.sha256(text.encode()).hexdigest(), text, at))
+        sess.append(
+            (
+                i,
+                request["request_id"],
+                user,
+                goal,
+                text,
+                status,
+                model if finished else None,
+                version if finished else None,
+                "llm",
+                orjson.dumps(path).decode(),
+                orjson.dumps(final).decode() if finished else None,
+                None,
+                len(path) - 1,
+                900 * len(path),
+                60 * len(path),
+                2000,
+                at,
+                at,
+                done if finished else None,
+                done if finished else None,
+                1,
+                "rerank.requests",
+                i % 6,
+                i // 6,
+                replay_of,
+                "live" if replay_of else None,
+                "workers",
+                "rerank.results",
+                0,
+                hashlib.sha256(text.encode()).hexdigest(),
+                text,
+                at,
+            )
+        )
         for number, node in enumerate(path, start=1):
             step_id += 1
             llm = node != "stop"
-            calls = [{"messages": [system_ref, {"role": "user", "content": f"Node: {node}"}],
-                      "response_format": format_ref, "raw": "{}", "prompt_tokens": 900}] if llm else []
-            steps.append((
-                step_id, i, number, node, "llm", orjson.dumps(final).decode() if llm else None,
-                path[number] if number < len(path) else None,
-                '["accuracy", "diversity", "fairness", "backward", "stop"]', number,
-                orjson.dumps(calls).decode(), "[]", 900 if llm else 0, 60 if llm else 0, 500.0,
-                0, 0, at + timedelta(milliseconds=500 * number)))
+            calls = (
+                [
+                    {
+                        "messages": [system_ref, {"role": "user", "content": f"Node: {node}"}],
+                        "response_format": format_ref,
+                        "raw": "{}",
+                        "prompt_tokens": 900,
+                    }
+                ]
+                if llm
+                else []
+            )
+            steps.append(
+                (
+                    step_id,
+                    i,
+                    number,
+                    node,
+                    "llm",
+                    orjson.dumps(final).decode() if llm else None,
+                    path[number] if number < len(path) else None,
+                    '["accuracy", "diversity", "fairness", "backward", "stop"]',
+                    number,
+                    orjson.dumps(calls).decode(),
+                    "[]",
+                    900 if llm else 0,
+                    60 if llm else 0,
+                    500.0,
+                    0,
+                    0,
+                    at + timedelta(milliseconds=500 * number),
+                )
+            )
         if len(sess) >= BATCH:
             yield sess, steps
             sess, steps = [], []
@@ -137,7 +242,8 @@ async def generate(db: str, n: int) -> None:
     # the migrations' secondary indexes are built once after the load (same definitions)
     indexes = await conn.fetch(
         "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('sessions', 'steps') "
-        "AND indexname NOT IN (SELECT conname FROM pg_constraint)")
+        "AND indexname NOT IN (SELECT conname FROM pg_constraint)"
+    )
     for index in indexes:
         await conn.execute(f'DROP INDEX "{index["indexname"]}"')
     try:
@@ -146,8 +252,10 @@ async def generate(db: str, n: int) -> None:
             await conn.copy_records_to_table("steps", records=steps, columns=STEP_COLUMNS)
             loaded_steps += len(steps)
         await conn.copy_records_to_table(
-            "prompt_parts", records=[(part_hash(b), orjson.dumps(b).decode()) for b in PARTS],
-            columns=("hash", "body"))
+            "prompt_parts",
+            records=[(part_hash(b), orjson.dumps(b).decode()) for b in PARTS],
+            columns=("hash", "body"),
+        )
         for index in indexes:
             await conn.execute(index["indexdef"])
         await conn.execute("SELECT setval('sessions_id_seq', $1)", n)
@@ -165,7 +273,8 @@ async def queries(db: str, n: int) -> list[tuple[str, str]]:
     try:
         user = await conn.fetchval("SELECT user_id FROM sessions WHERE id = $1", n // 2)
         replayed = await conn.fetchval(
-            "SELECT replay_of FROM sessions WHERE replay_of IS NOT NULL ORDER BY id DESC LIMIT 1")
+            "SELECT replay_of FROM sessions WHERE replay_of IS NOT NULL ORDER BY id DESC LIMIT 1"
+        )
         item = await conn.fetchval("SELECT final_ranking->>0 FROM sessions WHERE id = $1", n // 3)
         middle = await conn.fetchval("SELECT received_at FROM sessions WHERE id = $1", n // 2)
         show = await conn.fetchval("SELECT request_id FROM sessions WHERE id = $1", n // 4)
@@ -175,28 +284,39 @@ async def queries(db: str, n: int) -> list[tuple[str, str]]:
     since, until = (middle - day).isoformat(), middle.isoformat()
     model, version = MODELS[0]
     q = httpx.QueryParams
-    out = [("list (no filter)", "/api/sessions?" + str(q(limit=50))),
-           ("list order=asc", "/api/sessions?" + str(q(limit=50, order="asc"))),
-           ("list user", "/api/sessions?" + str(q(user=user))),
-           ("list status=failed", "/api/sessions?" + str(q(status="failed"))),
-           ("list status=running", "/api/sessions?" + str(q(status="running"))),
-           ("list since/until (1 day)", "/api/sessions?" + str(q(since=since, until=until))),
-           ("list since (open)", "/api/sessions?" + str(q(since=since))),
-           ("list model", "/api/sessions?" + str(q(model=model))),
-           ("list prompt_version", "/api/sessions?" + str(q(prompt_version=version))),
-           ("list model+prompt_version", "/api/sessions?" + str(q(model=model, prompt_version=version))),
-           ("list replay_of", "/api/sessions?" + str(q(replay_of=replayed))),
-           ("list replays=only", "/api/sessions?" + str(q(replays="only"))),
-           ("list replays=exclude", "/api/sessions?" + str(q(replays="exclude"))),
-           ("list goal substring", "/api/sessions?" + str(q(goal="balanced"))),
-           ("list item in top 3", "/api/sessions?" + str(q(item=item, top_k=3))),
-           ("list request_id x3", "/api/sessions?" + str(q([("request_id", show), ("request_id", user),
-                                                           ("request_id", "req-0000001")])))]
+    out = [
+        ("list (no filter)", "/api/sessions?" + str(q(limit=50))),
+        ("list order=asc", "/api/sessions?" + str(q(limit=50, order="asc"))),
+        ("list user", "/api/sessions?" + str(q(user=user))),
+        ("list status=failed", "/api/sessions?" + str(q(status="failed"))),
+        ("list status=running", "/api/sessions?" + str(q(status="running"))),
+        ("list since/until (1 day)", "/api/sessions?" + str(q(since=since, until=until))),
+        ("list since (open)", "/api/sessions?" + str(q(since=since))),
+        ("list model", "/api/sessions?" + str(q(model=model))),
+        ("list prompt_version", "/api/sessions?" + str(q(prompt_version=version))),
+        ("list model+prompt_version", "/api/sessions?" + str(q(model=model, prompt_version=version))),
+        ("list replay_of", "/api/sessions?" + str(q(replay_of=replayed))),
+        ("list replays=only", "/api/sessions?" + str(q(replays="only"))),
+        ("list replays=exclude", "/api/sessions?" + str(q(replays="exclude"))),
+        ("list goal substring", "/api/sessions?" + str(q(goal="balanced"))),
+        ("list item in top 3", "/api/sessions?" + str(q(item=item, top_k=3))),
+        (
+            "list request_id x3",
+            "/api/sessions?"
+            + str(q([("request_id", show), ("request_id", user), ("request_id", "req-0000001")])),
+        ),
+    ]
     out += [(f"list node={node}", "/api/sessions?" + str(q(node=node))) for node in ALL_NODES]
-    out += [("list status+node+1 day", "/api/sessions?" + str(q(status="degraded", node="fairness",
-                                                                since=since, until=until)))]
-    out += [("show session", f"/api/sessions/{show}"),
-            ("show step calls", f"/api/sessions/{show}/steps/1/calls")]
+    out += [
+        (
+            "list status+node+1 day",
+            "/api/sessions?" + str(q(status="degraded", node="fairness", since=since, until=until)),
+        )
+    ]
+    out += [
+        ("show session", f"/api/sessions/{show}"),
+        ("show step calls", f"/api/sessions/{show}/steps/1/calls"),
+    ]
     return out
 
 
@@ -240,8 +360,10 @@ def measure(url: str, token: str, named: list[tuple[str, str]], repeat: int) -> 
 
 def report(name: str, items: int, times: list[float]) -> None:
     p95 = pct(times, 0.95)
-    print(f"{name:34} {items:5d} {statistics.median(times):8.1f} {p95:8.1f}  "
-          f"{'ok' if p95 <= TARGET_P95_MS else 'OVER'}")
+    print(
+        f"{name:34} {items:5d} {statistics.median(times):8.1f} {p95:8.1f}  "
+        f"{'ok' if p95 <= TARGET_P95_MS else 'OVER'}"
+    )
 
 
 async def explain(db: str, named: list[tuple[str, str]]) -> None:
@@ -266,12 +388,16 @@ async def explain(db: str, named: list[tuple[str, str]]) -> None:
                 values["top_k"] = int(values["top_k"])
             order = params.get("order", "desc")
             query = page_query(conditions(parse_filters(**values)), 51, order)  # type: ignore[arg-type]
-            compiled = query.compile(dialect=postgresql.dialect(paramstyle="named"),
-                                     compile_kwargs={"render_postcompile": True})
+            compiled = query.compile(
+                dialect=postgresql.dialect(paramstyle="named"), compile_kwargs={"render_postcompile": True}
+            )
             statement = text("EXPLAIN (ANALYZE, BUFFERS) " + compiled.string.replace("::", " ::")).bindparams(
-                *(bindparam(k, v, type_=compiled.binds[k].type if k in compiled.binds else None)
-                  for k, v in compiled.params.items()
-                  if f":{k}" in compiled.string))
+                *(
+                    bindparam(k, v, type_=compiled.binds[k].type if k in compiled.binds else None)
+                    for k, v in compiled.params.items()
+                    if f":{k}" in compiled.string
+                )
+            )
             async with engine.connect() as conn:
                 plan = (await conn.execute(statement)).scalars().all()
             print(f"== {name}\n" + "\n".join(plan))
@@ -307,14 +433,23 @@ async def main() -> None:
             return
         token = "bench-" + uuid.uuid4().hex
         port = free_port()
-        env = {**os.environ, "LLM4RERANK_AUDIT_TOKENS": token,
-               "LLM4RERANK_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"}
-        api = subprocess.Popen([CLI, "audit-api", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "LLM4RERANK_AUDIT_TOKENS": token,
+            "LLM4RERANK_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}",
+        }
+        api = subprocess.Popen(
+            [CLI, "audit-api", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_http(f"http://127.0.0.1:{port}/healthz", proc=api)
-            print(f"{n} sessions; audit API (read-only role) timed over HTTP, {args.repeat} requests "
-                  "per query after 2 warm-up requests; limit 50 per page")
+            print(
+                f"{n} sessions; audit API (read-only role) timed over HTTP, {args.repeat} requests "
+                "per query after 2 warm-up requests; limit 50 per page"
+            )
             measure(f"http://127.0.0.1:{port}", token, named, args.repeat)
         finally:
             api.terminate()

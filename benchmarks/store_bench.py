@@ -59,8 +59,9 @@ async def run(requests: int, url: str, sim_url: str) -> None:
     store = Store(url)
     lines = [orjson.dumps(r) for r in sample_requests(requests, prefix="bench")]
     try:
-        stats = await rerank_lines(Reranker(settings, chat, policy="llm"), lines, io.BytesIO(),
-                                   concurrency=16, store=store)
+        stats = await rerank_lines(
+            Reranker(settings, chat, policy="llm"), lines, io.BytesIO(), concurrency=16, store=store
+        )
     finally:
         await chat.close()
         await store.close()
@@ -74,10 +75,15 @@ async def sizes(db: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for table in TABLES:
             exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
-            out[table] = (await conn.fetchval(f"SELECT count(*) FROM {table}"),
-                          await conn.fetchval(f"SELECT pg_total_relation_size('{table}')"),
-                          await conn.fetchval(f"SELECT avg(pg_column_size(t.*)) FROM {table} t")) \
-                if exists else (0, 0, None)
+            out[table] = (
+                (
+                    await conn.fetchval(f"SELECT count(*) FROM {table}"),
+                    await conn.fetchval(f"SELECT pg_total_relation_size('{table}')"),
+                    await conn.fetchval(f"SELECT avg(pg_column_size(t.*)) FROM {table} t"),
+                )
+                if exists
+                else (0, 0, None)
+            )
         return out
     finally:
         await conn.close()
@@ -85,14 +91,21 @@ async def sizes(db: str) -> dict[str, Any]:
 
 def report(title: str, s: dict[str, Any]) -> None:
     (n_sessions, b_sessions, r_sessions), (n_steps, b_steps, r_steps), (n_parts, b_parts, _) = (
-        s[t] for t in TABLES)
+        s[t] for t in TABLES
+    )
     per_step = b_steps / n_steps
-    print(f"{title}: {n_sessions} sessions, {n_steps} steps ({n_steps / n_sessions:.2f} per "
-          f"session), {n_parts} prompt parts")
-    print(f"  steps table per step             {per_step:8.0f} B   target <= {TARGET_STEP} B  "
-          f"{'MET' if per_step <= TARGET_STEP else 'NOT MET'}")
-    print(f"  step row alone (pg_column_size)  {float(r_steps):8.0f} B   target <= {TARGET_STEP} B  "
-          f"{'MET' if r_steps <= TARGET_STEP else 'NOT MET'}")
+    print(
+        f"{title}: {n_sessions} sessions, {n_steps} steps ({n_steps / n_sessions:.2f} per "
+        f"session), {n_parts} prompt parts"
+    )
+    print(
+        f"  steps table per step             {per_step:8.0f} B   target <= {TARGET_STEP} B  "
+        f"{'MET' if per_step <= TARGET_STEP else 'NOT MET'}"
+    )
+    print(
+        f"  step row alone (pg_column_size)  {float(r_steps):8.0f} B   target <= {TARGET_STEP} B  "
+        f"{'MET' if r_steps <= TARGET_STEP else 'NOT MET'}"
+    )
     print(f"  session row alone                {float(r_sessions):8.0f} B")
     print(f"  steps + prompt_parts per step    {(b_steps + b_parts) / n_steps:8.0f} B")
     print(f"  sessions table per session       {b_sessions / n_sessions:8.0f} B")
@@ -112,12 +125,16 @@ async def main() -> None:
     admin = await asyncpg.connect(f"{PG}/postgres")
     await admin.execute(f'CREATE DATABASE "{db}"')
     port = free_port()
-    sim = subprocess.Popen([CLI, "sim-llm", "--port", str(port), "--seed", "3"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sim = subprocess.Popen(
+        [CLI, "sim-llm", "--port", str(port), "--seed", "3"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", proc=sim)
-        await run(args.requests, f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}",
-                  f"http://127.0.0.1:{port}/v1")
+        await run(
+            args.requests, f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}", f"http://127.0.0.1:{port}/v1"
+        )
         print(f"form={args.form}: pg_total_relation_size (heap + TOAST + indexes + maps) / rows")
         report("as written", await sizes(db))
         conn = await asyncpg.connect(f"{PG}/{db}")

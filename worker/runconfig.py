@@ -17,8 +17,14 @@ from .config import Settings
 from .engine.nodes import ASPECT_NODES, WalkPlan
 from .schemas import AspectConfig
 
-SIZING = ("llm_answer_shape", "llm_max_repair_share", "llm_window", "llm_window_step",
-          "llm_context_tokens", "llm_tokenizer")  # stored since migration 0005
+SIZING = (
+    "llm_answer_shape",
+    "llm_max_repair_share",
+    "llm_window",
+    "llm_window_step",
+    "llm_context_tokens",
+    "llm_tokenizer",
+)  # stored since migration 0005
 
 
 class RunConfig(BaseModel):
@@ -41,25 +47,41 @@ class RunConfig(BaseModel):
     max_steps: int = Field(ge=1)
     deadline_ms: int = Field(ge=1)
     aspects: dict[str, dict[str, Any] | None] = Field(
-        default_factory=dict, description="enabled aspect nodes and their attribute (None: none needed)")
+        default_factory=dict, description="enabled aspect nodes and their attribute (None: none needed)"
+    )
 
     def plan(self) -> WalkPlan:
         """The walk's plan; nodes in the graph's order (the store may not keep key order)."""
         order = [n for n in ASPECT_NODES if n in self.aspects]
         order += sorted(n for n in self.aspects if n not in ASPECT_NODES)
         return WalkPlan(
-            aspects={name: (AspectConfig.model_validate(self.aspects[name])
-                            if self.aspects[name] is not None else None) for name in order},
-            max_steps=self.max_steps, deadline_ms=self.deadline_ms)
+            aspects={
+                name: (
+                    AspectConfig.model_validate(self.aspects[name])
+                    if self.aspects[name] is not None
+                    else None
+                )
+                for name in order
+            },
+            max_steps=self.max_steps,
+            deadline_ms=self.deadline_ms,
+        )
 
     @classmethod
     def of_plan(cls, plan: WalkPlan, **fields: Any) -> RunConfig:
-        return cls(max_steps=plan.max_steps, deadline_ms=plan.deadline_ms,
-                   aspects={name: (a.model_dump(exclude_none=True) if a is not None else None)
-                            for name, a in plan.aspects.items()}, **fields)
+        return cls(
+            max_steps=plan.max_steps,
+            deadline_ms=plan.deadline_ms,
+            aspects={
+                name: (a.model_dump(exclude_none=True) if a is not None else None)
+                for name, a in plan.aspects.items()
+            },
+            **fields,
+        )
 
     def settings_for(self, settings: Settings, *, model: str | None = None) -> Settings:
         """`settings` as this session ran with them: its prompt set, model and sizing (the
         tokenizer among them), validated like any settings."""
-        return settings.with_overrides(prompts=self.prompts, llm_model=model or self.model,
-                                       **{key: getattr(self, key) for key in SIZING})
+        return settings.with_overrides(
+            prompts=self.prompts, llm_model=model or self.model, **{key: getattr(self, key) for key in SIZING}
+        )

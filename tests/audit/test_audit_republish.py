@@ -23,8 +23,9 @@ pytestmark = pytest.mark.integration
 
 
 async def _consume(topic: str, expected: int, timeout_s: float = 30.0) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     await consumer.start()
     records: list[Any] = []
     try:

@@ -27,23 +27,35 @@ from worker.store.tables import prompt_parts, sessions, steps
 
 CLI = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "llm4rerank")
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=80)
-message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
-                                 "content": text})
-calls = st.lists(st.builds(
-    LLMCall,
-    messages=st.lists(message, max_size=4),
-    response_format=st.one_of(st.none(), st.fixed_dictionaries(
-        {"type": st.just("json_schema"), "json_schema": st.dictionaries(text, text, max_size=3)})),
-    raw=st.one_of(st.none(), text),
-    error=st.one_of(st.none(), text),
-    retries=st.integers(0, 5),
-    prompt_tokens=st.integers(0, 10_000),
-    latency_ms=st.floats(0, 1e6, allow_nan=False),
-    deadline_passed=st.booleans(),
-    attempts=st.lists(st.builds(HTTPAttempt, status=st.one_of(st.none(), st.integers(100, 599)),
-                                error=st.one_of(st.none(), text)), max_size=3),
-    window=st.one_of(st.none(), st.tuples(st.integers(1, 9), st.integers(1, 9)).map(list)),
-), max_size=4)
+message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": text})
+calls = st.lists(
+    st.builds(
+        LLMCall,
+        messages=st.lists(message, max_size=4),
+        response_format=st.one_of(
+            st.none(),
+            st.fixed_dictionaries(
+                {"type": st.just("json_schema"), "json_schema": st.dictionaries(text, text, max_size=3)}
+            ),
+        ),
+        raw=st.one_of(st.none(), text),
+        error=st.one_of(st.none(), text),
+        retries=st.integers(0, 5),
+        prompt_tokens=st.integers(0, 10_000),
+        latency_ms=st.floats(0, 1e6, allow_nan=False),
+        deadline_passed=st.booleans(),
+        attempts=st.lists(
+            st.builds(
+                HTTPAttempt,
+                status=st.one_of(st.none(), st.integers(100, 599)),
+                error=st.one_of(st.none(), text),
+            ),
+            max_size=3,
+        ),
+        window=st.one_of(st.none(), st.tuples(st.integers(1, 9), st.integers(1, 9)).map(list)),
+    ),
+    max_size=4,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -55,16 +67,16 @@ def test_split_then_join_gives_the_recorded_calls_back(recorded: list[LLMCall]) 
     stored = orjson.loads(orjson.dumps(lean))  # as a JSON column gives it back
     assert refs_of(stored) == set(parts)
     assert all(part_hash(body) == key for key, body in parts.items())
-    assert not any(m.get("role") == "system" for c in stored for m in c["messages"]
-                   if isinstance(m, dict))
+    assert not any(m.get("role") == "system" for c in stored for m in c["messages"] if isinstance(m, dict))
     assert join_calls(stored, parts) == dumped
     assert join_calls(dumped, {}) == dumped  # the full (older) form reads as it is
 
 
 def test_a_missing_part_is_an_error_not_a_silent_gap() -> None:
     parts: dict[str, Any] = {}
-    lean = split_calls([LLMCall(messages=[{"role": "system", "content": "s"}]).model_dump(mode="json")],
-                       parts)
+    lean = split_calls(
+        [LLMCall(messages=[{"role": "system", "content": "s"}]).model_dump(mode="json")], parts
+    )
     with pytest.raises(LookupError):
         join_calls(lean, {})
 
@@ -90,10 +102,17 @@ def test_stored_prompts_match_what_the_llm_received(fresh_database, sim_llm, tmp
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in requests))
     with fresh_database("llm4rerank_test_lean") as (_, url):
-        env = {"PATH": "/usr/bin:/bin", "LLM4RERANK_LLM_BASE_URL": sim.base_url,
-               "LLM4RERANK_LLM_MODEL": "sim-llm-simulated"}
-        done = subprocess.run([CLI, "rerank", str(source), "--store", url, "--out",
-                               str(tmp_path / "out.jsonl")], env=env, capture_output=True, timeout=180)
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "LLM4RERANK_LLM_BASE_URL": sim.base_url,
+            "LLM4RERANK_LLM_MODEL": "sim-llm-simulated",
+        }
+        done = subprocess.run(
+            [CLI, "rerank", str(source), "--store", url, "--out", str(tmp_path / "out.jsonl")],
+            env=env,
+            capture_output=True,
+            timeout=180,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         asyncio.run(_check_read_back(url, requests, _digests(log)))
 
@@ -112,32 +131,53 @@ async def _check_read_back(url: str, requests: list[dict[str, Any]], received: l
                 assert one == shown["calls"]
                 read_back += [_digest(c.messages) for c in step.calls]
         assert len(read_back) >= 2 * len(requests)
-        assert sorted(read_back) == sorted(received[-len(read_back):])
+        assert sorted(read_back) == sorted(received[-len(read_back) :])
         assert set(read_back) <= set(received)
 
         async with store.engine.connect() as conn:
             raw = (await conn.execute(select(steps.c.calls))).scalars().all()
             n_parts = (await conn.execute(select(func.count()).select_from(prompt_parts))).scalar()
-        assert not any(isinstance(m, dict) and m.get("role") == "system"
-                       for row in raw for c in row for m in c["messages"])
+        assert not any(
+            isinstance(m, dict) and m.get("role") == "system"
+            for row in raw
+            for c in row
+            for m in c["messages"]
+        )
         assert n_parts is not None and n_parts < sum(len(row) for row in raw)
 
         # a step stored before the change: its calls in full, as model_dump wrote them
-        old = StepRecord(step=1, node="accuracy", policy="llm", ranking=["x", "y"], calls=[
-            LLMCall(messages=[{"role": "system", "content": "old system \u00e9"},
-                              {"role": "user", "content": "old user"}],
-                    response_format={"type": "json_object"}, raw='{"ranking":[2,1]}')])
+        old = StepRecord(
+            step=1,
+            node="accuracy",
+            policy="llm",
+            ranking=["x", "y"],
+            calls=[
+                LLMCall(
+                    messages=[
+                        {"role": "system", "content": "old system \u00e9"},
+                        {"role": "user", "content": "old user"},
+                    ],
+                    response_format={"type": "json_object"},
+                    raw='{"ranking":[2,1]}',
+                )
+            ],
+        )
         request = RerankRequest.model_validate(sample_requests(1, seed=3, prefix="old")[0])
         await store.receive_checked([(request, None)])
         async with store.engine.begin() as conn:
-            sid = (await conn.execute(select(sessions.c.id).where(
-                sessions.c.request_id == request.request_id))).scalar_one()
-            await conn.execute(insert(steps).values(
-                **old.model_dump(mode="json"), session_id=sid, created_at=datetime.now(UTC)))
+            sid = (
+                await conn.execute(select(sessions.c.id).where(sessions.c.request_id == request.request_id))
+            ).scalar_one()
+            await conn.execute(
+                insert(steps).values(
+                    **old.model_dump(mode="json"), session_id=sid, created_at=datetime.now(UTC)
+                )
+            )
         claim = await store.claim(request.request_id, "test", 30)
         assert claim is not None and claim.steps == [old]
         assert (await queries.step_calls(request.request_id, 1)) == [
-            c.model_dump(mode="json") for c in old.calls]
+            c.model_dump(mode="json") for c in old.calls
+        ]
         assert (await queries.load([request.request_id]))[0].steps == [old]
     finally:
         await store.close()

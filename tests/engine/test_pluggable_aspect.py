@@ -37,7 +37,8 @@ def recency(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> PromptSet:
     monkeypatch.setitem(nodes.ASPECT_NODES, "recency", entry)
     shutil.copytree(PACKAGED_PROMPTS / "default", tmp_path / "default")
     (tmp_path / "default" / "nodes" / "recency.txt").write_text(
-        "Favour recent candidates: keep $attribute groups ($groups) evenly placed.\n")
+        "Favour recent candidates: keep $attribute groups ($groups) evenly placed.\n"
+    )
     return PromptSet.load(tmp_path, "default")
 
 
@@ -76,8 +77,19 @@ def recency_store(recency: PromptSet, tmp_path: Path, monkeypatch: pytest.Monkey
     source = tmp_path / "requests.jsonl"
     source.write_bytes(orjson.dumps(request.model_dump(mode="json", exclude_none=True)) + b"\n")
     url = f"sqlite+aiosqlite:///{tmp_path / 'traces.db'}"
-    result = CliRunner().invoke(app, ["rerank", str(source), "--policy", "heuristic", "--store", url,
-                                      "--out", str(tmp_path / "results.jsonl")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "rerank",
+            str(source),
+            "--policy",
+            "heuristic",
+            "--store",
+            url,
+            "--out",
+            str(tmp_path / "results.jsonl"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     stored = orjson.loads((tmp_path / "results.jsonl").read_bytes())
     assert stored["path"] == ["accuracy", "recency", "stop"]
@@ -102,8 +114,14 @@ def audit_server(recency_store: str) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(read_only_engine(recency_store), [TOKEN]),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(read_only_engine(recency_store), [TOKEN]),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -141,9 +159,19 @@ def test_a_registered_aspect_shows_in_the_viewer(audit_server: str, tmp_path: Pa
     errors: list[str] = []
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            str(tmp_path / "profile"),
+            executable_path=chromium,
+            headless=True,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = context.new_page()
             page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -44,12 +44,17 @@ class TraceFilters(BaseModel):
     user: str | None = Text
     status: Status | None = None
     node: str | None = Field(None, description="the walk visited this node")
-    goal: str | None = Field(None, min_length=1, max_length=256,
-                             description="case-insensitive substring of the goal")
+    goal: str | None = Field(
+        None, min_length=1, max_length=256, description="case-insensitive substring of the goal"
+    )
     model: str | None = Text
     prompt_version: str | None = Text
-    item: str | None = Field(None, min_length=1, max_length=256,
-                             description="this item ended in the top `top_k` of the final ranking")
+    item: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="this item ended in the top `top_k` of the final ranking",
+    )
     top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
     replay_of: str | None = Text
     replays: Literal["include", "exclude", "only"] = "include"

@@ -34,17 +34,39 @@ from ..store.tables import sessions, steps
 from .filters import Order, TraceFilters, decode_cursor, encode_cursor
 
 SUMMARY_COLUMNS = (
-    sessions.c.request_id, sessions.c.user_id, sessions.c.goal, sessions.c.status,
-    sessions.c.model, sessions.c.prompt_version, sessions.c.policy, sessions.c.path,
-    sessions.c.final_ranking, sessions.c.reason, sessions.c.llm_calls, sessions.c.prompt_tokens,
-    sessions.c.completion_tokens, sessions.c.latency_ms, sessions.c.received_at,
-    sessions.c.completed_at, sessions.c.replay_of, sessions.c.replay_mode,
+    sessions.c.request_id,
+    sessions.c.user_id,
+    sessions.c.goal,
+    sessions.c.status,
+    sessions.c.model,
+    sessions.c.prompt_version,
+    sessions.c.policy,
+    sessions.c.path,
+    sessions.c.final_ranking,
+    sessions.c.reason,
+    sessions.c.llm_calls,
+    sessions.c.prompt_tokens,
+    sessions.c.completion_tokens,
+    sessions.c.latency_ms,
+    sessions.c.received_at,
+    sessions.c.completed_at,
+    sessions.c.replay_of,
+    sessions.c.replay_mode,
 )
 DETAIL_EXTRA = (
-    sessions.c.request, sessions.c.started_at, sessions.c.attempts, sessions.c.source_topic,
-    sessions.c.source_partition, sessions.c.source_offset, sessions.c.run_config,
-    sessions.c.receipt_at, sessions.c.crashes, sessions.c.deployment, sessions.c.result_topic,
-    sessions.c.request_text, sessions.c.notes,
+    sessions.c.request,
+    sessions.c.started_at,
+    sessions.c.attempts,
+    sessions.c.source_topic,
+    sessions.c.source_partition,
+    sessions.c.source_offset,
+    sessions.c.run_config,
+    sessions.c.receipt_at,
+    sessions.c.crashes,
+    sessions.c.deployment,
+    sessions.c.result_topic,
+    sessions.c.request_text,
+    sessions.c.notes,
 )
 STEP_COLUMNS = tuple(c for c in steps.c if c.name not in ("id", "session_id", "calls"))
 
@@ -85,8 +107,13 @@ def conditions(f: TraceFilters, dialect: str = "postgresql") -> list[ColumnEleme
         out.append(c.received_at >= f.since)
     if f.until is not None:
         out.append(c.received_at < f.until)
-    for column, value in ((c.user_id, f.user), (c.status, f.status), (c.model, f.model),
-                          (c.prompt_version, f.prompt_version), (c.replay_of, f.replay_of)):
+    for column, value in (
+        (c.user_id, f.user),
+        (c.status, f.status),
+        (c.model, f.model),
+        (c.prompt_version, f.prompt_version),
+        (c.replay_of, f.replay_of),
+    ):
         if value is not None:
             out.append(column == value)
     if f.goal is not None:
@@ -116,13 +143,22 @@ def page_query(where: Sequence[ColumnElement[bool]], limit: int, order: Order) -
     """The page's ids first (ordered by received_at, id; an index-only scan where an index leads
     with the filtered column and ends in those keys), then their summaries: the planner does not
     have to guess how much of the table a filter skips before the first matching row."""
+
     def keys(table: Any) -> list[Any]:
         return [k.desc() if order == "desc" else k.asc() for k in (table.c.received_at, table.c.id)]
 
-    page = (select(sessions.c.id, sessions.c.received_at).where(*where).order_by(*keys(sessions))
-            .limit(limit).subquery("page"))
-    return (select(sessions.c.id, *SUMMARY_COLUMNS)
-            .join_from(sessions, page, sessions.c.id == page.c.id).order_by(*keys(page)))
+    page = (
+        select(sessions.c.id, sessions.c.received_at)
+        .where(*where)
+        .order_by(*keys(sessions))
+        .limit(limit)
+        .subquery("page")
+    )
+    return (
+        select(sessions.c.id, *SUMMARY_COLUMNS)
+        .join_from(sessions, page, sessions.c.id == page.c.id)
+        .order_by(*keys(page))
+    )
 
 
 def plain(row: Any) -> dict[str, Any]:
@@ -169,8 +205,7 @@ class TraceQueries:
     async def count(self, filters: TraceFilters) -> int:
         where = conditions(filters, self.engine.dialect.name)
         async with self.engine.connect() as conn:
-            return (await conn.execute(
-                select(func.count()).select_from(sessions).where(*where))).scalar_one()
+            return (await conn.execute(select(func.count()).select_from(sessions).where(*where))).scalar_one()
 
     async def iterate(
         self, filters: TraceFilters, *, order: Order = "asc", batch: int = 200, limit: int | None = None
@@ -194,17 +229,35 @@ class TraceQueries:
         """One session with every step; LLM calls (prompts and raw answers) only when asked."""
         columns = (*STEP_COLUMNS, steps.c.calls) if with_calls else STEP_COLUMNS
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(sessions.c.id, *SUMMARY_COLUMNS, *DETAIL_EXTRA)
-                                      .where(sessions.c.request_id == request_id))).mappings().first()
+            row = (
+                (
+                    await conn.execute(
+                        select(sessions.c.id, *SUMMARY_COLUMNS, *DETAIL_EXTRA).where(
+                            sessions.c.request_id == request_id
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
             if row is None:
                 return None
-            step_rows = (await conn.execute(
-                select(*columns, _call_count(self.engine.dialect.name).label("call_count"))
-                .where(steps.c.session_id == row["id"]).order_by(steps.c.step))).mappings().all()
+            step_rows = (
+                (
+                    await conn.execute(
+                        select(*columns, _call_count(self.engine.dialect.name).label("call_count"))
+                        .where(steps.c.session_id == row["id"])
+                        .order_by(steps.c.step)
+                    )
+                )
+                .mappings()
+                .all()
+            )
             steps_out = [_step(s) for s in step_rows]
             if with_calls:
-                for step, calls in zip(steps_out, await joined(conn, [s["calls"] for s in steps_out]),
-                                       strict=True):
+                for step, calls in zip(
+                    steps_out, await joined(conn, [s["calls"] for s in steps_out]), strict=True
+                ):
                     step["calls"] = calls
         data = summary(row)
         data["steps"] = steps_out
@@ -213,9 +266,13 @@ class TraceQueries:
     async def step_calls(self, request_id: str, step: int) -> builtins.list[dict[str, Any]] | None:
         """The LLM calls of one step: the messages sent and the raw answers, with their costs."""
         async with self.engine.connect() as conn:
-            calls = (await conn.execute(
-                select(steps.c.calls).select_from(steps.join(sessions, steps.c.session_id == sessions.c.id))
-                .where(sessions.c.request_id == request_id, steps.c.step == step))).first()
+            calls = (
+                await conn.execute(
+                    select(steps.c.calls)
+                    .select_from(steps.join(sessions, steps.c.session_id == sessions.c.id))
+                    .where(sessions.c.request_id == request_id, steps.c.step == step)
+                )
+            ).first()
             if calls is None:
                 return None
             return list((await joined(conn, [calls[0] or []]))[0])
@@ -225,13 +282,30 @@ class TraceQueries:
         if not request_ids:
             return []
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(sessions.c.id, *SUMMARY_COLUMNS, *DETAIL_EXTRA)
-                                       .where(sessions.c.request_id.in_(list(request_ids))))).mappings().all()
+            rows = (
+                (
+                    await conn.execute(
+                        select(sessions.c.id, *SUMMARY_COLUMNS, *DETAIL_EXTRA).where(
+                            sessions.c.request_id.in_(list(request_ids))
+                        )
+                    )
+                )
+                .mappings()
+                .all()
+            )
             by_session: dict[int, list[StepRecord]] = {r["id"]: [] for r in rows}
             if by_session:
-                step_rows = (await conn.execute(
-                    select(steps).where(steps.c.session_id.in_(list(by_session)))
-                    .order_by(steps.c.session_id, steps.c.step))).mappings().all()
+                step_rows = (
+                    (
+                        await conn.execute(
+                            select(steps)
+                            .where(steps.c.session_id.in_(list(by_session)))
+                            .order_by(steps.c.session_id, steps.c.step)
+                        )
+                    )
+                    .mappings()
+                    .all()
+                )
                 for s, record in zip(step_rows, await read_steps(conn, step_rows), strict=True):
                     by_session[s["session_id"]].append(record)
         found = {r["request_id"]: StoredSession(summary(r), by_session[r["id"]]) for r in rows}

@@ -11,8 +11,12 @@ from .common import fail, run, settings_or_exit
 
 __all__ = ["app", "fail", "run", "settings_or_exit"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="LLM4Rerank: goal-steered LLM reranking as a streaming service.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="LLM4Rerank: goal-steered LLM reranking as a streaming service.",
+)
 app.command()(service.rerank)
 app.command("sim-llm")(service.sim_llm)
 app.command()(service.worker)

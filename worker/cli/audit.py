@@ -38,6 +38,7 @@ from .common import (
 
 trace_app = typer.Typer(no_args_is_help=True, help="Query stored navigation traces.")
 
+
 class Order(StrEnum):
     desc = "desc"
     asc = "asc"
@@ -91,9 +92,18 @@ def trace_show(
 
 @trace_app.command("list")
 def trace_list(
-    since: Since = None, until: Until = None, user: User = None, status: Status = None,
-    node: Node = None, goal: Goal = None, model: Model = None, prompt_version: PromptVersion = None,
-    item: Item = None, top_k: TopK = None, replay_of: ReplayOf = None, replays: ReplaysOpt = Replays.include,
+    since: Since = None,
+    until: Until = None,
+    user: User = None,
+    status: Status = None,
+    node: Node = None,
+    goal: Goal = None,
+    model: Model = None,
+    prompt_version: PromptVersion = None,
+    item: Item = None,
+    top_k: TopK = None,
+    replay_of: ReplayOf = None,
+    replays: ReplaysOpt = Replays.include,
     limit: Annotated[int, typer.Option(min=1, max=MAX_PAGE, help="page size")] = 50,
     cursor: Annotated[str | None, typer.Option(help="continue after the page that printed it")] = None,
     order: Annotated[Order, typer.Option(help="newest (desc) or oldest (asc) first")] = Order.desc,
@@ -109,9 +119,20 @@ def trace_list(
     from ..audit.queries import TraceQueries
     from ..audit.trace import render_table
 
-    filters = filters_or_exit(since=since, until=until, user=user, status=status, node=node, goal=goal,
-                       model=model, prompt_version=prompt_version, item=item, top_k=top_k,
-                       replay_of=replay_of, replays=replays.value)
+    filters = filters_or_exit(
+        since=since,
+        until=until,
+        user=user,
+        status=status,
+        node=node,
+        goal=goal,
+        model=model,
+        prompt_version=prompt_version,
+        item=item,
+        top_k=top_k,
+        replay_of=replay_of,
+        replays=replays.value,
+    )
     url = db_url(db)
 
     async def main() -> None:
@@ -142,9 +163,15 @@ def trace_list(
 def audit_api_command(
     host: Annotated[str | None, typer.Option(help="default LLM4RERANK_AUDIT_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="default LLM4RERANK_AUDIT_PORT")] = None,
-    db: Annotated[str | None, typer.Option("--db", help="read-only URL (default "
-                                           "LLM4RERANK_READER_DATABASE_URL, else the database URL with "
-                                           "the user llm4rerank_reader)")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="read-only URL (default "
+            "LLM4RERANK_READER_DATABASE_URL, else the database URL with "
+            "the user llm4rerank_reader)",
+        ),
+    ] = None,
 ) -> None:
     """Read-only HTTP API and trace viewer for auditors.
 
@@ -178,19 +205,33 @@ def audit_api_command(
     with_db(url, ping())
     app = create_app(read_only_engine(url), settings.audit_tokens)
     bind_host, bind_port = host or settings.audit_host, port or settings.audit_port
-    typer.echo(f"audit-api: viewer http://{bind_host}:{bind_port}/  API /api/sessions  OpenAPI "
-               f"/openapi.json; reading {safe_url(url)} read-only", err=True)
+    typer.echo(
+        f"audit-api: viewer http://{bind_host}:{bind_port}/  API /api/sessions  OpenAPI "
+        f"/openapi.json; reading {safe_url(url)} read-only",
+        err=True,
+    )
     uvicorn.run(app, host=bind_host, port=bind_port, log_level="warning", proxy_headers=False)
 
 
 # export -----------------------------------------------------------------------------------------
 def export_command(
-    since: Since = None, until: Until = None, user: User = None, status: Status = None,
-    node: Node = None, goal: Goal = None, model: Model = None, prompt_version: PromptVersion = None,
-    item: Item = None, top_k: TopK = None, replay_of: ReplayOf = None, replays: ReplaysOpt = Replays.include,
+    since: Since = None,
+    until: Until = None,
+    user: User = None,
+    status: Status = None,
+    node: Node = None,
+    goal: Goal = None,
+    model: Model = None,
+    prompt_version: PromptVersion = None,
+    item: Item = None,
+    top_k: TopK = None,
+    replay_of: ReplayOf = None,
+    replays: ReplaysOpt = Replays.include,
     out: Annotated[Path | None, typer.Option(help="output file (JSONL default: stdout)")] = None,
-    fmt: Annotated[Format | None, typer.Option("--format", help="jsonl or parquet (default: from "
-                                               "--out's suffix, else jsonl)")] = None,
+    fmt: Annotated[
+        Format | None,
+        typer.Option("--format", help="jsonl or parquet (default: from --out's suffix, else jsonl)"),
+    ] = None,
     prompts: Annotated[bool, typer.Option("--prompts", help="include the messages sent")] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="at most this many sessions")] = None,
     db: Db = None,
@@ -200,9 +241,20 @@ def export_command(
     from ..audit.export import export_jsonl, export_parquet
     from ..audit.queries import TraceQueries
 
-    filters = filters_or_exit(since=since, until=until, user=user, status=status, node=node, goal=goal,
-                       model=model, prompt_version=prompt_version, item=item, top_k=top_k,
-                       replay_of=replay_of, replays=replays.value)
+    filters = filters_or_exit(
+        since=since,
+        until=until,
+        user=user,
+        status=status,
+        node=node,
+        goal=goal,
+        model=model,
+        prompt_version=prompt_version,
+        item=item,
+        top_k=top_k,
+        replay_of=replay_of,
+        replays=replays.value,
+    )
     chosen = fmt or (Format.parquet if out and out.suffix in (".parquet", ".pq") else Format.jsonl)
     if chosen is Format.parquet and out is None:
         raise fail("--format parquet needs --out FILE")

@@ -102,5 +102,7 @@ def with_db(url: str, coro: Coroutine[Any, Any, T]) -> T:
         raise fail(str(exc)) from None
     except (OSError, OperationalError, InterfaceError, DBAPIError, PostgresError) as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise fail(f"cannot read the trace store at {safe_url(url)} ({detail}); start it (make up), "
-                   "run `llm4rerank db upgrade`, or pass --db") from None
+        raise fail(
+            f"cannot read the trace store at {safe_url(url)} ({detail}); start it (make up), "
+            "run `llm4rerank db upgrade`, or pass --db"
+        ) from None

@@ -23,6 +23,8 @@ def db_upgrade(
     try:
         upgrade(target, revision)
     except (OSError, ConnectionError) as exc:
-        raise fail(f"cannot reach the database at {target} ({exc}); start it (make up) or fix "
-                   "LLM4RERANK_DATABASE_URL") from None
+        raise fail(
+            f"cannot reach the database at {target} ({exc}); start it (make up) or fix "
+            "LLM4RERANK_DATABASE_URL"
+        ) from None
     typer.echo(f"schema at {revision} in {target}")

@@ -48,29 +48,47 @@ class Structured(StrEnum):
 
 
 def replay_command(
-    request_ids: Annotated[list[str] | None, typer.Argument(
-        help="request_ids to replay (or select with the filters)", show_default=False)] = None,
-    mode: Annotated[Mode, typer.Option(help="recorded: stored answers, no LLM; live: call a model")]
-    = Mode.recorded,
-    since: Since = None, until: Until = None, user: User = None, status: Status = None,
-    node: Node = None, goal: Goal = None, model: Model = None, prompt_version: PromptVersion = None,
-    item: Item = None, top_k: TopK = None,
+    request_ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="request_ids to replay (or select with the filters)", show_default=False),
+    ] = None,
+    mode: Annotated[
+        Mode, typer.Option(help="recorded: stored answers, no LLM; live: call a model")
+    ] = Mode.recorded,
+    since: Since = None,
+    until: Until = None,
+    user: User = None,
+    status: Status = None,
+    node: Node = None,
+    goal: Goal = None,
+    model: Model = None,
+    prompt_version: PromptVersion = None,
+    item: Item = None,
+    top_k: TopK = None,
     include_replays: Annotated[bool, typer.Option(help="also replay sessions that are replays")] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="at most this many sessions")] = None,
     db: Db = None,
     report: Annotated[Path, typer.Option(help="JSON report file")] = Path("replay-report.json"),
-    labels: Annotated[Path | None, typer.Option(
-        help='JSONL {"request_id": ..., "positive": item} for HR and NDCG')] = None,
-    max_steps: Annotated[int | None, typer.Option(min=1, max=50, help="step cap (live: replaces the "
-                                                  "request's; recorded: when not inferable)")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help='JSONL {"request_id": ..., "positive": item} for HR and NDCG')
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=50, help="step cap (live: replaces the request's; recorded: when not inferable)"
+        ),
+    ] = None,
     base_url: Annotated[str | None, typer.Option(help="live: OpenAI-compatible endpoint")] = None,
     llm_model: Annotated[str | None, typer.Option("--llm-model", help="live: model name")] = None,
     prompts: Annotated[str | None, typer.Option(help="live: prompt set (default, paper)")] = None,
-    structured: Annotated[Structured | None, typer.Option(
-        help="live: json_schema, tgi, json_object or none")] = None,
+    structured: Annotated[
+        Structured | None, typer.Option(help="live: json_schema, tgi, json_object or none")
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="live: sessions in flight")] = 8,
-    tag: Annotated[str | None, typer.Option(help="live: suffix of the new request_ids "
-                                            "(<original>~<tag>; default live-<UTC time>)")] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option(help="live: suffix of the new request_ids (<original>~<tag>; default live-<UTC time>)"),
+    ] = None,
     store: Annotated[str | None, typer.Option(help="live: where new sessions go (default --db)")] = None,
     quiet: Annotated[bool, typer.Option(help="only the report table")] = False,
 ) -> None:
@@ -85,10 +103,20 @@ def replay_command(
     from ..replay.run import LiveTarget, ReplayUsageError, exit_code, live_settings, replay_report, run_replay
 
     settings = settings_or_exit()
-    filters = filters_or_exit(request_ids=tuple(request_ids or ()), since=since, until=until, user=user,
-                              status=status, node=node, goal=goal, model=model,
-                              prompt_version=prompt_version, item=item, top_k=top_k,
-                              replays="include" if include_replays or request_ids else "exclude")
+    filters = filters_or_exit(
+        request_ids=tuple(request_ids or ()),
+        since=since,
+        until=until,
+        user=user,
+        status=status,
+        node=node,
+        goal=goal,
+        model=model,
+        prompt_version=prompt_version,
+        item=item,
+        top_k=top_k,
+        replays="include" if include_replays or request_ids else "exclude",
+    )
     url = db or settings.database_url
     known_labels: dict[str, list[str]] = {}
     if labels is not None:
@@ -96,8 +124,9 @@ def replay_command(
             known_labels = load_labels(labels)
         except (OSError, ValueError) as exc:
             raise fail(f"--labels: {exc}") from None
-    target = LiveTarget(base_url, llm_model, prompts, structured.value if structured else None, tag, store,
-                        concurrency)
+    target = LiveTarget(
+        base_url, llm_model, prompts, structured.value if structured else None, tag, store, concurrency
+    )
     live = None
     if mode is Mode.live:
         try:
@@ -115,19 +144,41 @@ def replay_command(
         elif mode is Mode.live and c.error:
             typer.echo(f"{c.original.request_id}: error: {c.error}")
 
-    done = with_db(url, run_replay(settings, mode.value, filters, url, requested=tuple(request_ids or ()),
-                                   limit=limit, max_steps=max_steps, live=live, target=target,
-                                   on_result=show))
+    done = with_db(
+        url,
+        run_replay(
+            settings,
+            mode.value,
+            filters,
+            url,
+            requested=tuple(request_ids or ()),
+            limit=limit,
+            max_steps=max_steps,
+            live=live,
+            target=target,
+            on_result=show,
+        ),
+    )
     for rid in done.missing:
         typer.echo(f"error: no session {rid!r} in the trace store", err=True)
     if done.skipped:
-        typer.echo(f"skipped {len(done.skipped)} unfinished session(s): {', '.join(done.skipped[:10])}",
-                   err=True)
+        typer.echo(
+            f"skipped {len(done.skipped)} unfinished session(s): {', '.join(done.skipped[:10])}", err=True
+        )
     if not done.comparisons:
         typer.echo("no finished sessions match; nothing replayed", err=True)
         raise typer.Exit(1 if done.missing else 0)
-    data = replay_report(settings, mode.value, done, filters, url, labels=known_labels,
-                         max_steps=max_steps, live=live, target=target)
+    data = replay_report(
+        settings,
+        mode.value,
+        done,
+        filters,
+        url,
+        labels=known_labels,
+        max_steps=max_steps,
+        live=live,
+        target=target,
+    )
     typer.echo(render_report(data))
     try:
         write_report(data, report)

@@ -39,8 +39,10 @@ def rerank(
     trace: Annotated[Path | None, typer.Option(help="write every step as JSONL")] = None,
     policy: Annotated[PolicyName, typer.Option(help="llm or heuristic (no LLM)")] = PolicyName.llm,
     concurrency: Annotated[int | None, typer.Option(min=1)] = None,
-    store: Annotated[str | None, typer.Option(
-        help="keep sessions and steps in this database, e.g. sqlite+aiosqlite:///traces.db")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="keep sessions and steps in this database, e.g. sqlite+aiosqlite:///traces.db"),
+    ] = None,
 ) -> None:
     """Offline: rerank JSONL requests without Kafka; invalid lines give error records."""
     from ..offline import rerank_lines
@@ -66,8 +68,9 @@ def rerank(
         sink = open(out, "wb") if out else sys.stdout.buffer  # noqa: ASYNC230
         trace_sink = open(trace, "wb") if trace else None  # noqa: ASYNC230
         try:
-            stats = await rerank_lines(reranker, source, sink, trace_sink,
-                                       concurrency or min(settings.concurrency, 64), trace_store)
+            stats = await rerank_lines(
+                reranker, source, sink, trace_sink, concurrency or min(settings.concurrency, 64), trace_store
+            )
         finally:
             for handle in (source, sink, trace_sink):
                 if handle not in (None, sys.stdin.buffer, sys.stdout.buffer):
@@ -76,8 +79,10 @@ def rerank(
                 await chat.close()
             if trace_store is not None:
                 await trace_store.close()
-        typer.echo(f"ok {stats.ok}, degraded {stats.degraded}, failed {stats.failed}, "
-                   f"invalid {stats.invalid}", err=True)
+        typer.echo(
+            f"ok {stats.ok}, degraded {stats.degraded}, failed {stats.failed}, invalid {stats.invalid}",
+            err=True,
+        )
         return stats.exit_code
 
     if file != "-" and not Path(file).is_file():
@@ -98,11 +103,17 @@ def sim_llm(
     timeout_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
     timeout_s: Annotated[float, typer.Option(min=0.001)] = 120.0,
     call_log: Annotated[Path | None, typer.Option(help="append one JSON line per call received")] = None,
-    backward_rate: Annotated[float, typer.Option(min=0, max=1, help="how often an aspect step "
-                                                 "names Backward when offered (seeded)")] = 0.0,
-    dialect: Annotated[str, typer.Option(help="accept and refuse response_format shapes as this "
-                                         "server does: vllm, tgi, llama-cpp-python, llama.cpp")
-                       ] = "vllm",
+    backward_rate: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="how often an aspect step names Backward when offered (seeded)"),
+    ] = 0.0,
+    dialect: Annotated[
+        str,
+        typer.Option(
+            help="accept and refuse response_format shapes as this "
+            "server does: vllm, tgi, llama-cpp-python, llama.cpp"
+        ),
+    ] = "vllm",
 ) -> None:
     """A SIMULATED OpenAI-compatible LLM (heuristic answers), for development and tests only."""
     import uvicorn
@@ -112,21 +123,30 @@ def sim_llm(
     from ..simllm.server import SimState, create_app
 
     settings = settings_or_exit()
-    faults = Faults(latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms,
-                    error_rate=error_rate, rate_limit_rate=rate_limit_rate,
-                    malformed_rate=malformed_rate, timeout_rate=timeout_rate, timeout_s=timeout_s,
-                    backward_rate=backward_rate)
+    faults = Faults(
+        latency_ms=latency_ms,
+        latency_jitter_ms=latency_jitter_ms,
+        error_rate=error_rate,
+        rate_limit_rate=rate_limit_rate,
+        malformed_rate=malformed_rate,
+        timeout_rate=timeout_rate,
+        timeout_s=timeout_s,
+        backward_rate=backward_rate,
+    )
     from ..simllm.dialects import DIALECTS
 
     if dialect not in DIALECTS:
         raise fail(f"--dialect: one of {list(DIALECTS)}")
-    state = SimState(settings.prompts_dir, faults, seed, max_concurrent, call_log=call_log,
-                     dialect=dialect)
-    typer.echo(f"sim-llm: SIMULATED LLM (heuristic answers, not a model) serving model "
-               f"{SIMULATED_MODEL!r} at http://{host}:{port}/v1 with seed {seed}; "
-               "for development and tests only", err=True)
-    uvicorn.run(create_app(state), host=host, port=port, log_level="warning",
-                timeout_keep_alive=30, backlog=4096)
+    state = SimState(settings.prompts_dir, faults, seed, max_concurrent, call_log=call_log, dialect=dialect)
+    typer.echo(
+        f"sim-llm: SIMULATED LLM (heuristic answers, not a model) serving model "
+        f"{SIMULATED_MODEL!r} at http://{host}:{port}/v1 with seed {seed}; "
+        "for development and tests only",
+        err=True,
+    )
+    uvicorn.run(
+        create_app(state), host=host, port=port, log_level="warning", timeout_keep_alive=30, backlog=4096
+    )
 
 
 def worker(loglevel: str = "info") -> None:
@@ -146,16 +166,30 @@ def submit(
     file: Annotated[str | None, typer.Argument(help="JSONL requests, or - for standard input")] = None,
     wait: Annotated[bool, typer.Option(help="print results and dead letters as they arrive")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for answers")] = 120.0,
-    from_store: Annotated[bool, typer.Option(
-        help="re-publish stored requests selected by the trace-list filters, under new request_ids "
-             "linked to the originals (Kafka header replay-of)")] = False,
-    since: Since = None, until: Until = None, user: User = None, status: Status = None,
-    node: Node = None, goal: Goal = None, model: Model = None, prompt_version: PromptVersion = None,
-    item: Item = None, top_k: TopK = None, replay_of: ReplayOf = None,
+    from_store: Annotated[
+        bool,
+        typer.Option(
+            help="re-publish stored requests selected by the trace-list filters, under new request_ids "
+            "linked to the originals (Kafka header replay-of)"
+        ),
+    ] = False,
+    since: Since = None,
+    until: Until = None,
+    user: User = None,
+    status: Status = None,
+    node: Node = None,
+    goal: Goal = None,
+    model: Model = None,
+    prompt_version: PromptVersion = None,
+    item: Item = None,
+    top_k: TopK = None,
+    replay_of: ReplayOf = None,
     request_id: Annotated[list[str] | None, typer.Option(help="with --from-store: these sessions")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="with --from-store: at most this many")] = None,
-    suffix: Annotated[str | None, typer.Option(
-        help="with --from-store: appended to each request_id (default ~kafka-<UTC time>)")] = None,
+    suffix: Annotated[
+        str | None,
+        typer.Option(help="with --from-store: appended to each request_id (default ~kafka-<UTC time>)"),
+    ] = None,
 ) -> None:
     """Produce rerank requests to Kafka (key = request_id), from a file or from the trace store."""
     from ..stream.submit import submit as produce
@@ -166,9 +200,23 @@ def submit(
             raise fail("give either FILE or --from-store, not both")
         from .replay import republish
 
-        republish(settings, limit, suffix, request_ids=tuple(request_id or ()), since=since,
-                   until=until, user=user, status=status, node=node, goal=goal, model=model,
-                   prompt_version=prompt_version, item=item, top_k=top_k, replay_of=replay_of)
+        republish(
+            settings,
+            limit,
+            suffix,
+            request_ids=tuple(request_id or ()),
+            since=since,
+            until=until,
+            user=user,
+            status=status,
+            node=node,
+            goal=goal,
+            model=model,
+            prompt_version=prompt_version,
+            item=item,
+            top_k=top_k,
+            replay_of=replay_of,
+        )
         return
     file = file or "-"
     if file != "-" and not Path(file).is_file():
@@ -186,8 +234,10 @@ def submit(
     try:
         raise typer.Exit(run(main()))
     except (OSError, ConnectionError) as exc:
-        raise fail(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it (make up) "
-                   "or fix LLM4RERANK_KAFKA_BOOTSTRAP") from None
+        raise fail(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it (make up) "
+            "or fix LLM4RERANK_KAFKA_BOOTSTRAP"
+        ) from None
 
 
 def export_schemas(
@@ -201,5 +251,6 @@ def export_schemas(
     out.mkdir(parents=True, exist_ok=True)
     for name, schema in json_schemas().items():
         (out / f"{name}.schema.json").write_bytes(
-            orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+            orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        )
         typer.echo(f"wrote {out / f'{name}.schema.json'}")

@@ -41,14 +41,16 @@ class AspectNode:
 ASPECT_NODES: dict[str, AspectNode] = {
     n.name: n
     for n in (
-        AspectNode(ACCURACY, False, ("accura", "relevan", "precis", "match", "interest"), "score",
-                   "A", "#2563eb"),
-        AspectNode(DIVERSITY, True, ("divers", "variety", "varied", "coverage"), "coverage",
-                   "D", "#16a34a"),
-        AspectNode(FAIRNESS, True, ("fair", "equal", "balanced exposure", "unbiased"), "groups",
-                   "F", "#9333ea"),
-        AspectNode(NOVELTY, True, ("novel", "new to", "unfamiliar", "serendip", "fresh"), "unseen",
-                   "N", "#ea580c"),
+        AspectNode(
+            ACCURACY, False, ("accura", "relevan", "precis", "match", "interest"), "score", "A", "#2563eb"
+        ),
+        AspectNode(DIVERSITY, True, ("divers", "variety", "varied", "coverage"), "coverage", "D", "#16a34a"),
+        AspectNode(
+            FAIRNESS, True, ("fair", "equal", "balanced exposure", "unbiased"), "groups", "F", "#9333ea"
+        ),
+        AspectNode(
+            NOVELTY, True, ("novel", "new to", "unfamiliar", "serendip", "fresh"), "unseen", "N", "#ea580c"
+        ),
     )
 }
 FUNCTIONAL_STYLE: dict[str, tuple[str, str]] = {BACKWARD: ("B", "#6b7280"), STOP: ("S", "#111827")}
@@ -69,10 +71,14 @@ def short_label(name: str) -> str:
 
 def node_styles() -> list[dict[str, str]]:
     """Name, kind, short label and colour of every node, as the viewer draws them."""
-    out = [{"name": n.name, "kind": "aspect", "short": n.label, "colour": n.colour}
-           for n in ASPECT_NODES.values()]
-    out += [{"name": name, "kind": "functional", "short": short, "colour": colour}
-            for name, (short, colour) in FUNCTIONAL_STYLE.items()]
+    out = [
+        {"name": n.name, "kind": "aspect", "short": n.label, "colour": n.colour}
+        for n in ASPECT_NODES.values()
+    ]
+    out += [
+        {"name": name, "kind": "functional", "short": short, "colour": colour}
+        for name, (short, colour) in FUNCTIONAL_STYLE.items()
+    ]
     return out
 
 

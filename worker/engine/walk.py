@@ -77,8 +77,18 @@ async def walk(
         if node == BACKWARD and pool:  # never back to a node whose list was withdrawn
             undone = {pool[-1][0], *(n for n, _ in withdrawn)}
             offered = tuple(n for n in offered if n not in undone) or (STOP,)
-        ask = NodeAsk(request, plan, node, len(steps) + 1, shown, offered, tuple(path),
-                      plan.max_steps - calls, deadline, tuple(withdrawn))
+        ask = NodeAsk(
+            request,
+            plan,
+            node,
+            len(steps) + 1,
+            shown,
+            offered,
+            tuple(path),
+            plan.max_steps - calls,
+            deadline,
+            tuple(withdrawn),
+        )
         try:
             answer = await policy.answer(ask)
         except DeadlineExceeded as exc:
@@ -112,16 +122,30 @@ async def walk(
 
     if status == Status.DEGRADED and usable_lists == 0 and fallback is not None:
         offset = len(steps)
-        rest = await walk(request, fallback, plan, journal=_Offset(journal, offset), clock=clock,
-                          started=started)
+        rest = await walk(
+            request, fallback, plan, journal=_Offset(journal, offset), clock=clock, started=started
+        )
         steps += [s.model_copy(update={"step": s.step + offset}) for s in rest.steps]
-        return WalkOutcome(rest.ranking, [*path, *rest.path], status,
-                           f"{reason}; the {fallback.name} policy produced the list",
-                           f"{policy.name}+{fallback.name}", calls, _usage(steps), steps)
+        return WalkOutcome(
+            rest.ranking,
+            [*path, *rest.path],
+            status,
+            f"{reason}; the {fallback.name} policy produced the list",
+            f"{policy.name}+{fallback.name}",
+            calls,
+            _usage(steps),
+            steps,
+        )
 
     final = list(pool[-1][1]) if pool else upstream
-    stop = StepRecord(step=len(steps) + 1, node=STOP, policy="walk", ranking=final,
-                      pool_size=len(pool), notes=[reason_note] if reason_note else [])
+    stop = StepRecord(
+        step=len(steps) + 1,
+        node=STOP,
+        policy="walk",
+        ranking=final,
+        pool_size=len(pool),
+        notes=[reason_note] if reason_note else [],
+    )
     steps.append(stop)
     await journal.record(stop)
     path.append(STOP)
@@ -130,13 +154,21 @@ async def walk(
     return WalkOutcome(final, path, status, reason, policy.name, calls, _usage(steps), steps)
 
 
-def _record(ask: NodeAsk, answer: NodeAnswer, removed: list[str] | None, pool_size: int
-            ) -> StepRecord:
+def _record(ask: NodeAsk, answer: NodeAnswer, removed: list[str] | None, pool_size: int) -> StepRecord:
     return StepRecord(
-        step=ask.step, node=ask.node, policy=answer.policy, ranking=answer.ranking,
-        removed=removed, next_node=answer.next_node, offered=list(ask.offered),
-        pool_size=pool_size, calls=answer.calls, notes=answer.notes, problem=answer.problem,
-        repair=answer.repair, withdrawn=[list(r) for _, r in ask.withdrawn] or None,
+        step=ask.step,
+        node=ask.node,
+        policy=answer.policy,
+        ranking=answer.ranking,
+        removed=removed,
+        next_node=answer.next_node,
+        offered=list(ask.offered),
+        pool_size=pool_size,
+        calls=answer.calls,
+        notes=answer.notes,
+        problem=answer.problem,
+        repair=answer.repair,
+        withdrawn=[list(r) for _, r in ask.withdrawn] or None,
         cached_tokens=sum(c.cached_tokens or 0 for c in answer.calls),
         prompt_tokens=sum(c.prompt_tokens for c in answer.calls),
         completion_tokens=sum(c.completion_tokens for c in answer.calls),
@@ -146,8 +178,10 @@ def _record(ask: NodeAsk, answer: NodeAnswer, removed: list[str] | None, pool_si
 
 
 def _usage(steps: list[StepRecord]) -> Usage:
-    return Usage(prompt_tokens=sum(s.prompt_tokens for s in steps),
-                 completion_tokens=sum(s.completion_tokens for s in steps))
+    return Usage(
+        prompt_tokens=sum(s.prompt_tokens for s in steps),
+        completion_tokens=sum(s.completion_tokens for s in steps),
+    )
 
 
 class _Offset:

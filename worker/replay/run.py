@@ -39,8 +39,10 @@ class LiveTarget:
     concurrency: int = 8
 
     def given(self) -> bool:
-        return any(v is not None for v in (self.base_url, self.llm_model, self.prompts,
-                                           self.structured, self.tag, self.store))
+        return any(
+            v is not None
+            for v in (self.base_url, self.llm_model, self.prompts, self.structured, self.tag, self.store)
+        )
 
 
 @dataclass
@@ -64,16 +66,21 @@ def live_settings(settings: Settings, target: LiveTarget, max_steps: int | None)
 
     try:
         live = settings.with_overrides(
-            llm_base_url=target.base_url, llm_model=target.llm_model, prompts=target.prompts,
-            llm_structured=target.structured, max_steps=max_steps)
+            llm_base_url=target.base_url,
+            llm_model=target.llm_model,
+            prompts=target.prompts,
+            llm_structured=target.structured,
+            max_steps=max_steps,
+        )
         PromptSet.load(live.prompts_dir, live.prompts)
     except ConfigError as exc:
         raise ReplayUsageError(str(exc)) from None
     except ValidationError as exc:
         raise ReplayUsageError(f"bad live replay configuration: {exc.errors()[0]['msg']}") from None
     if not live.llm_base_url:
-        raise ReplayUsageError("live replay needs an endpoint: pass --base-url or set "
-                               "LLM4RERANK_LLM_BASE_URL")
+        raise ReplayUsageError(
+            "live replay needs an endpoint: pass --base-url or set LLM4RERANK_LLM_BASE_URL"
+        )
     return live
 
 
@@ -107,30 +114,54 @@ async def run_replay(
             await engine.dispose()
 
     if mode == "recorded":
-        out.comparisons = await replay_recorded(settings, finished_only(), max_steps=max_steps,
-                                                on_result=on_result)
+        out.comparisons = await replay_recorded(
+            settings, finished_only(), max_steps=max_steps, on_result=on_result
+        )
     else:
         assert live is not None and target is not None
         out.comparisons = await replay_live(
-            live, finished_only(), store_url=target.store or url, tag=target.tag or default_tag(),
-            concurrency=target.concurrency, max_steps=max_steps, on_result=on_result)
+            live,
+            finished_only(),
+            store_url=target.store or url,
+            tag=target.tag or default_tag(),
+            concurrency=target.concurrency,
+            max_steps=max_steps,
+            on_result=on_result,
+        )
     return out
 
 
-def replay_report(settings: Settings, mode: Mode, run: ReplayRun, filters: TraceFilters, url: str, *,
-                  labels: dict[str, list[str]], max_steps: int | None = None,
-                  live: Settings | None = None, target: LiveTarget | None = None) -> dict[str, Any]:
+def replay_report(
+    settings: Settings,
+    mode: Mode,
+    run: ReplayRun,
+    filters: TraceFilters,
+    url: str,
+    *,
+    labels: dict[str, list[str]],
+    max_steps: int | None = None,
+    live: Settings | None = None,
+    target: LiveTarget | None = None,
+) -> dict[str, Any]:
     """The JSON report: aggregate and per-session differences, with the configuration that ran."""
-    config: dict[str, Any] = {"db": safe_url(url),
-                              "filters": filters.model_dump(mode="json", exclude_defaults=True)}
+    config: dict[str, Any] = {
+        "db": safe_url(url),
+        "filters": filters.model_dump(mode="json", exclude_defaults=True),
+    }
     if mode == "live":
         assert live is not None and target is not None
-        config.update({"llm_base_url": live.llm_base_url, "llm_model": live.llm_model,
-                       "prompts": live.prompts, "llm_structured": live.llm_structured,
-                       "max_steps": max_steps, "concurrency": target.concurrency,
-                       "store": safe_url(target.store or url)})
-    return build_report(mode, run.comparisons, labels=labels, default_aspects=settings.aspects,
-                        config=config)
+        config.update(
+            {
+                "llm_base_url": live.llm_base_url,
+                "llm_model": live.llm_model,
+                "prompts": live.prompts,
+                "llm_structured": live.llm_structured,
+                "max_steps": max_steps,
+                "concurrency": target.concurrency,
+                "store": safe_url(target.store or url),
+            }
+        )
+    return build_report(mode, run.comparisons, labels=labels, default_aspects=settings.aspects, config=config)
 
 
 def exit_code(mode: Mode, run: ReplayRun, report: dict[str, Any]) -> int:

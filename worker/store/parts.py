@@ -27,11 +27,15 @@ from .tables import prompt_parts
 REF = "sha256:"
 SHARED_ROLES = ("system",)
 CALL_DEFAULTS: dict[str, Any] = {
-    name: f.get_default(call_default_factory=True) for name, f in LLMCall.model_fields.items()
-    if not f.is_required()}
+    name: f.get_default(call_default_factory=True)
+    for name, f in LLMCall.model_fields.items()
+    if not f.is_required()
+}
 ATTEMPT_DEFAULTS: dict[str, Any] = {
-    name: f.get_default(call_default_factory=True) for name, f in HTTPAttempt.model_fields.items()
-    if not f.is_required()}
+    name: f.get_default(call_default_factory=True)
+    for name, f in HTTPAttempt.model_fields.items()
+    if not f.is_required()
+}
 
 
 def part_hash(body: Any) -> str:
@@ -48,8 +52,10 @@ def _lean(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, A
 
 
 def _filled(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    return {**{k: (list(v) if isinstance(v, list) else v) for k, v in defaults.items()
-               if k not in values}, **values}
+    return {
+        **{k: (list(v) if isinstance(v, list) else v) for k, v in defaults.items() if k not in values},
+        **values,
+    }
 
 
 def split_calls(calls: Sequence[Mapping[str, Any]], parts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -65,12 +71,14 @@ def split_calls(calls: Sequence[Mapping[str, Any]], parts: dict[str, Any]) -> li
     for call in calls:
         lean = _lean(call, CALL_DEFAULTS)
         if isinstance(call.get("attempts"), list):
-            lean["attempts"] = [_lean(a, ATTEMPT_DEFAULTS) if isinstance(a, dict) else a
-                                for a in call["attempts"]]
+            lean["attempts"] = [
+                _lean(a, ATTEMPT_DEFAULTS) if isinstance(a, dict) else a for a in call["attempts"]
+            ]
         messages = call.get("messages")
         if isinstance(messages, list):
-            lean["messages"] = [ref(m) if isinstance(m, dict) and m.get("role") in SHARED_ROLES
-                                else m for m in messages]
+            lean["messages"] = [
+                ref(m) if isinstance(m, dict) and m.get("role") in SHARED_ROLES else m for m in messages
+            ]
         if isinstance(call.get("response_format"), dict):
             lean["response_format"] = ref(call["response_format"])
         out.append(lean)
@@ -104,8 +112,9 @@ def join_calls(calls: Any, parts: Mapping[str, Any]) -> Any:
             continue
         whole = _filled(call, CALL_DEFAULTS)
         if isinstance(call.get("attempts"), list):
-            whole["attempts"] = [_filled(a, ATTEMPT_DEFAULTS) if isinstance(a, dict) else a
-                                 for a in call["attempts"]]
+            whole["attempts"] = [
+                _filled(a, ATTEMPT_DEFAULTS) if isinstance(a, dict) else a for a in call["attempts"]
+            ]
         messages = call.get("messages")
         if isinstance(messages, list):
             whole["messages"] = [_part(m, parts) for m in messages]
@@ -129,8 +138,9 @@ async def load_parts(conn: AsyncConnection, hashes: Iterable[str]) -> dict[str, 
     wanted = sorted(set(hashes))
     if not wanted:
         return {}
-    rows = await conn.execute(select(prompt_parts.c.hash, prompt_parts.c.body)
-                              .where(prompt_parts.c.hash.in_(wanted)))
+    rows = await conn.execute(
+        select(prompt_parts.c.hash, prompt_parts.c.body).where(prompt_parts.c.hash.in_(wanted))
+    )
     return {h: body for h, body in rows.all()}
 
 

@@ -56,8 +56,9 @@ def stored_request(text: str | None, data: Any) -> RerankRequest:
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
         return create_async_engine(url, **kwargs)
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True,
-                               pool_recycle=300, **kwargs)
+    return create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_recycle=300, **kwargs
+    )
 
 
 class Store:
@@ -77,8 +78,9 @@ class Store:
             await conn.execute(select(1))
 
     # inbox -----------------------------------------------------------------------------------
-    async def receive(self, batch: Sequence[tuple[RerankRequest, Source | None]],
-                      **options: Any) -> list[str]:
+    async def receive(
+        self, batch: Sequence[tuple[RerankRequest, Source | None]], **options: Any
+    ) -> list[str]:
         """`receive_checked` (same options) for callers that only need the request_ids seen again."""
         return (await self.receive_checked(batch, **options)).seen
 
@@ -116,33 +118,57 @@ class Store:
         hashes = {req.request_id: canonical_hash(req) for req, _ in batch}
         async with self.engine.begin() as conn:
             notes = None
-            if replay_of is not None and (await conn.execute(
-                    select(sessions.c.id).where(sessions.c.request_id == replay_of))).first() is None:
-                note = (f"replay-of {replay_of!r} names no session in this store; "
-                        "processed as an original request")
+            if (
+                replay_of is not None
+                and (
+                    await conn.execute(select(sessions.c.id).where(sessions.c.request_id == replay_of))
+                ).first()
+                is None
+            ):
+                note = (
+                    f"replay-of {replay_of!r} names no session in this store; "
+                    "processed as an original request"
+                )
                 receipt.notes.append(note)
                 notes, replay_of, replay_mode = [note], None, None
-            rows = [{
-                "request_id": req.request_id, "user_id": req.user.user_id, "goal": req.goal,
-                "request": req.model_dump(mode="json", exclude_none=True), "status": PENDING,
-                "received_at": now, "attempts": 0, "replay_of": replay_of,
-                "replay_mode": replay_mode, "request_hash": hashes[req.request_id],
-                "request_text": text if text is not None else orjson.dumps(
-                    req.model_dump(mode="json", exclude_none=True)).decode(),
-                "notes": notes,
-                "source_topic": src.topic if src else None,
-                "source_partition": src.partition if src else None,
-                "source_offset": src.offset if src else None,
-                "receipt_at": min(start, now) if start is not None else now,
-                "run_config": run_config(req) if run_config is not None else None,
-                "deployment": deployment, "result_topic": result_topic, "crashes": 0,
-            } for (req, src), text, start in zip(batch, texts, starts, strict=True)]
+            rows = [
+                {
+                    "request_id": req.request_id,
+                    "user_id": req.user.user_id,
+                    "goal": req.goal,
+                    "request": req.model_dump(mode="json", exclude_none=True),
+                    "status": PENDING,
+                    "received_at": now,
+                    "attempts": 0,
+                    "replay_of": replay_of,
+                    "replay_mode": replay_mode,
+                    "request_hash": hashes[req.request_id],
+                    "request_text": text
+                    if text is not None
+                    else orjson.dumps(req.model_dump(mode="json", exclude_none=True)).decode(),
+                    "notes": notes,
+                    "source_topic": src.topic if src else None,
+                    "source_partition": src.partition if src else None,
+                    "source_offset": src.offset if src else None,
+                    "receipt_at": min(start, now) if start is not None else now,
+                    "run_config": run_config(req) if run_config is not None else None,
+                    "deployment": deployment,
+                    "result_topic": result_topic,
+                    "crashes": 0,
+                }
+                for (req, src), text, start in zip(batch, texts, starts, strict=True)
+            ]
             await conn.execute(self._insert_session, rows)
-            stored = (await conn.execute(
-                select(sessions.c.request_id, sessions.c.request_hash, sessions.c.request,
-                       sessions.c.received_at)
-                .where(sessions.c.request_id.in_(list(hashes)), sessions.c.received_at < now)
-            )).all()
+            stored = (
+                await conn.execute(
+                    select(
+                        sessions.c.request_id,
+                        sessions.c.request_hash,
+                        sessions.c.request,
+                        sessions.c.received_at,
+                    ).where(sessions.c.request_id.in_(list(hashes)), sessions.c.received_at < now)
+                )
+            ).all()
             for row in stored:
                 first = row.request_hash or canonical_hash(RerankRequest.model_validate(row.request))
                 if first != hashes[row.request_id]:
@@ -153,18 +179,29 @@ class Store:
                 if src is not None and req.request_id in ids:
                     by_topic.setdefault(src.topic, []).append(req.request_id)
             for topic, arrived in by_topic.items():  # stored before without a source: now it has one
-                await conn.execute(update(sessions)
-                                   .where(sessions.c.request_id.in_(arrived),
-                                          sessions.c.source_topic.is_(None))
-                                   .values(source_topic=topic))
-            if ids:
-                receipt.seen = list((await conn.execute(
+                await conn.execute(
                     update(sessions)
-                    .where(sessions.c.request_id.in_(ids), sessions.c.status.in_(FINISHED),
-                           sessions.c.received_at < now, sessions.c.source_topic.is_not(None))
-                    .values(published_at=None)
-                    .returning(sessions.c.request_id)
-                )).scalars().all())
+                    .where(sessions.c.request_id.in_(arrived), sessions.c.source_topic.is_(None))
+                    .values(source_topic=topic)
+                )
+            if ids:
+                receipt.seen = list(
+                    (
+                        await conn.execute(
+                            update(sessions)
+                            .where(
+                                sessions.c.request_id.in_(ids),
+                                sessions.c.status.in_(FINISHED),
+                                sessions.c.received_at < now,
+                                sessions.c.source_topic.is_not(None),
+                            )
+                            .values(published_at=None)
+                            .returning(sessions.c.request_id)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
         return receipt
 
     # leases ----------------------------------------------------------------------------------
@@ -172,27 +209,54 @@ class Store:
         """Take the session unless another live worker holds it (its lease not yet expired)."""
         now = utcnow()
         async with self.engine.begin() as conn:
-            row = (await conn.execute(
-                update(sessions)
-                .where(sessions.c.request_id == request_id,
-                       sessions.c.status.in_((PENDING, RUNNING)),
-                       or_(sessions.c.lease_owner.is_(None), sessions.c.lease_owner == owner,
-                           sessions.c.lease_until < now))
-                .values(status=RUNNING, lease_owner=owner,
+            row = (
+                await conn.execute(
+                    update(sessions)
+                    .where(
+                        sessions.c.request_id == request_id,
+                        sessions.c.status.in_((PENDING, RUNNING)),
+                        or_(
+                            sessions.c.lease_owner.is_(None),
+                            sessions.c.lease_owner == owner,
+                            sessions.c.lease_until < now,
+                        ),
+                    )
+                    .values(
+                        status=RUNNING,
+                        lease_owner=owner,
                         lease_until=now + timedelta(seconds=lease_s),
-                        attempts=sessions.c.attempts + 1, claimed_at=now,
-                        started_at=func.coalesce(sessions.c.started_at, now))
-                .returning(sessions.c.id, sessions.c.request, sessions.c.request_text,
-                           sessions.c.attempts, sessions.c.replay_of, sessions.c.run_config,
-                           sessions.c.receipt_at, sessions.c.received_at, sessions.c.crashes,
-                           sessions.c.last_error)
-            )).first()
+                        attempts=sessions.c.attempts + 1,
+                        claimed_at=now,
+                        started_at=func.coalesce(sessions.c.started_at, now),
+                    )
+                    .returning(
+                        sessions.c.id,
+                        sessions.c.request,
+                        sessions.c.request_text,
+                        sessions.c.attempts,
+                        sessions.c.replay_of,
+                        sessions.c.run_config,
+                        sessions.c.receipt_at,
+                        sessions.c.received_at,
+                        sessions.c.crashes,
+                        sessions.c.last_error,
+                    )
+                )
+            ).first()
             if row is None:
                 return None
             stored = await self._steps(conn, row.id)
-        return Claim(row.id, stored_request(row.request_text, row.request), row.attempts, stored,
-                     row.replay_of, row.run_config, _utc(row.receipt_at or row.received_at),
-                     row.crashes or 0, row.last_error)
+        return Claim(
+            row.id,
+            stored_request(row.request_text, row.request),
+            row.attempts,
+            stored,
+            row.replay_of,
+            row.run_config,
+            _utc(row.receipt_at or row.received_at),
+            row.crashes or 0,
+            row.last_error,
+        )
 
     async def orphans(self, deployment: str | None, limit: int = 500) -> list[str]:
         """Unfinished sessions of this deployment nobody holds (a crashed or stopped worker's):
@@ -201,29 +265,46 @@ class Store:
         legacy = and_(sessions.c.deployment.is_(None), sessions.c.source_topic.is_not(None))
         owned = legacy if deployment is None else or_(sessions.c.deployment == deployment, legacy)
         async with self.engine.connect() as conn:
-            return list((await conn.execute(
-                select(sessions.c.request_id)
-                .where(owned, sessions.c.status.in_((PENDING, RUNNING)),
-                       or_(sessions.c.lease_owner.is_(None), sessions.c.lease_until < now))
-                .order_by(sessions.c.received_at).limit(limit)
-            )).scalars())
+            return list(
+                (
+                    await conn.execute(
+                        select(sessions.c.request_id)
+                        .where(
+                            owned,
+                            sessions.c.status.in_((PENDING, RUNNING)),
+                            or_(sessions.c.lease_owner.is_(None), sessions.c.lease_until < now),
+                        )
+                        .order_by(sessions.c.received_at)
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
 
     async def crashed(self, request_id: str, owner: str, error: str) -> None:
         """A walk raised: count it, keep the reason and give the lease back at once."""
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(sessions)
-                .where(sessions.c.request_id == request_id, sessions.c.lease_owner == owner,
-                       sessions.c.status == RUNNING)
-                .values(crashes=sessions.c.crashes + 1, last_error=error[:2000],
-                        lease_owner=None, lease_until=None))
+                .where(
+                    sessions.c.request_id == request_id,
+                    sessions.c.lease_owner == owner,
+                    sessions.c.status == RUNNING,
+                )
+                .values(
+                    crashes=sessions.c.crashes + 1,
+                    last_error=error[:2000],
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
 
     async def renew(self, owner: str, lease_s: float) -> int:
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(sessions)
                 .where(sessions.c.lease_owner == owner, sessions.c.status == RUNNING)
-                .values(lease_until=utcnow() + timedelta(seconds=lease_s)))
+                .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+            )
         return result.rowcount
 
     async def release(self, owner: str, request_ids: Iterable[str] | None = None) -> None:
@@ -232,8 +313,7 @@ class Store:
         if request_ids is not None:
             cond.append(sessions.c.request_id.in_(list(request_ids)))
         async with self.engine.begin() as conn:
-            await conn.execute(update(sessions).where(*cond)
-                               .values(lease_owner=None, lease_until=None))
+            await conn.execute(update(sessions).where(*cond).values(lease_owner=None, lease_until=None))
 
     # steps -----------------------------------------------------------------------------------
     async def add_steps(self, batch: Sequence[tuple[int, StepRecord]]) -> None:
@@ -248,33 +328,50 @@ class Store:
             await conn.execute(self._insert_step, rows)
 
     async def _steps(self, conn: AsyncConnection, session_id: int) -> list[StepRecord]:
-        rows = (await conn.execute(
-            select(steps).where(steps.c.session_id == session_id).order_by(steps.c.step)
-        )).mappings().all()
+        rows = (
+            (await conn.execute(select(steps).where(steps.c.session_id == session_id).order_by(steps.c.step)))
+            .mappings()
+            .all()
+        )
         return await read_steps(conn, rows)
 
     # results and the outbox ------------------------------------------------------------------
-    async def complete(self, session_id: int, owner: str, result: RerankResult,
-                       run_config: dict[str, Any] | None = None) -> bool:
+    async def complete(
+        self, session_id: int, owner: str, result: RerankResult, run_config: dict[str, Any] | None = None
+    ) -> bool:
         """Store the result and mark the session done in one transaction (the outbox entry)."""
         async with self.engine.begin() as conn:
             done = await conn.execute(
                 update(sessions)
-                .where(sessions.c.id == session_id, sessions.c.lease_owner == owner,
-                       sessions.c.status == RUNNING)
-                .values(status=result.status, result=result.model_dump(mode="json"),
-                        final_ranking=result.ranking, path=result.path, reason=result.reason,
-                        model=result.model, prompt_version=result.prompt_version,
-                        policy=result.policy, llm_calls=result.llm_calls,
-                        prompt_tokens=result.usage.prompt_tokens,
-                        completion_tokens=result.usage.completion_tokens,
-                        latency_ms=result.latency_ms, completed_at=result.completed_at,
-                        lease_owner=None, lease_until=None, published_at=None,
-                        **({"run_config": run_config} if run_config is not None else {})))
+                .where(
+                    sessions.c.id == session_id, sessions.c.lease_owner == owner, sessions.c.status == RUNNING
+                )
+                .values(
+                    status=result.status,
+                    result=result.model_dump(mode="json"),
+                    final_ranking=result.ranking,
+                    path=result.path,
+                    reason=result.reason,
+                    model=result.model,
+                    prompt_version=result.prompt_version,
+                    policy=result.policy,
+                    llm_calls=result.llm_calls,
+                    prompt_tokens=result.usage.prompt_tokens,
+                    completion_tokens=result.usage.completion_tokens,
+                    latency_ms=result.latency_ms,
+                    completed_at=result.completed_at,
+                    lease_owner=None,
+                    lease_until=None,
+                    published_at=None,
+                    **({"run_config": run_config} if run_config is not None else {}),
+                )
+            )
         return done.rowcount == 1
 
     async def publish_batch(
-        self, send: Callable[[list[dict[str, Any]]], Awaitable[None]], limit: int = 500,
+        self,
+        send: Callable[[list[dict[str, Any]]], Awaitable[None]],
+        limit: int = 500,
         deployment: str | None = None,
     ) -> int:
         """Outbox: lock a batch of unpublished results (skipping rows another worker has locked),
@@ -288,9 +385,11 @@ class Store:
             if not rows:
                 return 0
             await send(rows)
-            await conn.execute(update(sessions)
-                               .where(sessions.c.request_id.in_([r["request_id"] for r in rows]))
-                               .values(published_at=utcnow()))
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.request_id.in_([r["request_id"] for r in rows]))
+                .values(published_at=utcnow())
+            )
         return len(rows)
 
     async def unpublished(self, limit: int = 500) -> list[dict[str, Any]]:
@@ -300,12 +399,16 @@ class Store:
 
     async def result_of(self, request_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
-            return (await conn.execute(select(sessions.c.result).where(
-                sessions.c.request_id == request_id, sessions.c.status.in_(FINISHED)))).scalar()
+            return (
+                await conn.execute(
+                    select(sessions.c.result).where(
+                        sessions.c.request_id == request_id, sessions.c.status.in_(FINISHED)
+                    )
+                )
+            ).scalar()
 
 
-def step_row(session_id: int, step: StepRecord, now: datetime,
-             parts: dict[str, Any]) -> dict[str, Any]:
+def step_row(session_id: int, step: StepRecord, now: datetime, parts: dict[str, Any]) -> dict[str, Any]:
     """A step's row with its calls' shared parts moved into `parts` (stored once, by hash)."""
     row = step.model_dump(mode="json")
     row["calls"] = split_calls(row["calls"], parts)
@@ -316,20 +419,22 @@ async def read_steps(conn: AsyncConnection, rows: Sequence[Any]) -> list[StepRec
     """StepRecords from step rows of either form (calls in full, or referring to prompt parts)."""
     fields = StepRecord.model_fields
     calls = await joined(conn, [r["calls"] for r in rows])
-    return [StepRecord.model_validate({**{k: v for k, v in r.items() if k in fields},
-                                       "calls": c or []})
-            for r, c in zip(rows, calls, strict=True)]
+    return [
+        StepRecord.model_validate({**{k: v for k, v in r.items() if k in fields}, "calls": c or []})
+        for r, c in zip(rows, calls, strict=True)
+    ]
 
 
 def _outbox(limit: int, deployment: str | None = None) -> Select[Any]:
     """Finished sessions that came through Kafka and whose result Kafka has not acknowledged;
     with `deployment`, only that deployment's (each publishes its own, to its recorded topic)."""
-    query = (select(sessions.c.request_id, sessions.c.result, sessions.c.result_topic)
-             .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None),
-                    sessions.c.source_topic.is_not(None)))
+    query = select(sessions.c.request_id, sessions.c.result, sessions.c.result_topic).where(
+        sessions.c.status.in_(FINISHED),
+        sessions.c.published_at.is_(None),
+        sessions.c.source_topic.is_not(None),
+    )
     if deployment is not None:  # rows stored before sessions named their deployment: anyone's
-        query = query.where(or_(sessions.c.deployment == deployment,
-                                sessions.c.deployment.is_(None)))
+        query = query.where(or_(sessions.c.deployment == deployment, sessions.c.deployment.is_(None)))
     return query.order_by(sessions.c.completed_at).limit(limit)
 
 
@@ -338,4 +443,3 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
-

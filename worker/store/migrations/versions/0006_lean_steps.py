@@ -25,14 +25,18 @@ def upgrade() -> None:
 
 
 # the fields a lean call leaves out when at their default (worker.store.parts.CALL_DEFAULTS)
-CALL_DEFAULTS = ('{"response_format": null, "raw": null, "raw_replaced": null, "prompt_tokens": 0, '
-                 '"completion_tokens": 0, "latency_ms": 0.0, "retries": 0, "error": null, '
-                 '"attempts": [], "deadline_passed": false, "finish_reason": null, "model": null, '
-                 '"cached_tokens": null, "window": null, "max_tokens": null, "counted_tokens": null}')
+CALL_DEFAULTS = (
+    '{"response_format": null, "raw": null, "raw_replaced": null, "prompt_tokens": 0, '
+    '"completion_tokens": 0, "latency_ms": 0.0, "retries": 0, "error": null, '
+    '"attempts": [], "deadline_passed": false, "finish_reason": null, "model": null, '
+    '"cached_tokens": null, "window": null, "max_tokens": null, "counted_tokens": null}'
+)
 ATTEMPT_DEFAULTS = '{"status": null, "error": null, "latency_ms": 0.0}'
-PART = ("CASE WHEN jsonb_typeof({v}) = 'string' AND left({v} #>> '{{}}', 7) = 'sha256:' "
-        "THEN (SELECT p.body FROM prompt_parts p WHERE p.hash = substr({v} #>> '{{}}', 8)) "
-        "ELSE {v} END")
+PART = (
+    "CASE WHEN jsonb_typeof({v}) = 'string' AND left({v} #>> '{{}}', 7) = 'sha256:' "
+    "THEN (SELECT p.body FROM prompt_parts p WHERE p.hash = substr({v} #>> '{{}}', 8)) "
+    "ELSE {v} END"
+)
 
 
 def downgrade() -> None:

@@ -24,19 +24,35 @@ def upgrade() -> None:
     op.create_index("ix_sessions_status_time_id", "sessions", ["status", "received_at", "id"])
     op.drop_index("ix_sessions_status_time", table_name="sessions")
     op.create_index("ix_sessions_model_time", "sessions", ["model", "received_at", "id"])
-    op.create_index("ix_sessions_model_prompt_time", "sessions",
-                    ["model", "prompt_version", "received_at", "id"])
+    op.create_index(
+        "ix_sessions_model_prompt_time", "sessions", ["model", "prompt_version", "received_at", "id"]
+    )
     op.drop_index("ix_sessions_model_prompt", table_name="sessions")
     op.create_index("ix_sessions_prompt_time", "sessions", ["prompt_version", "received_at", "id"])
     replays = sa.text("replay_of IS NOT NULL")
-    op.create_index("ix_sessions_replays_time", "sessions", ["received_at", "id"],
-                    postgresql_where=replays, sqlite_where=replays)
+    op.create_index(
+        "ix_sessions_replays_time",
+        "sessions",
+        ["received_at", "id"],
+        postgresql_where=replays,
+        sqlite_where=replays,
+    )
     if postgres:
-        op.create_index("ix_sessions_final_ranking", "sessions", ["final_ranking"],
-                        postgresql_using="gin", postgresql_ops={"final_ranking": "jsonb_path_ops"})
+        op.create_index(
+            "ix_sessions_final_ranking",
+            "sessions",
+            ["final_ranking"],
+            postgresql_using="gin",
+            postgresql_ops={"final_ranking": "jsonb_path_ops"},
+        )
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        op.create_index("ix_sessions_goal_trgm", "sessions", ["goal"], postgresql_using="gin",
-                        postgresql_ops={"goal": "gin_trgm_ops"})
+        op.create_index(
+            "ix_sessions_goal_trgm",
+            "sessions",
+            ["goal"],
+            postgresql_using="gin",
+            postgresql_ops={"goal": "gin_trgm_ops"},
+        )
 
 
 def downgrade() -> None:
