@@ -55,6 +55,7 @@ lock: $(STAMP)
 
 check: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy worker
 
 lint: check
@@ -66,6 +67,8 @@ bench: up
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/engine_bench.py
 	$(PY) benchmarks/worker_bench.py
+	$(PY) benchmarks/store_bench.py
+	if [ -n "$(AUDIT_SESSIONS)" ]; then $(PY) benchmarks/audit_bench.py --sessions $(AUDIT_SESSIONS); fi
 
 eval-demo: install
 	bash scripts/eval_demo.sh

@@ -46,8 +46,10 @@ SIM_MODEL = "sim-llm-simulated"
 
 def make_requests(count: int, candidates: int, seed: int = 2406) -> list[bytes]:
     """Requests shaped like examples/requests.jsonl, from the package's seeded sample generator."""
-    return [json.dumps(r).encode() for r in sample_requests(count, seed=seed, prefix="bench",
-                                                           candidates=candidates)]
+    return [
+        json.dumps(r).encode()
+        for r in sample_requests(count, seed=seed, prefix="bench", candidates=candidates)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,11 +67,15 @@ def find_tokenizer(path: str | None) -> tuple[Any, str]:
     if path is None:
         spec = importlib.util.find_spec("mistral_common")  # locates the wheel without importing it
         if spec is None or not spec.submodule_search_locations:
-            sys.exit("engine_bench: needs `mistral-common` for its bundled tokenizer file, or "
-                     "--tokenizer PATH to a Llama-2 tokenizer.model")
+            sys.exit(
+                "engine_bench: needs `mistral-common` for its bundled tokenizer file, or "
+                "--tokenizer PATH to a Llama-2 tokenizer.model"
+            )
         file = Path(next(iter(spec.submodule_search_locations))) / "data" / "tokenizer.model.v1"
-        origin = (f"mistral-common {importlib.metadata.version('mistral-common')}: "
-                  "mistral_common/data/tokenizer.model.v1 (Mistral-7B v0.1, Llama-2-style SentencePiece BPE)")
+        origin = (
+            f"mistral-common {importlib.metadata.version('mistral-common')}: "
+            "mistral_common/data/tokenizer.model.v1 (Mistral-7B v0.1, Llama-2-style SentencePiece BPE)"
+        )
     else:
         file = Path(path)
         origin = str(file)
@@ -85,8 +91,12 @@ def find_tokenizer(path: str | None) -> tuple[Any, str]:
 def start_sim(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = (workdir / "sim-llm.log").open("wb")
-    proc = subprocess.Popen([CLI, "sim-llm", "--port", str(port), "--seed", "1"],
-                            stdout=subprocess.DEVNULL, stderr=log, cwd=workdir)
+    proc = subprocess.Popen(
+        [CLI, "sim-llm", "--port", str(port), "--seed", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        cwd=workdir,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
     except (OSError, RuntimeError):
@@ -106,8 +116,9 @@ class Recorder:
         self.inner = inner
         self.calls: list[Any] = []
 
-    async def complete(self, messages: Any, response_format: Any, deadline: float,
-                       max_tokens: int | None = None) -> Any:
+    async def complete(
+        self, messages: Any, response_format: Any, deadline: float, max_tokens: int | None = None
+    ) -> Any:
         call = await self.inner.complete(messages, response_format, deadline, max_tokens)
         self.calls.append(call)
         return call
@@ -116,9 +127,17 @@ class Recorder:
 def settings_for(prompts: str, base_url: str | None) -> Any:
     from worker.config import Settings
 
-    return Settings(llm_base_url=base_url, llm_model=SIM_MODEL, llm_structured="json_schema",
-                    prompts=prompts, max_steps=5, deadline_ms=60_000, llm_reasks=1, aspects={},
-                    llm_max_inflight=16)
+    return Settings(
+        llm_base_url=base_url,
+        llm_model=SIM_MODEL,
+        llm_structured="json_schema",
+        prompts=prompts,
+        max_steps=5,
+        deadline_ms=60_000,
+        llm_reasks=1,
+        aspects={},
+        llm_max_inflight=16,
+    )
 
 
 async def record(requests: list[Any], prompts: str, base_url: str) -> list[tuple[Any, list[Any]]]:
@@ -145,8 +164,9 @@ async def record(requests: list[Any], prompts: str, base_url: str) -> list[tuple
         await chat.close()
 
 
-async def replay_cpu(requests: list[Any], sessions: list[tuple[Any, list[Any]]], rounds: int
-                     ) -> tuple[float, int, int]:
+async def replay_cpu(
+    requests: list[Any], sessions: list[tuple[Any, list[Any]]], rounds: int
+) -> tuple[float, int, int]:
     """Second pass, no HTTP: the same walks from recorded answers. Returns the best round's
     CPU seconds, its node steps (Stop excluded) and LLM calls."""
     from worker.service import Reranker
@@ -187,8 +207,11 @@ def prefix_shares(sessions: list[tuple[Any, list[Any]]]) -> list[float]:
 
 
 def tokens_per_call(sessions: list[tuple[Any, list[Any]]], sp: Any) -> tuple[float, int]:
-    counts = [sum(len(sp.encode(str(m.get("content", "")))) for m in call.messages)
-              for _, calls in sessions for call in calls]
+    counts = [
+        sum(len(sp.encode(str(m.get("content", "")))) for m in call.messages)
+        for _, calls in sessions
+        for call in calls
+    ]
     return statistics.fmean(counts), len(counts)
 
 
@@ -203,8 +226,10 @@ def breakdown(sessions: list[tuple[Any, list[Any]]], sp: Any) -> str:
             lines = [ln for ln in first.splitlines() if ln[:1].isdigit() and ". " in ln[:5]]
             candidates.append(sum(len(sp.encode(ln)) for ln in lines))
             rest.append(sum(len(sp.encode(str(m.get("content", "")))) for m in call.messages[1:]))
-    return (f"first message {statistics.fmean(system):.0f} (candidate lines "
-            f"{statistics.fmean(candidates):.0f}), later messages {statistics.fmean(rest):.0f}")
+    return (
+        f"first message {statistics.fmean(system):.0f} (candidate lines "
+        f"{statistics.fmean(candidates):.0f}), later messages {statistics.fmean(rest):.0f}"
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -245,21 +270,29 @@ async def main() -> int:
     share = statistics.fmean(shares)
     statuses = {r.status for r, _ in ours + paper}
 
-    print(f"engine benchmark: {len(requests)} requests x {args.candidates} candidates against "
-          f"sim-llm (SIMULATED, zero latency, seed 1); recording both prompt sets took {http_s:.1f} s "
-          f"over HTTP; statuses {sorted(statuses)}")
+    print(
+        f"engine benchmark: {len(requests)} requests x {args.candidates} candidates against "
+        f"sim-llm (SIMULATED, zero latency, seed 1); recording both prompt sets took {http_s:.1f} s "
+        f"over HTTP; statuses {sorted(statuses)}"
+    )
     print(f"tokenizer: {tokenizer}")
-    print(f"(1) engine CPU per node step, replayed from recordings (no HTTP): {cpu_ms:.3f} ms "
-          f"({steps} steps, {calls} LLM calls, best of {args.rounds} rounds of "
-          f"{cpu * 1000:.0f} ms)  target < 1 ms  {verdict(cpu_ms < 1.0)}")
-    print(f"(2) prompt tokens per LLM call: default {ours_tokens:.0f} ({ours_calls} calls), "
-          f"paper {paper_tokens:.0f} ({paper_calls} calls), ratio {ratio:.2f}  "
-          f"target <= 0.50  {verdict(ratio <= 0.5)}")
+    print(
+        f"(1) engine CPU per node step, replayed from recordings (no HTTP): {cpu_ms:.3f} ms "
+        f"({steps} steps, {calls} LLM calls, best of {args.rounds} rounds of "
+        f"{cpu * 1000:.0f} ms)  target < 1 ms  {verdict(cpu_ms < 1.0)}"
+    )
+    print(
+        f"(2) prompt tokens per LLM call: default {ours_tokens:.0f} ({ours_calls} calls), "
+        f"paper {paper_tokens:.0f} ({paper_calls} calls), ratio {ratio:.2f}  "
+        f"target <= 0.50  {verdict(ratio <= 0.5)}"
+    )
     print(f"    default tokens per call: {breakdown(ours, sp)}")
-    print(f"(3) byte-identical prefix of the first prompt in later prompts (default): mean "
-          f"{share:.1%}, min {min(shares):.1%} over {len(shares)} prompts  target >= 80%  "
-          f"{verdict(share >= 0.8)}   [paper set for reference: mean "
-          f"{statistics.fmean(paper_shares):.1%}]")
+    print(
+        f"(3) byte-identical prefix of the first prompt in later prompts (default): mean "
+        f"{share:.1%}, min {min(shares):.1%} over {len(shares)} prompts  target >= 80%  "
+        f"{verdict(share >= 0.8)}   [paper set for reference: mean "
+        f"{statistics.fmean(paper_shares):.1%}]"
+    )
     return 0 if cpu_ms < 1.0 and ratio <= 0.5 and share >= 0.8 else 1
 
 

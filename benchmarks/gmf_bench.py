@@ -31,23 +31,34 @@ def main() -> None:
     data = synthetic(6040, 3706, seed=args.seed, mean_interactions=165)
     inter = data.interactions
     t1 = time.perf_counter()
-    print(f"generated (SYNTHETIC) {inter.n_users} users x {inter.n_items} items, {len(inter)} interactions "
-          f"in {t1 - t0:.1f} s")
+    print(
+        f"generated (SYNTHETIC) {inter.n_users} users x {inter.n_items} items, {len(inter)} interactions "
+        f"in {t1 - t0:.1f} s"
+    )
     split = leave_one_out(data)
     config = GMFConfig(seed=args.seed, batch_size=8192)
     model = train_gmf(split.train_user, split.train_item, inter.n_users, inter.n_items, config)
     t2 = time.perf_counter()
-    print(f"split and GMF trained in {t2 - t1:.1f} s: {len(model.losses)} epochs (best validation epoch "
-          f"{model.best_epoch}), final loss {model.losses[-1]:.4f} against the base-rate loss "
-          f"{model.base_rate_loss:.4f}")
+    print(
+        f"split and GMF trained in {t2 - t1:.1f} s: {len(model.losses)} epochs (best validation epoch "
+        f"{model.best_epoch}), final loss {model.losses[-1]:.4f} against the base-rate loss "
+        f"{model.base_rate_loss:.4f}"
+    )
     users = pick_users(split, args.users, args.seed)
     gmf = hit_rate_full(model, split.seen, split.held_out, users, 10)
-    pop = hit_rate_full(None, split.seen, split.held_out, users, 10,
-                        popularity=popularity_counts(split.train_item, inter.n_items))
-    chance = hit_rate_full(model, split.seen, split.held_out, users, 10,
-                           rng=np.random.default_rng(args.seed))
-    print(f"full-catalogue HR@10 over {len(users)} users: GMF {gmf:.4f}, popularity {pop:.4f}, "
-          f"random {chance:.4f}")
+    pop = hit_rate_full(
+        None,
+        split.seen,
+        split.held_out,
+        users,
+        10,
+        popularity=popularity_counts(split.train_item, inter.n_items),
+    )
+    chance = hit_rate_full(model, split.seen, split.held_out, users, 10, rng=np.random.default_rng(args.seed))
+    print(
+        f"full-catalogue HR@10 over {len(users)} users: GMF {gmf:.4f}, popularity {pop:.4f}, "
+        f"random {chance:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -62,30 +62,51 @@ async def run(n: int, kb: int, latency_ms: float, inflight: int | None, workdir:
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
     subprocess.run([CLI, "db", "upgrade", "--url", url], check=True, capture_output=True)
     sim_port = free_port()
-    sim = subprocess.Popen([CLI, "sim-llm", "--port", str(sim_port), "--latency-ms", str(latency_ms),
-                            "--max-concurrent", "64", "--seed", "1"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {**os.environ, "LLM4RERANK_DATABASE_URL": url,
-           "LLM4RERANK_LLM_BASE_URL": f"http://127.0.0.1:{sim_port}/v1",
-           "LLM4RERANK_LLM_MODEL": "sim-llm-simulated",
-           "LLM4RERANK_REQUEST_TOPIC": f"mem.{tag}.requests",
-           "LLM4RERANK_RESULT_TOPIC": f"mem.{tag}.results",
-           "LLM4RERANK_DLQ_TOPIC": f"mem.{tag}.dlq", "LLM4RERANK_CONSUMER_GROUP": f"mem-{tag}",
-           "LLM4RERANK_METRICS_PORT": str(free_port()), "LLM4RERANK_STATE_DIR": str(workdir / tag)}
+    sim = subprocess.Popen(
+        [
+            CLI,
+            "sim-llm",
+            "--port",
+            str(sim_port),
+            "--latency-ms",
+            str(latency_ms),
+            "--max-concurrent",
+            "64",
+            "--seed",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        **os.environ,
+        "LLM4RERANK_DATABASE_URL": url,
+        "LLM4RERANK_LLM_BASE_URL": f"http://127.0.0.1:{sim_port}/v1",
+        "LLM4RERANK_LLM_MODEL": "sim-llm-simulated",
+        "LLM4RERANK_REQUEST_TOPIC": f"mem.{tag}.requests",
+        "LLM4RERANK_RESULT_TOPIC": f"mem.{tag}.results",
+        "LLM4RERANK_DLQ_TOPIC": f"mem.{tag}.dlq",
+        "LLM4RERANK_CONSUMER_GROUP": f"mem-{tag}",
+        "LLM4RERANK_METRICS_PORT": str(free_port()),
+        "LLM4RERANK_STATE_DIR": str(workdir / tag),
+    }
     if inflight is not None:
         env["LLM4RERANK_INFLIGHT_BYTES"] = str(inflight)
     worker = None
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/v1/models", proc=sim)
         requests = large_requests(n, kb, tag)
-        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092", linger_ms=5,
-                                    max_request_size=2 * MIB)
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092", linger_ms=5, max_request_size=2 * MIB)
         await producer.start()
         for r in requests:
             await (await producer.send(env["LLM4RERANK_REQUEST_TOPIC"], r))
         await producer.stop()
-        consumer = AIOKafkaConsumer(env["LLM4RERANK_RESULT_TOPIC"], bootstrap_servers="127.0.0.1:9092",
-                                    group_id=None, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            env["LLM4RERANK_RESULT_TOPIC"],
+            bootstrap_servers="127.0.0.1:9092",
+            group_id=None,
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         log = open(workdir / f"worker-{tag}.log", "wb")
         worker = subprocess.Popen([CLI, "worker"], env=env, stdout=log, stderr=log)
@@ -103,9 +124,11 @@ async def run(n: int, kb: int, latency_ms: float, inflight: int | None, workdir:
         await consumer.stop()
         size = sum(map(len, requests)) / n
         budget = inflight or 32 * MIB
-        print(f"{n} requests of {size / 1000:.0f} KB backlogged; in-flight budget "
-              f"{budget / MIB:.0f} MiB; all {n} results in {elapsed:.1f} s; "
-              f"worker peak RSS {peak / MIB:.0f} MiB")
+        print(
+            f"{n} requests of {size / 1000:.0f} KB backlogged; in-flight budget "
+            f"{budget / MIB:.0f} MiB; all {n} results in {elapsed:.1f} s; "
+            f"worker peak RSS {peak / MIB:.0f} MiB"
+        )
     finally:
         if worker is not None:
             worker.terminate()

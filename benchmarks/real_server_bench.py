@@ -33,16 +33,25 @@ from real_server_kit import MODEL_ID, LlamaServer, build_gguf, tokenizer_file
 from worker.samples import sample_requests
 
 
-async def run_shape(base_url: str, context: int, shape: str, requests: list[Any],
-                    max_steps: int, max_repair_share: float) -> dict[str, Any]:
+async def run_shape(
+    base_url: str, context: int, shape: str, requests: list[Any], max_steps: int, max_repair_share: float
+) -> dict[str, Any]:
     from worker.config import Settings
     from worker.policies.chat import OpenAIChat
     from worker.service import Reranker
 
-    settings = Settings(llm_base_url=base_url, llm_model=MODEL_ID, llm_structured="json_schema",
-                        llm_answer_shape=shape, llm_tokenizer=tokenizer_file(),
-                        llm_context_tokens=context, max_steps=max_steps, deadline_ms=600_000,
-                        aspects={}, llm_max_repair_share=max_repair_share)
+    settings = Settings(
+        llm_base_url=base_url,
+        llm_model=MODEL_ID,
+        llm_structured="json_schema",
+        llm_answer_shape=shape,
+        llm_tokenizer=tokenizer_file(),
+        llm_context_tokens=context,
+        max_steps=max_steps,
+        deadline_ms=600_000,
+        aspects={},
+        llm_max_repair_share=max_repair_share,
+    )
     chat = OpenAIChat(settings)
     await chat.check()
     reranker = Reranker(settings, chat)
@@ -85,8 +94,7 @@ async def run_shape(base_url: str, context: int, shape: str, requests: list[Any]
         "results": {k: f"{v}/{n}" for k, v in sorted(status.items())},
         "prompt_tokens_per_request": round(sum(p for p, _ in tokens) / n, 1),
         "completion_tokens_per_request": round(sum(c for _, c in tokens) / n, 1),
-        "cached_share_by_step": {k: round(c / p, 3) if p else None
-                                 for k, (c, p) in sorted(cached.items())},
+        "cached_share_by_step": {k: round(c / p, 3) if p else None for k, (c, p) in sorted(cached.items())},
         "finish_reasons": dict(finish),
         "window_calls": windows,
         "seconds": round(time.monotonic() - started, 1),
@@ -99,17 +107,25 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--max-steps", type=int, default=5)
     parser.add_argument("--n-ctx", type=int, default=4096)
-    parser.add_argument("--max-repair-share", type=float, action="append",
-                        help="repeatable; default: 0.2 (the setting's default) and 1 (take every "
-                             "grammar-valid answer, so walks go on and later steps show caching)")
+    parser.add_argument(
+        "--max-repair-share",
+        type=float,
+        action="append",
+        help="repeatable; default: 0.2 (the setting's default) and 1 (take every "
+        "grammar-valid answer, so walks go on and later steps show caching)",
+    )
     args = parser.parse_args()
     from worker.schemas import parse_request
 
     def fresh(count: int, candidates: int) -> list[Any]:
         """New requests for every run, so no run finds another's prompts in the server's cache."""
         fresh.seed += 1
-        return [parse_request(json.dumps(r)) for r in sample_requests(
-            count, seed=fresh.seed, prefix=f"real{fresh.seed}-", candidates=candidates)]
+        return [
+            parse_request(json.dumps(r))
+            for r in sample_requests(
+                count, seed=fresh.seed, prefix=f"real{fresh.seed}-", candidates=candidates
+            )
+        ]
 
     fresh.seed = 2406  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,15 +136,29 @@ def main() -> None:
             rows = []
             for share in args.max_repair_share or [0.2, 1.0]:
                 for shape in ("list", "keys"):
-                    rows.append(asyncio.run(run_shape(server.base_url, server.context_per_slot,
-                                                      shape, fresh(args.requests, args.candidates),
-                                                      args.max_steps, share)))
-                rows.append(asyncio.run(run_shape(server.base_url, server.context_per_slot, "list",
-                                                  fresh(1, 100), 1, share)))
+                    rows.append(
+                        asyncio.run(
+                            run_shape(
+                                server.base_url,
+                                server.context_per_slot,
+                                shape,
+                                fresh(args.requests, args.candidates),
+                                args.max_steps,
+                                share,
+                            )
+                        )
+                    )
+                rows.append(
+                    asyncio.run(
+                        run_shape(server.base_url, server.context_per_slot, "list", fresh(1, 100), 1, share)
+                    )
+                )
         finally:
             server.stop()
-    print(f"real llama.cpp server (xllamacpp), tiny RANDOM-weight model, json_schema, "
-          f"context {args.n_ctx} tokens, temperature 0, one slot")
+    print(
+        f"real llama.cpp server (xllamacpp), tiny RANDOM-weight model, json_schema, "
+        f"context {args.n_ctx} tokens, temperature 0, one slot"
+    )
     for row in rows:
         print(json.dumps(row))
 

@@ -40,8 +40,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_case(n: int, latency_ms: float, max_concurrent: int, concurrency: int,
-                   workdir: Path) -> dict[str, float]:
+async def run_case(
+    n: int, latency_ms: float, max_concurrent: int, concurrency: int, workdir: Path
+) -> dict[str, float]:
     tag = uuid.uuid4().hex[:8]
     db = f"llm4rerank_bench_{tag}"
     conn = await asyncpg.connect(f"{PG}/postgres")
@@ -50,24 +51,46 @@ async def run_case(n: int, latency_ms: float, max_concurrent: int, concurrency: 
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
     subprocess.run([CLI, "db", "upgrade", "--url", url], check=True, capture_output=True)
     sim_port = free_port()
-    sim = subprocess.Popen([CLI, "sim-llm", "--port", str(sim_port), "--latency-ms", str(latency_ms),
-                            "--max-concurrent", str(max_concurrent), "--seed", "1"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {**os.environ, "LLM4RERANK_DATABASE_URL": url,
-           "LLM4RERANK_LLM_BASE_URL": f"http://127.0.0.1:{sim_port}/v1",
-           "LLM4RERANK_LLM_MODEL": "sim-llm-simulated",
-           "LLM4RERANK_REQUEST_TOPIC": f"bench.{tag}.requests",
-           "LLM4RERANK_RESULT_TOPIC": f"bench.{tag}.results",
-           "LLM4RERANK_DLQ_TOPIC": f"bench.{tag}.dlq", "LLM4RERANK_CONSUMER_GROUP": f"bench-{tag}",
-           "LLM4RERANK_METRICS_PORT": str(free_port()), "LLM4RERANK_CONCURRENCY": str(concurrency),
-           "LLM4RERANK_STATE_DIR": str(workdir / tag)}
+    sim = subprocess.Popen(
+        [
+            CLI,
+            "sim-llm",
+            "--port",
+            str(sim_port),
+            "--latency-ms",
+            str(latency_ms),
+            "--max-concurrent",
+            str(max_concurrent),
+            "--seed",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        **os.environ,
+        "LLM4RERANK_DATABASE_URL": url,
+        "LLM4RERANK_LLM_BASE_URL": f"http://127.0.0.1:{sim_port}/v1",
+        "LLM4RERANK_LLM_MODEL": "sim-llm-simulated",
+        "LLM4RERANK_REQUEST_TOPIC": f"bench.{tag}.requests",
+        "LLM4RERANK_RESULT_TOPIC": f"bench.{tag}.results",
+        "LLM4RERANK_DLQ_TOPIC": f"bench.{tag}.dlq",
+        "LLM4RERANK_CONSUMER_GROUP": f"bench-{tag}",
+        "LLM4RERANK_METRICS_PORT": str(free_port()),
+        "LLM4RERANK_CONCURRENCY": str(concurrency),
+        "LLM4RERANK_STATE_DIR": str(workdir / tag),
+    }
     worker = None
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/v1/models", proc=sim)
         log = open(workdir / f"worker-{tag}.log", "wb")
         worker = subprocess.Popen([CLI, "worker"], env=env, stdout=log, stderr=log)
-        consumer = AIOKafkaConsumer(env["LLM4RERANK_RESULT_TOPIC"], bootstrap_servers="127.0.0.1:9092",
-                                    group_id=None, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            env["LLM4RERANK_RESULT_TOPIC"],
+            bootstrap_servers="127.0.0.1:9092",
+            group_id=None,
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         await _wait_ready(workdir / f"worker-{tag}.log")
         requests = [orjson.dumps(r) for r in sample_requests(n, seed=3, prefix=f"b{tag}")]
@@ -97,8 +120,14 @@ async def run_case(n: int, latency_ms: float, max_concurrent: int, concurrency: 
         await conn.close()
         lo, hi = arrivals[n // 10], arrivals[(9 * n) // 10]
         steady = (((9 * n) // 10 - n // 10) / (hi - lo)) * (calls / n) if hi > lo else 0.0
-        return {"elapsed": elapsed, "calls": calls, "steps": steps, "cpu": cpu, "n": n,
-                "steady_calls_per_s": steady}
+        return {
+            "elapsed": elapsed,
+            "calls": calls,
+            "steps": steps,
+            "cpu": cpu,
+            "n": n,
+            "steady_calls_per_s": steady,
+        }
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
@@ -126,23 +155,32 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        loaded = await run_case(args.requests, args.latency_ms, args.max_concurrent,
-                                args.concurrency, Path(tmp))
+        loaded = await run_case(
+            args.requests, args.latency_ms, args.max_concurrent, args.concurrency, Path(tmp)
+        )
         capacity = args.max_concurrent / (args.latency_ms / 1000)
         rate = loaded["calls"] / loaded["elapsed"]
         steady = loaded["steady_calls_per_s"] / capacity
-        print(f"sim-llm capacity: {args.max_concurrent} calls at once x {args.latency_ms:.0f} ms "
-              f"= {capacity:.1f} calls/s")
-        print(f"worker end to end: {loaded['n']} requests, {loaded['calls']} LLM calls in "
-              f"{loaded['elapsed']:.2f} s = {rate:.1f} calls/s "
-              f"({loaded['n'] / loaded['elapsed']:.1f} requests/s); whole run incl. ramp-up and "
-              f"drain: {rate / capacity:.1%} of capacity")
-        print(f"share of LLM capacity with a backlog (results 10%..90%): {steady:.1%} "
-              f"(target >= 95%): {'PASS' if steady >= 0.95 else 'FAIL'}")
+        print(
+            f"sim-llm capacity: {args.max_concurrent} calls at once x {args.latency_ms:.0f} ms "
+            f"= {capacity:.1f} calls/s"
+        )
+        print(
+            f"worker end to end: {loaded['n']} requests, {loaded['calls']} LLM calls in "
+            f"{loaded['elapsed']:.2f} s = {rate:.1f} calls/s "
+            f"({loaded['n'] / loaded['elapsed']:.1f} requests/s); whole run incl. ramp-up and "
+            f"drain: {rate / capacity:.1%} of capacity"
+        )
+        print(
+            f"share of LLM capacity with a backlog (results 10%..90%): {steady:.1%} "
+            f"(target >= 95%): {'PASS' if steady >= 0.95 else 'FAIL'}"
+        )
         fast = await run_case(max(args.requests // 2, 200), 0.0, 64, args.concurrency, Path(tmp))
-        print(f"zero latency: {fast['n'] / fast['elapsed']:.1f} requests/s, "
-              f"{1000 * fast['cpu'] / fast['steps']:.2f} worker CPU ms per node step "
-              f"({fast['steps']} steps, {fast['cpu']:.2f} CPU s)")
+        print(
+            f"zero latency: {fast['n'] / fast['elapsed']:.1f} requests/s, "
+            f"{1000 * fast['cpu'] / fast['steps']:.2f} worker CPU ms per node step "
+            f"({fast['steps']} steps, {fast['cpu']:.2f} CPU s)"
+        )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,22 @@ SIM_MODEL = service_kit.SIM_MODEL
 # Fixtures that start or reach a service (Kafka, PostgreSQL, sim-llm, llama.cpp, a browser): a test
 # using one, directly or through another fixture, is marked `integration`, so that
 # `pytest -m "not integration"` (make test-fast) runs without any service.
-SERVICE_FIXTURES = frozenset({
-    "sim_llm", "sim", "pg_url", "fresh_database", "pg_exec", "kafka", "stream_env", "start_worker",
-    "llama_server", "audit_db", "populated", "owned_services",
-})
+SERVICE_FIXTURES = frozenset(
+    {
+        "sim_llm",
+        "sim",
+        "pg_url",
+        "fresh_database",
+        "pg_exec",
+        "kafka",
+        "stream_env",
+        "start_worker",
+        "llama_server",
+        "audit_db",
+        "populated",
+        "owned_services",
+    }
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -133,8 +145,9 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen([CLI, "worker"], env=self.env, stdout=out, stderr=out,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [CLI, "worker"], env=self.env, stdout=out, stderr=out, start_new_session=True
+        )
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> int:

@@ -30,8 +30,16 @@ def tokenizer_file() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "tokenizer.model.v1"
 
 
-def build_gguf(out: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
-               n_ff: int = 128, n_ctx_train: int = 8192, seed: int = 0) -> Path:
+def build_gguf(
+    out: Path,
+    *,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_ff: int = 128,
+    n_ctx_train: int = 8192,
+    seed: int = 0,
+) -> Path:
     """Write a random-weight Llama GGUF (float32, about 17 MB) with a real SentencePiece vocab."""
     import gguf
     import sentencepiece
@@ -125,8 +133,9 @@ done.wait()
 class LlamaServer:
     """llama.cpp's server in a child process on a free port: `n_ctx` is the total over the slots."""
 
-    def __init__(self, model: Path, *, n_ctx: int = 4096, n_parallel: int = 1,
-                 log: Path | None = None) -> None:
+    def __init__(
+        self, model: Path, *, n_ctx: int = 4096, n_parallel: int = 1, log: Path | None = None
+    ) -> None:
         self.model, self.n_ctx, self.n_parallel, self.log = model, n_ctx, n_parallel, log
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -139,10 +148,22 @@ class LlamaServer:
     def start(self) -> LlamaServer:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVE, str(self.model), str(self.port), str(self.n_ctx),
-             str(self.n_parallel), str(TEMPLATE), MODEL_ID],
-            stdout=out, stderr=out, env={**os.environ, "OMP_NUM_THREADS": "1"},
-            start_new_session=True)
+            [
+                sys.executable,
+                "-c",
+                SERVE,
+                str(self.model),
+                str(self.port),
+                str(self.n_ctx),
+                str(self.n_parallel),
+                str(TEMPLATE),
+                MODEL_ID,
+            ],
+            stdout=out,
+            stderr=out,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            start_new_session=True,
+        )
         try:
             wait_http(f"http://127.0.0.1:{self.port}/health", timeout_s=60, proc=self.proc)
         except BaseException:

@@ -77,8 +77,13 @@ class SimLLM:
             self.port = free_port()
             self.log = self.folder / f"sim-{self.port}.log"
             with self.log.open("ab") as out:
-                self.proc = subprocess.Popen([CLI, "sim-llm", "--port", str(self.port), *self.args],
-                                             stdout=out, stderr=out, env=clean_env(), cwd=self.folder)
+                self.proc = subprocess.Popen(
+                    [CLI, "sim-llm", "--port", str(self.port), *self.args],
+                    stdout=out,
+                    stderr=out,
+                    env=clean_env(),
+                    cwd=self.folder,
+                )
             try:
                 wait_http(f"{self.base_url}/models", timeout_s=20, proc=self.proc)
                 return self
@@ -88,8 +93,12 @@ class SimLLM:
 
     def env(self, **extra: str) -> dict[str, str]:
         """A clean environment for a CLI that talks to this sim-llm."""
-        return clean_env(LLM4RERANK_LLM_BASE_URL=self.base_url, LLM4RERANK_LLM_MODEL=SIM_MODEL,
-                         LLM4RERANK_LLM_RETRY_MAX_WAIT_S="0.05", **extra)
+        return clean_env(
+            LLM4RERANK_LLM_BASE_URL=self.base_url,
+            LLM4RERANK_LLM_MODEL=SIM_MODEL,
+            LLM4RERANK_LLM_RETRY_MAX_WAIT_S="0.05",
+            **extra,
+        )
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as response:
@@ -97,8 +106,9 @@ class SimLLM:
 
     def faults(self, **update: float) -> Any:
         """Change the fault dice (POST /sim/faults); returns the server's counters and settings."""
-        request = urllib.request.Request(f"{self.url}/sim/faults", data=json.dumps(update).encode(),
-                                         method="POST")
+        request = urllib.request.Request(
+            f"{self.url}/sim/faults", data=json.dumps(update).encode(), method="POST"
+        )
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
 

@@ -42,14 +42,16 @@ def test_the_lock_pins_every_runtime_dependency_within_its_range() -> None:
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{requirement.name} is not in requirements.lock; run `make lock`"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
-            f"requirements.lock pins {name}=={pins[name]} outside {requirement.specifier}; run `make lock`")
+            f"requirements.lock pins {name}=={pins[name]} outside {requirement.specifier}; run `make lock`"
+        )
         for extra in requirement.extras:  # sqlalchemy[asyncio] pulls greenlet
             assert extra != "asyncio" or "greenlet" in pins
 
 
 def test_the_eval_extra_is_what_extras_py_names() -> None:
-    eval_extra = {canonicalize_name(Requirement(r).name)
-                  for r in PYPROJECT["project"]["optional-dependencies"]["eval"]}
+    eval_extra = {
+        canonicalize_name(Requirement(r).name) for r in PYPROJECT["project"]["optional-dependencies"]["eval"]
+    }
     assert eval_extra == {canonicalize_name(m) for m in EXTRAS["eval"]}
     core = {canonicalize_name(Requirement(r).name) for r in PYPROJECT["project"]["dependencies"]}
     assert not core & eval_extra
@@ -70,8 +72,13 @@ for name in {EXTRAS["eval"]!r}:
 
 
 def without_eval(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", WITHOUT_EVAL + code, *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_EVAL + code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
 
 
 def test_the_service_runs_without_the_eval_extra_and_its_commands_name_it(tmp_path: Path) -> None:
@@ -88,8 +95,9 @@ except ConfigError as exc:
 from worker.cli import app
 app(sys.argv[1:])
 """
-    done = without_eval(code, "eval", "--users", "7", "--no-progress", "--out", str(tmp_path / "out"),
-                        cwd=tmp_path)
+    done = without_eval(
+        code, "eval", "--users", "7", "--no-progress", "--out", str(tmp_path / "out"), cwd=tmp_path
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     parquet = next(line for line in done.stdout.splitlines() if line.startswith("parquet:"))
     assert "pyarrow" in parquet and "`eval` extra" in parquet

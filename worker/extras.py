@@ -19,8 +19,10 @@ def require_extra(extra: str, what: str, modules: tuple[str, ...] | None = None)
     """Raise MissingExtra naming `extra` when any of its `modules` (default: all) is missing."""
     missing = [m for m in modules or EXTRAS[extra] if not _importable(m)]
     if missing:
-        raise MissingExtra(f"{what} needs {', '.join(missing)}, which the `{extra}` extra installs: "
-                           f"pip install 'llm4rerank[{extra}]' (or `make install`)")
+        raise MissingExtra(
+            f"{what} needs {', '.join(missing)}, which the `{extra}` extra installs: "
+            f"pip install 'llm4rerank[{extra}]' (or `make install`)"
+        )
 
 
 def _importable(module: str) -> bool:

@@ -35,8 +35,12 @@ class RunStats:
 
 
 def error_record(line_no: int, raw: bytes, error: RequestError) -> dict[str, Any]:
-    return {"line": line_no, "request_id": request_id_of(raw), "status": "invalid",
-            "error": {"code": error.code, "message": error.message, "details": error.details}}
+    return {
+        "line": line_no,
+        "request_id": request_id_of(raw),
+        "status": "invalid",
+        "error": {"code": error.code, "message": error.message, "details": error.details},
+    }
 
 
 async def rerank_lines(
@@ -72,20 +76,26 @@ async def rerank_lines(
                 stats.invalid += 1
                 return error_record(line_no, raw, exc), []
         setattr(stats, result.status, getattr(stats, result.status) + 1)
-        steps = [orjson.dumps({"request_id": request.request_id, **s.model_dump(mode="json")})
-                 for s in journal.steps]
+        steps = [
+            orjson.dumps({"request_id": request.request_id, **s.model_dump(mode="json")})
+            for s in journal.steps
+        ]
         return result.model_dump(mode="json"), steps
 
     writer = GroupCommitWriter(store) if store is not None else None
 
     async def _stored(request: RerankRequest, journal: ListJournal, raw: bytes) -> RerankResult:
         assert store is not None and writer is not None
-        receipt = await store.receive_checked([(request, None)], texts=[raw.decode("utf-8")],
-                                              run_config=reranker.stored_config)
+        receipt = await store.receive_checked(
+            [(request, None)], texts=[raw.decode("utf-8")], run_config=reranker.stored_config
+        )
         if request.request_id in receipt.conflicts:
             first = receipt.conflicts[request.request_id].isoformat()
-            raise RequestError("conflict", f"request_id {request.request_id!r} was first received "
-                               f"at {first} with different content", {"first_received_at": first})
+            raise RequestError(
+                "conflict",
+                f"request_id {request.request_id!r} was first received at {first} with different content",
+                {"first_received_at": first},
+            )
         done = await run_session(store, writer, reranker, request.request_id, OWNER, 300.0)
         if done is not None:
             if done[1] is not None:

@@ -31,9 +31,15 @@ def _always(_: BaseException) -> bool:
     return True
 
 
-def waiting(what: str, *, retry_on: Callable[[BaseException], bool] = _always,
-            flag: Flag | None = None, attempts: int | None = None,
-            first_s: float = FIRST_WAIT_S, max_s: float = MAX_WAIT_S) -> AsyncRetrying:
+def waiting(
+    what: str,
+    *,
+    retry_on: Callable[[BaseException], bool] = _always,
+    flag: Flag | None = None,
+    attempts: int | None = None,
+    first_s: float = FIRST_WAIT_S,
+    max_s: float = MAX_WAIT_S,
+) -> AsyncRetrying:
     """The retry policy while waiting for `what` (the dependency, and who waits): exponential
     backoff from `first_s` to `max_s`, a warning per wait, `flag` raised while waiting; errors
     `retry_on` refuses (and the last of `attempts`) are raised to the caller."""
@@ -57,6 +63,7 @@ def waiting(what: str, *, retry_on: Callable[[BaseException], bool] = _always,
 async def until_done(call: Callable[[], Awaitable[T]], what: str, **policy: Any) -> T:
     """`call()` retried under `waiting(what, **policy)`; the flag is lowered once it is through,
     whether it succeeded or gave up (then nothing waits any more)."""
+
     async def attempt() -> T:  # tenacity would call a lambda returning a coroutine as sync code
         return await call()
 

@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .errors import RequestError
+from .status import ResultStatus
 
 # Characters a request may not hold (README, "Text in requests"). PostgreSQL cannot store U+0000
 # and the others are invisible or break a prompt's lines. Free text (goal, string feature values)
@@ -47,6 +48,7 @@ def _refuse(bad: re.Pattern[str], what: str) -> Any:
         if found:
             raise PydanticCustomError("control_character", f"{what} holds {found}")
         return value
+
     return check
 
 
@@ -59,8 +61,7 @@ def _check_features(features: dict[str, Any]) -> dict[str, Any]:
         for v in value if isinstance(value, list) else [value]:
             found = forbidden_char(v, _TEXT_BAD) if isinstance(v, str) else None
             if found:
-                raise PydanticCustomError("control_character",
-                                          f"the value of {key!r} holds {found}")
+                raise PydanticCustomError("control_character", f"the value of {key!r} holds {found}")
     return features
 
 
@@ -83,9 +84,12 @@ def _ident(max_length: int | None = 256, nonblank: bool = False) -> Any:
         extra["maxLength"] = max_length
     if nonblank:
         extra["pattern"] = r"\S"
-    return Annotated[str, Field(min_length=1, max_length=max_length,
-                                pattern=r"\S" if nonblank else None),
-                     AfterValidator(_refuse(_ID_BAD, "an identifier")), _schema(ID_FORBIDDEN, **extra)]
+    return Annotated[
+        str,
+        Field(min_length=1, max_length=max_length, pattern=r"\S" if nonblank else None),
+        AfterValidator(_refuse(_ID_BAD, "an identifier")),
+        _schema(ID_FORBIDDEN, **extra),
+    ]
 
 
 if TYPE_CHECKING:  # Annotated[str, ...] built at run time: a str to a type checker
@@ -98,12 +102,25 @@ else:
     Attribute = _ident(None)
 Scalar = str | int | float | bool | None
 FeatureValue = Scalar | list[Scalar]
-_SCALAR_SCHEMA = {"anyOf": [{"type": "string", **_none_of(TEXT_FORBIDDEN)},
-                            {"type": "number"}, {"type": "boolean"}, {"type": "null"}]}
-Features = Annotated[dict[str, FeatureValue], AfterValidator(_check_features), WithJsonSchema({
-    "type": "object", "propertyNames": _none_of(ID_FORBIDDEN),
-    "additionalProperties": {"anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA}]},
-})]
+_SCALAR_SCHEMA = {
+    "anyOf": [
+        {"type": "string", **_none_of(TEXT_FORBIDDEN)},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+    ]
+}
+Features = Annotated[
+    dict[str, FeatureValue],
+    AfterValidator(_check_features),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": _none_of(ID_FORBIDDEN),
+            "additionalProperties": {"anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA}]},
+        }
+    ),
+]
 
 
 class Limits(BaseModel):
@@ -150,9 +167,12 @@ class Options(_Strict):
 
 class RerankRequest(_Strict):
     request_id: RequestId
-    goal: Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S"),
-                    AfterValidator(_refuse(_TEXT_BAD, "the goal")),
-                    _schema(TEXT_FORBIDDEN, pattern=r"\S", minLength=1, maxLength=2000)]
+    goal: Annotated[
+        str,
+        Field(min_length=1, max_length=2000, pattern=r"\S"),
+        AfterValidator(_refuse(_TEXT_BAD, "the goal")),
+        _schema(TEXT_FORBIDDEN, pattern=r"\S", minLength=1, maxLength=2000),
+    ]
     user: User
     candidates: list[Item] = Field(min_length=2)
     aspects: dict[Key, AspectConfig] = Field(default_factory=dict)
@@ -171,9 +191,7 @@ class RerankRequest(_Strict):
                 raise ValueError(f"candidates: duplicate item_id {item.item_id!r}")
             seen.add(item.item_id)
         if len(self.user.history) > limits.max_history:
-            raise ValueError(
-                f"user.history: {len(self.user.history)} items, at most {limits.max_history}"
-            )
+            raise ValueError(f"user.history: {len(self.user.history)} items, at most {limits.max_history}")
         maps = [("user.features", self.user.features)]
         maps += [(f"candidates[{i}].features", c.features) for i, c in enumerate(self.candidates)]
         maps += [(f"user.history[{i}].features", h.features) for i, h in enumerate(self.user.history)]
@@ -193,7 +211,7 @@ class Usage(BaseModel):
     completion_tokens: int = 0
 
 
-Status = Literal["ok", "degraded", "failed"]
+Status = ResultStatus  # ok, degraded or failed: worker.status.Status, values unchanged on the wire
 
 
 class RepairSummary(BaseModel):
@@ -223,10 +241,16 @@ class RerankResult(BaseModel):
     completed_at: datetime
     policy: str = Field("llm", description="llm, heuristic, or llm+heuristic after a fallback")
     replay_of: str | None = Field(None, description="the original request_id of a replay")
-    attempts: int = Field(1, description="how many times a worker took the session up (1: it was "
-                          "never resumed); latency_ms counts from receipt across all of them")
-    repair: RepairSummary | None = Field(None, description="how far the model's answers were from "
-                                         "a permutation over the walk; null without model answers")
+    attempts: int = Field(
+        1,
+        description="how many times a worker took the session up (1: it was "
+        "never resumed); latency_ms counts from receipt across all of them",
+    )
+    repair: RepairSummary | None = Field(
+        None,
+        description="how far the model's answers were from "
+        "a permutation over the walk; null without model answers",
+    )
 
 
 class ErrorInfo(BaseModel):
@@ -279,8 +303,9 @@ def parse_request(raw: bytes | str, limits: Limits | None = None) -> RerankReque
     try:
         return RerankRequest.model_validate(obj, context={"limits": limits})
     except ValidationError as exc:
-        code = "control_character" if any(
-            e["type"] == "control_character" for e in exc.errors()) else "schema"
+        code = (
+            "control_character" if any(e["type"] == "control_character" for e in exc.errors()) else "schema"
+        )
         raise RequestError(code, _describe(exc), _error_details(exc)) from None
 
 
@@ -318,13 +343,13 @@ _MESSAGE_MAX_CHARS = 2000
 def canonical_hash(request: RerankRequest) -> str:
     """sha256 of the request's content, independent of key order and whitespace: what makes
     two messages with one request_id "the same request"."""
-    body = orjson.dumps(request.model_dump(mode="json", exclude_none=True),
-                        option=orjson.OPT_SORT_KEYS)
+    body = orjson.dumps(request.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(body).hexdigest()
 
 
-def dead_letter(raw: bytes, error: RequestError, source: Source,
-                max_payload_bytes: int = DLQ_PAYLOAD_MAX_BYTES) -> DeadLetter:
+def dead_letter(
+    raw: bytes, error: RequestError, source: Source, max_payload_bytes: int = DLQ_PAYLOAD_MAX_BYTES
+) -> DeadLetter:
     """The DLQ record; a payload over `max_payload_bytes` (after base64) keeps only a prefix, its
     sha256 and size, so the record always fits under the producer's message limit."""
     try:
@@ -341,8 +366,11 @@ def dead_letter(raw: bytes, error: RequestError, source: Source,
         payload = base64.b64encode(prefix).decode("ascii")
     rid = request_id_of(raw) if len(raw) <= 4 * max_payload_bytes else None
     return DeadLetter(
-        error=ErrorInfo(code=error.code, message=_clip(error.message, _MESSAGE_MAX_CHARS),
-                        details=_clip_details(error.details)),
+        error=ErrorInfo(
+            code=error.code,
+            message=_clip(error.message, _MESSAGE_MAX_CHARS),
+            details=_clip_details(error.details),
+        ),
         payload=payload,
         payload_encoding="utf-8" if utf8 else "base64",
         payload_truncated=cut,

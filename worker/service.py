@@ -59,8 +59,12 @@ class Reranker:
         return self.prompts.version if self.policy == "llm" else "heuristic"
 
     def plan(self, request: RerankRequest) -> WalkPlan:
-        return plan_walk(request, default_aspects=self.settings.aspects,
-                         max_steps=self.settings.max_steps, deadline_ms=self.settings.deadline_ms)
+        return plan_walk(
+            request,
+            default_aspects=self.settings.aspects,
+            max_steps=self.settings.max_steps,
+            deadline_ms=self.settings.deadline_ms,
+        )
 
     def run_config(self, request: RerankRequest) -> RunConfig:
         """What this request will run with; stored at receipt, read by every resume and replay."""
@@ -68,14 +72,20 @@ class Reranker:
         s = self.settings
         llm = self.policy == "llm"
         return RunConfig.of_plan(
-            self.plan(request), policy=self.policy,
+            self.plan(request),
+            policy=self.policy,
             prompts=self.prompts.name if llm else None,
-            prompt_version=self.prompt_version, model=self.model,
-            llm_structured=s.llm_structured, llm_reasks=s.llm_reasks,
-            llm_answer_shape=s.llm_answer_shape, llm_max_repair_share=s.llm_max_repair_share,
-            llm_window=s.llm_window, llm_window_step=s.llm_window_step,
+            prompt_version=self.prompt_version,
+            model=self.model,
+            llm_structured=s.llm_structured,
+            llm_reasks=s.llm_reasks,
+            llm_answer_shape=s.llm_answer_shape,
+            llm_max_repair_share=s.llm_max_repair_share,
+            llm_window=s.llm_window,
+            llm_window_step=s.llm_window_step,
             llm_context_tokens=self.llm_options().context_tokens if llm else None,
-            llm_tokenizer=str(s.llm_tokenizer) if s.llm_tokenizer else None)
+            llm_tokenizer=str(s.llm_tokenizer) if s.llm_tokenizer else None,
+        )
 
     def stored_config(self, request: RerankRequest) -> dict[str, Any]:
         """The run configuration as the store keeps it."""
@@ -89,17 +99,22 @@ class Reranker:
             self._prompt_sets[name] = PromptSet.load(self.settings.prompts_dir, name)
         return self._prompt_sets[name]
 
-    def make_policy(self, config: RunConfig, recorded: list[LLMCall] | None = None,
-                    live: bool = True) -> Policy:
+    def make_policy(
+        self, config: RunConfig, recorded: list[LLMCall] | None = None, live: bool = True
+    ) -> Policy:
         if config.policy == "heuristic":
             return HeuristicPolicy()
         chat = self.chat
         if recorded is not None:
             chat = RecordedChat(recorded, then=chat if live else None)
         assert chat is not None
-        return LLMPolicy(chat, self.prompt_set(config.prompts),
-                         structured=config.llm_structured != "none",
-                         reasks=config.llm_reasks, options=self.llm_options(config))
+        return LLMPolicy(
+            chat,
+            self.prompt_set(config.prompts),
+            structured=config.llm_structured != "none",
+            reasks=config.llm_reasks,
+            options=self.llm_options(config),
+        )
 
     def llm_options(self, config: RunConfig | None = None) -> LLMOptions:
         """The policy's sizing: the session's RunConfig, else the settings (the context from the
@@ -113,14 +128,17 @@ class Reranker:
             value = getattr(config, name, None) if config is not None else None
             return default if value is None else value
 
-        return LLMOptions(mode=of("llm_structured", s.llm_structured),
-                          shape=of("llm_answer_shape", s.llm_answer_shape),
-                          context_tokens=of("llm_context_tokens", context),
-                          max_tokens=s.llm_max_tokens,
-                          max_repair_share=of("llm_max_repair_share", s.llm_max_repair_share),
-                          window=of("llm_window", s.llm_window),
-                          window_step=of("llm_window_step", s.llm_window_step),
-                          counter=self._counter, field_max_chars=s.prompt_field_max_chars)
+        return LLMOptions(
+            mode=of("llm_structured", s.llm_structured),
+            shape=of("llm_answer_shape", s.llm_answer_shape),
+            context_tokens=of("llm_context_tokens", context),
+            max_tokens=s.llm_max_tokens,
+            max_repair_share=of("llm_max_repair_share", s.llm_max_repair_share),
+            window=of("llm_window", s.llm_window),
+            window_step=of("llm_window_step", s.llm_window_step),
+            counter=self._counter,
+            field_max_chars=s.prompt_field_max_chars,
+        )
 
     async def run(
         self,
@@ -141,12 +159,12 @@ class Reranker:
         so they hold across resumes and workers."""
         config = config or self.run_config(request)
         now = clock()
-        started = now if received_at is None else now - max(
-            0.0, (utcnow() - received_at).total_seconds())
+        started = now if received_at is None else now - max(0.0, (utcnow() - received_at).total_seconds())
         policy = self.make_policy(config, recorded, live)
         fallback = HeuristicPolicy() if config.policy == "llm" else None
-        outcome = await walk(request, policy, config.plan(), journal=journal,
-                             fallback=fallback, clock=clock, started=started)
+        outcome = await walk(
+            request, policy, config.plan(), journal=journal, fallback=fallback, clock=clock, started=started
+        )
         heuristic = config.policy == "heuristic"
         result = RerankResult(
             request_id=request.request_id,

@@ -13,6 +13,7 @@ from .engine.walk import WalkOutcome
 from .runconfig import RunConfig
 from .schemas import RerankResult, Usage, utcnow
 from .service import Reranker
+from .status import Status
 from .store.journal import GroupCommitWriter, SessionJournal
 from .store.store import Claim, Store
 
@@ -44,14 +45,23 @@ async def run_session(
         return (failed, None, 0) if failed is not None else None
     config, stored_config = _config_of(reranker, claim)
     recorded = [call for step in claim.steps for call in step.calls]
-    journal = SessionJournal(writer, claim.session_id,
-                             persisted=max((s.step for s in claim.steps), default=0))
-    result, outcome = await reranker.run(claim.request, config=config, journal=journal,
-                                         recorded=recorded, live=True, replay_of=claim.replay_of,
-                                         received_at=claim.receipt_at, attempts=claim.attempts)
+    journal = SessionJournal(
+        writer, claim.session_id, persisted=max((s.step for s in claim.steps), default=0)
+    )
+    result, outcome = await reranker.run(
+        claim.request,
+        config=config,
+        journal=journal,
+        recorded=recorded,
+        live=True,
+        replay_of=claim.replay_of,
+        received_at=claim.receipt_at,
+        attempts=claim.attempts,
+    )
     await journal.flush()
-    if not await store.complete(claim.session_id, owner, result,
-                                None if stored_config else config.model_dump(mode="json")):
+    if not await store.complete(
+        claim.session_id, owner, result, None if stored_config else config.model_dump(mode="json")
+    ):
         return None  # the lease was lost meanwhile; the holder stores its own result
     return result, outcome, len(recorded)
 
@@ -66,22 +76,29 @@ def _config_of(reranker: Reranker, claim: Claim) -> tuple[RunConfig, bool]:
     return reranker.run_config(claim.request), False
 
 
-async def _fail(store: Store, reranker: Reranker, claim: Claim, owner: str
-                ) -> RerankResult | None:
+async def _fail(store: Store, reranker: Reranker, claim: Claim, owner: str) -> RerankResult | None:
     """A request that crashed the walk this often ends `failed` with the upstream order."""
     config, _ = _config_of(reranker, claim)
     received = claim.receipt_at
     latency = round((utcnow() - received).total_seconds() * 1000) if received else 0
     result = RerankResult(
-        request_id=claim.request.request_id, status="failed",
-        ranking=[c.item_id for c in claim.request.candidates], path=[],
+        request_id=claim.request.request_id,
+        status=Status.FAILED,
+        ranking=[c.item_id for c in claim.request.candidates],
+        path=[],
         llm_calls=sum(1 for s in claim.steps for c in s.calls if c.raw is not None or c.error),
-        usage=Usage(prompt_tokens=sum(s.prompt_tokens for s in claim.steps),
-                    completion_tokens=sum(s.completion_tokens for s in claim.steps)),
+        usage=Usage(
+            prompt_tokens=sum(s.prompt_tokens for s in claim.steps),
+            completion_tokens=sum(s.completion_tokens for s in claim.steps),
+        ),
         model=reranker.model if config.policy == "llm" else "heuristic",
         prompt_version=reranker.prompt_version if config.policy == "llm" else "heuristic",
-        latency_ms=max(latency, 0), reason=crash_reason(claim.crashes, claim.last_error),
-        completed_at=utcnow(), policy="none", replay_of=claim.replay_of,
-        attempts=claim.attempts)
+        latency_ms=max(latency, 0),
+        reason=crash_reason(claim.crashes, claim.last_error),
+        completed_at=utcnow(),
+        policy="none",
+        replay_of=claim.replay_of,
+        attempts=claim.attempts,
+    )
     stored = await store.complete(claim.session_id, owner, result, config.model_dump(mode="json"))
     return result if stored else None

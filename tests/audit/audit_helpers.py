@@ -23,13 +23,15 @@ TOKEN = "audit-test-token-" + uuid.uuid4().hex
 class Process:
     """A CLI child process on a free port, stopped by its own pid."""
 
-    def __init__(self, args: list[str], ready_path: str, log: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], ready_path: str, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         out = log.open("ab")
-        self.proc = subprocess.Popen([CLI, *args, "--port", str(self.port)], stdout=out, stderr=out,
-                                     env=env or dict(os.environ))
+        self.proc = subprocess.Popen(
+            [CLI, *args, "--port", str(self.port)], stdout=out, stderr=out, env=env or dict(os.environ)
+        )
         out.close()
         wait_http(self.url + ready_path, proc=self.proc)
 
@@ -53,8 +55,11 @@ def reader_statements(database: str) -> str:
 
 def make_requests(n: int, seed: int = 7, prefix: str = "gen") -> list[dict]:
     """n requests varied from examples/requests.jsonl: new ids, users and candidate orders."""
-    base = [json.loads(line) for line in (REPO / "examples" / "requests.jsonl").read_text().splitlines()
-            if line.strip()]
+    base = [
+        json.loads(line)
+        for line in (REPO / "examples" / "requests.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -70,5 +75,10 @@ def rerank_into(url: str, requests: list[dict], tmp: Path, sim: SimLLM) -> subpr
     source = tmp / f"requests-{uuid.uuid4().hex[:6]}.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in requests))
     env = {**os.environ, "LLM4RERANK_LLM_BASE_URL": sim.url + "/v1", "LLM4RERANK_LLM_MODEL": SIM_MODEL}
-    return subprocess.run([CLI, "rerank", str(source), "--store", url, "--out", str(tmp / "results.jsonl")],
-                          env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [CLI, "rerank", str(source), "--store", url, "--out", str(tmp / "results.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )

@@ -36,9 +36,14 @@ async def client(populated: Any) -> AsyncIterator[httpx.AsyncClient]:
 async def test_no_valid_token_no_data(client: httpx.AsyncClient, populated: Any) -> None:
     rid = populated.request_ids[0]
     for path in ("/api/sessions", f"/api/sessions/{rid}", f"/api/sessions/{rid}/steps/1/calls", "/api/x"):
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
-                        {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"},
-                        {"Authorization": "Bearer "}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+            {"Authorization": "Bearer "},
+        ):
             r = await client.get(path, headers=headers)
             assert r.status_code == 401, (path, headers)
             assert r.headers["www-authenticate"].startswith("Bearer")
@@ -78,17 +83,32 @@ async def test_the_reader_role_cannot_write(populated: Any) -> None:
 
 
 async def test_inputs_are_validated(client: httpx.AsyncClient) -> None:
-    bad = ["limit=0", "limit=201", "limit=abc", "status=weird", "node=teleport", "top_k=5", "item=x&top_k=0",
-           "since=yesterday", "cursor=garbage", "order=sideways", "unknown=1", "user=a&user=b",
-           "user=" + "x" * 300, "replays=maybe", "limit=99999999999"]
+    bad = [
+        "limit=0",
+        "limit=201",
+        "limit=abc",
+        "status=weird",
+        "node=teleport",
+        "top_k=5",
+        "item=x&top_k=0",
+        "since=yesterday",
+        "cursor=garbage",
+        "order=sideways",
+        "unknown=1",
+        "user=a&user=b",
+        "user=" + "x" * 300,
+        "replays=maybe",
+        "limit=99999999999",
+    ]
     for query in bad:
         r = await client.get(f"/api/sessions?{query}", headers=AUTH)
         assert r.status_code == 400, query
         assert r.json()["error"] == "bad_request" and r.json()["message"]
     r = await client.get("/api/sessions?limit=200", headers=AUTH)
     assert r.status_code == 200 and len(r.json()["items"]) == 200
-    injection = await client.get("/api/sessions", params={"user": "x' OR '1'='1", "goal": "%' --"},
-                                 headers=AUTH)
+    injection = await client.get(
+        "/api/sessions", params={"user": "x' OR '1'='1", "goal": "%' --"}, headers=AUTH
+    )
     assert injection.status_code == 200 and injection.json()["items"] == []
     assert (await client.get("/api/sessions/nope", headers=AUTH)).status_code == 404
     assert (await client.get("/api/sessions/nope/steps/1/calls", headers=AUTH)).status_code == 404
@@ -102,8 +122,12 @@ async def test_every_bad_parameter_is_a_400_naming_it(client: httpx.AsyncClient)
     """Unicode digits are not digits; times and cursors outside what the store can compare are
     refused before any query (they gave 500 and 503 before)."""
     cases = {
-        "limit=²": "limit", "limit=٣": "limit", "item=x&top_k=³": "top_k", "top_k=１": "top_k",
-        "since=0001-01-01T00:00:00%2B14:00": "since", "until=9999-12-31T23:59:59-14:00": "until",
+        "limit=²": "limit",
+        "limit=٣": "limit",
+        "item=x&top_k=³": "top_k",
+        "top_k=１": "top_k",
+        "since=0001-01-01T00:00:00%2B14:00": "since",
+        "until=9999-12-31T23:59:59-14:00": "until",
         "cursor=" + _cursor(["2026-01-01T00:00:00+00:00", 2**64 - 1, "desc"]): "cursor",
         "cursor=" + _cursor(["2026-01-01T00:00:00+00:00", True, "desc"]): "cursor",
         "cursor=" + _cursor(["0001-01-01T00:00:00+14:00", 1, "desc"]): "cursor",
@@ -142,9 +166,11 @@ async def test_paging_filters_and_detail(client: httpx.AsyncClient, populated: A
             break
     assert sorted(seen) == sorted(populated.request_ids)
     assert [datetime.fromisoformat(t) for t in received] == sorted(
-        datetime.fromisoformat(t) for t in received), "pages are not in ascending receipt order"
-    assert datetime.fromisoformat(received[0]) < datetime.fromisoformat(received[-1]), \
+        datetime.fromisoformat(t) for t in received
+    ), "pages are not in ascending receipt order"
+    assert datetime.fromisoformat(received[0]) < datetime.fromisoformat(received[-1]), (
         "all sessions share one receipt time: the order check above could not fail"
+    )
     assert len(seen) == len(set(seen)) == len(populated.request_ids)
 
     rid = populated.request_ids[3]
@@ -157,15 +183,18 @@ async def test_paging_filters_and_detail(client: httpx.AsyncClient, populated: A
     calls = (await client.get(f"/api/sessions/{rid}/steps/1/calls", headers=AUTH)).json()["calls"]
     assert calls[0]["raw"] and calls[0]["messages"][0]["role"] == "system"
 
-    by_user = (await client.get("/api/sessions", params={"user": detail["user_id"], "limit": 200},
-                                headers=AUTH)).json()["items"]
+    by_user = (
+        await client.get("/api/sessions", params={"user": detail["user_id"], "limit": 200}, headers=AUTH)
+    ).json()["items"]
     assert by_user and all(s["user_id"] == detail["user_id"] for s in by_user)
     top = detail["final_ranking"][0]
-    by_item = (await client.get("/api/sessions", params={"item": top, "top_k": 1, "limit": 200},
-                                headers=AUTH)).json()["items"]
+    by_item = (
+        await client.get("/api/sessions", params={"item": top, "top_k": 1, "limit": 200}, headers=AUTH)
+    ).json()["items"]
     assert rid in {s["request_id"] for s in by_item} and all(s["final_ranking"][0] == top for s in by_item)
-    by_node = (await client.get("/api/sessions", params={"node": "fairness", "limit": 200},
-                                headers=AUTH)).json()["items"]
+    by_node = (
+        await client.get("/api/sessions", params={"node": "fairness", "limit": 200}, headers=AUTH)
+    ).json()["items"]
     assert by_node and all("fairness" in s["path"] for s in by_node)
     assert r"request_ids" not in detail
 

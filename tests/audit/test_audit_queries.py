@@ -20,11 +20,11 @@ from worker.audit.db import read_only_engine, reader_url
 from worker.audit.export import export_jsonl, export_parquet, parquet_schema
 from worker.audit.filters import FilterError, TraceFilters, check_limit, decode_cursor, parse_filters
 from worker.audit.queries import TraceQueries
-from worker.audit.replay import replay_recorded, select_sessions
-from worker.audit.report import build_report, kendall_tau, session_metrics
 from worker.audit.trace import moves, render_session, with_lists
 from worker.cli import app
 from worker.config import Settings
+from worker.replay.replayer import replay_recorded, select_sessions
+from worker.replay.report import build_report, kendall_tau, session_metrics
 
 N = 40
 
@@ -46,8 +46,9 @@ def sqlite_store(tmp_path_factory: pytest.TempPathFactory) -> str:
         await upgrade_async(url)
         store = Store(url)
         lines = [orjson.dumps(r) for r in requests]
-        await rerank_lines(Reranker(Settings(), None, policy="heuristic"), lines, io.BytesIO(),
-                           concurrency=4, store=store)
+        await rerank_lines(
+            Reranker(Settings(), None, policy="heuristic"), lines, io.BytesIO(), concurrency=4, store=store
+        )
         await store.close()
 
     asyncio.run(build())
@@ -93,8 +94,10 @@ def test_every_filter_matches_python(sqlite_store: str) -> None:
         ({"until": middle}, lambda r: r["received_at"] < middle),
         ({"item": third, "top_k": 3}, lambda r: third in r["final_ranking"][:3]),
         ({"item": first}, lambda r: first in r["final_ranking"][:10]),
-        ({"request_ids": ("sq-0001", "sq-0002", "missing")},
-         lambda r: r["request_id"] in ("sq-0001", "sq-0002")),
+        (
+            {"request_ids": ("sq-0001", "sq-0002", "missing")},
+            lambda r: r["request_id"] in ("sq-0001", "sq-0002"),
+        ),
     ]
     for values, keep in cases:
         got = {r["request_id"] for r in run(_all(sqlite_store, parse_filters(**values)))}
@@ -122,10 +125,16 @@ def test_cursor_paging_visits_every_session_once_in_order(sqlite_store: str, ord
 
 
 def test_inputs_are_refused_with_the_parameter_named() -> None:
-    for values, where in [({"node": "teleport"}, "node"), ({"top_k": 3}, "top_k needs item"),
-                          ({"status": "weird"}, "status"), ({"user": "x" * 300}, "user"),
-                          ({"item": "m1", "top_k": 101}, "top_k"), ({"since": "yesterday"}, "since"),
-                          ({"replays": "maybe"}, "replays"), ({"bogus": 1}, "bogus")]:
+    for values, where in [
+        ({"node": "teleport"}, "node"),
+        ({"top_k": 3}, "top_k needs item"),
+        ({"status": "weird"}, "status"),
+        ({"user": "x" * 300}, "user"),
+        ({"item": "m1", "top_k": 101}, "top_k"),
+        ({"since": "yesterday"}, "since"),
+        ({"replays": "maybe"}, "replays"),
+        ({"bogus": 1}, "bogus"),
+    ]:
         with pytest.raises(FilterError, match=where):
             parse_filters(**values)
     for limit in (0, 201, -1):
@@ -173,8 +182,9 @@ def test_trace_cli_show_and_list(sqlite_store: str) -> None:
     assert listed.exit_code == 0 and len(listed.stdout.strip().splitlines()) == 6  # header + 5
     assert "more: --cursor" in listed.stderr
     cursor = listed.stderr.split("--cursor ")[1].split()[0]
-    page2 = runner.invoke(app, ["trace", "list", "--db", sqlite_store, "--limit", "5", "--cursor", cursor,
-                                "--json"])
+    page2 = runner.invoke(
+        app, ["trace", "list", "--db", sqlite_store, "--limit", "5", "--cursor", cursor, "--json"]
+    )
     ids2 = [json.loads(line)["request_id"] for line in page2.stdout.splitlines()]
     assert len(ids2) == 5 and not set(ids2) & set(listed.stdout.split())
     every = runner.invoke(app, ["trace", "list", "--db", sqlite_store, "--all", "--json", "--limit", "9"])
@@ -184,27 +194,67 @@ def test_trace_cli_show_and_list(sqlite_store: str) -> None:
 
 
 def test_render_session_names_repairs_and_costs() -> None:
-    data = {"request_id": "r", "status": "ok", "user_id": "u", "goal": "g", "path": ["accuracy", "stop"],
-            "request": {"candidates": [{"item_id": "a"}, {"item_id": "b"}]},
-            "steps": [{"step": 1, "node": "accuracy", "policy": "llm", "ranking": ["b", "a"],
-                       "next_node": "stop", "offered": ["accuracy", "stop"], "pool_size": 1,
-                       "notes": ["call 1: dropped 1 unknown id(s): 9"], "retries": 2, "prompt_tokens": 10,
-                       "completion_tokens": 5, "latency_ms": 3.0, "call_count": 1},
-                      {"step": 2, "node": "stop", "policy": "walk", "ranking": ["b", "a"], "pool_size": 1}]}
+    data = {
+        "request_id": "r",
+        "status": "ok",
+        "user_id": "u",
+        "goal": "g",
+        "path": ["accuracy", "stop"],
+        "request": {"candidates": [{"item_id": "a"}, {"item_id": "b"}]},
+        "steps": [
+            {
+                "step": 1,
+                "node": "accuracy",
+                "policy": "llm",
+                "ranking": ["b", "a"],
+                "next_node": "stop",
+                "offered": ["accuracy", "stop"],
+                "pool_size": 1,
+                "notes": ["call 1: dropped 1 unknown id(s): 9"],
+                "retries": 2,
+                "prompt_tokens": 10,
+                "completion_tokens": 5,
+                "latency_ms": 3.0,
+                "call_count": 1,
+            },
+            {"step": 2, "node": "stop", "policy": "walk", "ranking": ["b", "a"], "pool_size": 1},
+        ],
+    }
     text = render_session(data)
     assert "1:b(+1) 2:a(-1)" in text and "note: call 1: dropped 1 unknown" in text
     assert "retries 2, tokens 10+5" in text and "next: stop" in text
 
 
 def test_render_session_shows_resumes_and_every_http_attempt() -> None:
-    call = {"messages": [{"role": "user", "content": "rank"}], "error": "deadline passed: HTTP 500",
-            "attempts": [{"status": 500, "error": "HTTP 500: down", "latency_ms": 12.0},
-                         {"status": None, "error": "APITimeoutError: timed out", "latency_ms": 900.0}]}
-    data = {"request_id": "r", "status": "degraded", "user_id": "u", "goal": "g",
-            "path": ["accuracy", "stop"], "attempts": 3, "crashes": 1,
-            "request": {"candidates": [{"item_id": "a"}, {"item_id": "b"}]},
-            "steps": [{"step": 1, "node": "accuracy", "policy": "llm", "offered": ["accuracy"],
-                       "calls": [call], "retries": 1, "problem": "deadline of 2000 ms passed"}]}
+    call = {
+        "messages": [{"role": "user", "content": "rank"}],
+        "error": "deadline passed: HTTP 500",
+        "attempts": [
+            {"status": 500, "error": "HTTP 500: down", "latency_ms": 12.0},
+            {"status": None, "error": "APITimeoutError: timed out", "latency_ms": 900.0},
+        ],
+    }
+    data = {
+        "request_id": "r",
+        "status": "degraded",
+        "user_id": "u",
+        "goal": "g",
+        "path": ["accuracy", "stop"],
+        "attempts": 3,
+        "crashes": 1,
+        "request": {"candidates": [{"item_id": "a"}, {"item_id": "b"}]},
+        "steps": [
+            {
+                "step": 1,
+                "node": "accuracy",
+                "policy": "llm",
+                "offered": ["accuracy"],
+                "calls": [call],
+                "retries": 1,
+                "problem": "deadline of 2000 ms passed",
+            }
+        ],
+    }
     text = render_session(data, calls=True)
     assert "taken up 3 time(s) (resumes: 2), crashes 1" in text
     assert "HTTP attempt 1: status 500, 12.0 ms, HTTP 500: down" in text
@@ -234,8 +284,9 @@ def test_export_one_row_per_step(sqlite_store: str, tmp_path: Path) -> None:
     assert all(r["ranking"] == r["final_ranking"] for r in last)
 
     out = tmp_path / "cli.parquet"
-    result = CliRunner().invoke(app, ["export", "--db", sqlite_store, "--out", str(out),
-                                      "--user", rows[0]["user_id"]])
+    result = CliRunner().invoke(
+        app, ["export", "--db", sqlite_store, "--out", str(out), "--user", rows[0]["user_id"]]
+    )
     assert result.exit_code == 0, result.output
     assert set(pq.read_table(out).column("user_id").to_pylist()) == {rows[0]["user_id"]}
 
@@ -258,10 +309,14 @@ def test_rank_correlation_and_metrics() -> None:
     assert kendall_tau(list("abcd"), list("abcd")) == 1.0
     assert kendall_tau(list("abcd"), list("dcba")) == -1.0
     assert kendall_tau(list("abcd"), list("bacd")) == pytest.approx(1 - 2 / 6)
-    request = {"request_id": "r", "aspects": {"diversity": {"attribute": "genre"},
-                                              "fairness": {"attribute": "year", "split_at": 2000}},
-               "candidates": [{"item_id": "a", "features": {"genre": ["x"], "year": 1990, "label": 1}},
-                              {"item_id": "b", "features": {"genre": ["y"], "year": 2010}}]}
+    request = {
+        "request_id": "r",
+        "aspects": {"diversity": {"attribute": "genre"}, "fairness": {"attribute": "year", "split_at": 2000}},
+        "candidates": [
+            {"item_id": "a", "features": {"genre": ["x"], "year": 1990, "label": 1}},
+            {"item_id": "b", "features": {"genre": ["y"], "year": 2010}},
+        ],
+    }
     m = session_metrics(request, ["a", "b"], ["a"])
     assert m["hr@10"] == 1.0 and m["ndcg@10"] == 1.0 and m["mad"] == 1.0 and 0 < m["alpha_ndcg@10"] <= 1
 

@@ -20,18 +20,20 @@ from sqlalchemy import select
 from worker.audit.db import read_only_engine
 from worker.audit.filters import TraceFilters
 from worker.audit.queries import StoredSession, TraceQueries
-from worker.audit.replay import Comparison, replay_recorded, select_sessions
-from worker.audit.report import build_report, render_diff
 from worker.config import Settings
+from worker.replay.replayer import Comparison, replay_recorded, select_sessions
+from worker.replay.report import build_report, render_diff
 from worker.store.tables import sessions
 
 pytestmark = pytest.mark.integration
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 async def _load_all(url: str) -> list[StoredSession]:
@@ -64,8 +66,10 @@ def test_recorded_replay_reproduces_every_stored_session(populated: Any, tmp_pat
     assert data["kendall_tau"]["min"] == 1.0 and data["tokens"]["delta_mean"] == 0
     assert "alpha_ndcg@10" in data["metrics"] and data["metrics"]["mad"]["delta"] == 0
     assert f"reproduced (recorded)        {n}/{n}" in done.stdout
-    print(f"\nrecorded replay: {n} sessions reproduced in {seconds:.1f} s (CLI, incl. start-up); "
-          f"storing them took {populated.seconds:.1f} s")
+    print(
+        f"\nrecorded replay: {n} sessions reproduced in {seconds:.1f} s (CLI, incl. start-up); "
+        f"storing them took {populated.seconds:.1f} s"
+    )
 
     one = cli("replay", populated.request_ids[7], "--db", populated.db.url, "--report", str(report))
     assert one.returncode == 0 and json.loads(report.read_text())["sessions"] == 1
@@ -94,10 +98,11 @@ def test_changed_repair_rule_is_reported_by_session(populated: Any, monkeypatch:
     print(f"\nchanged repair rule: {len(expected)} of {len(stored)} sessions affected")
     original = parse.repair
 
-    def missing_first(tokens: list[str], candidates: list[str], previous: list[str], aliases: bool,
-                      notes: list[str]) -> tuple[list[str], parse.Repair]:
+    def missing_first(
+        tokens: list[str], candidates: list[str], previous: list[str], aliases: bool, notes: list[str]
+    ) -> tuple[list[str], parse.Repair]:
         ranking, fix = original(tokens, candidates, previous, aliases, notes)
-        return ranking[fix.kept:] + ranking[:fix.kept], fix
+        return ranking[fix.kept :] + ranking[: fix.kept], fix
 
     monkeypatch.setattr(parse, "repair", missing_first)
     comparisons = asyncio.run(_replay_all(populated.db.url))
@@ -126,9 +131,25 @@ def test_live_replay_stores_linked_sessions_and_a_report(populated: Any, tmp_pat
     sim = start_sim(tmp_path / "sim", "--seed", "11")
     try:
         report = tmp_path / "live.json"
-        args = ["replay", "--mode", "live", "--db", populated.db.url, "--base-url", sim.url + "/v1",
-                "--llm-model", SIM_MODEL, "--limit", "24", "--tag", "t1", "--concurrency", "6",
-                "--report", str(report)]
+        args = [
+            "replay",
+            "--mode",
+            "live",
+            "--db",
+            populated.db.url,
+            "--base-url",
+            sim.url + "/v1",
+            "--llm-model",
+            SIM_MODEL,
+            "--limit",
+            "24",
+            "--tag",
+            "t1",
+            "--concurrency",
+            "6",
+            "--report",
+            str(report),
+        ]
         done = cli(*args)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         data = json.loads(report.read_text())
@@ -153,15 +174,35 @@ def test_live_replay_stores_linked_sessions_and_a_report(populated: Any, tmp_pat
         assert len(asyncio.run(_replays_of(populated.db.url, "t1"))) == 24
         assert "stored by an earlier run" in report.read_text()
 
-        listed = cli("trace", "list", "--db", populated.db.url, "--replay-of", populated.request_ids[0],
-                     "--json")
+        listed = cli(
+            "trace", "list", "--db", populated.db.url, "--replay-of", populated.request_ids[0], "--json"
+        )
         assert [json.loads(line)["request_id"] for line in listed.stdout.splitlines()] == [
-            f"{populated.request_ids[0]}~t1"]
+            f"{populated.request_ids[0]}~t1"
+        ]
 
-        paper = cli("replay", "--mode", "live", "--db", populated.db.url, "--base-url", sim.url + "/v1",
-                    "--llm-model", SIM_MODEL, "--prompts", "paper", "--structured", "none",
-                    "--max-steps", "2", "--tag", "paper2", "--report", str(tmp_path / "paper.json"),
-                    *populated.request_ids[30:34])
+        paper = cli(
+            "replay",
+            "--mode",
+            "live",
+            "--db",
+            populated.db.url,
+            "--base-url",
+            sim.url + "/v1",
+            "--llm-model",
+            SIM_MODEL,
+            "--prompts",
+            "paper",
+            "--structured",
+            "none",
+            "--max-steps",
+            "2",
+            "--tag",
+            "paper2",
+            "--report",
+            str(tmp_path / "paper.json"),
+            *populated.request_ids[30:34],
+        )
         assert paper.returncode == 0, paper.stdout[-2000:] + paper.stderr[-2000:]
         rows = asyncio.run(_replays_of(populated.db.url, "paper2"))
         assert len(rows) == 4
@@ -170,12 +211,27 @@ def test_live_replay_stores_linked_sessions_and_a_report(populated: Any, tmp_pat
         sim.stop()
 
     # the live sessions (paper prompts, text answers, a step cap) replay from their own record
-    recorded = cli("replay", "--db", populated.db.url, "--report", str(tmp_path / "again.json"),
-                   *(r["request_id"] for r in rows))
+    recorded = cli(
+        "replay",
+        "--db",
+        populated.db.url,
+        "--report",
+        str(tmp_path / "again.json"),
+        *(r["request_id"] for r in rows),
+    )
     assert recorded.returncode == 0, recorded.stdout[-2000:]
     assert json.loads((tmp_path / "again.json").read_text())["reproduced"] == 4
-    bad = cli("replay", "--mode", "live", "--db", populated.db.url, "--prompts", "nope",
-              "--base-url", "http://127.0.0.1:9/v1")
+    bad = cli(
+        "replay",
+        "--mode",
+        "live",
+        "--db",
+        populated.db.url,
+        "--prompts",
+        "nope",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+    )
     assert bad.returncode == 2 and "prompt set" in bad.stderr
 
 
@@ -188,7 +244,8 @@ async def test_recorded_replay_uses_the_stored_run_config_not_todays_settings(po
     engine = read_only_engine(populated.db.url)
     try:
         results = await replay_recorded(
-            changed, select_sessions(TraceQueries(engine), TraceFilters(replays="exclude")))
+            changed, select_sessions(TraceQueries(engine), TraceFilters(replays="exclude"))
+        )
     finally:
         await engine.dispose()
     assert len(results) == len(stored)

@@ -11,12 +11,12 @@ import pytest
 from worker.audit.db import read_only_engine
 from worker.audit.filters import TraceFilters
 from worker.audit.queries import TraceQueries
-from worker.audit.replay import replay_recorded, select_sessions
-from worker.audit.report import build_report
 from worker.config import Settings
 from worker.evaluation.candidates import Case
 from worker.evaluation.report import case_metrics
 from worker.evaluation.runner import Record
+from worker.replay.replayer import replay_recorded, select_sessions
+from worker.replay.report import build_report
 from worker.schemas import RerankRequest
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,8 @@ async def test_replay_report_and_evaluation_give_the_same_mad_for_stored_session
     engine = read_only_engine(populated.db.url)
     try:
         comparisons = await replay_recorded(
-            settings, select_sessions(TraceQueries(engine), TraceFilters(replays="exclude")))
+            settings, select_sessions(TraceQueries(engine), TraceFilters(replays="exclude"))
+        )
     finally:
         await engine.dispose()
     report = build_report("recorded", comparisons, default_aspects=settings.aspects)
@@ -36,10 +37,12 @@ async def test_replay_report_and_evaluation_give_the_same_mad_for_stored_session
     for entry in report["per_session"]:
         stored = by_id[entry["request_id"]]
         request = RerankRequest.model_validate(
-            {**stored.request, "aspects": {**settings.aspects, **(stored.request.get("aspects") or {})}})
+            {**stored.request, "aspects": {**settings.aspects, **(stored.request.get("aspects") or {})}}
+        )
         ranking = stored.original.ranking
-        evaluated = case_metrics(Record("stored", "-", request.request_id, ranking),
-                                 Case(request, ranking[0]), [10])
+        evaluated = case_metrics(
+            Record("stored", "-", request.request_id, ranking), Case(request, ranking[0]), [10]
+        )
         if "mad" in entry["metrics"]:
             assert entry["metrics"]["mad"][0] == evaluated["MAD"]
             checked += 1

@@ -15,16 +15,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from audit_helpers import KAFKA
 
 from worker.audit.filters import parse_filters
-from worker.audit.republish import REPLAY_OF_HEADER, republish_from_store
 from worker.config import Settings
+from worker.replay.republish import REPLAY_OF_HEADER, republish_from_store
 from worker.schemas import RerankRequest
 
 pytestmark = pytest.mark.integration
 
 
 async def _consume(topic: str, expected: int, timeout_s: float = 30.0) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     await consumer.start()
     records: list[Any] = []
     try:

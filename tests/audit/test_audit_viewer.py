@@ -19,8 +19,16 @@ from worker.audit.trace import with_lists
 
 pytestmark = pytest.mark.integration
 CHROMIUM = os.environ.get("LLM4RERANK_TEST_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 async def _richest_session(url: str, ids: list[str]) -> dict[str, Any]:
@@ -48,8 +56,9 @@ def audit_api(populated: Any, tmp_path: Path) -> Any:
     server.stop()
 
 
-def test_viewer_draws_the_stored_walk(audit_api: Any, populated: Any, tmp_path: Path,
-                                      artifacts: Path) -> None:
+def test_viewer_draws_the_stored_walk(
+    audit_api: Any, populated: Any, tmp_path: Path, artifacts: Path
+) -> None:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
@@ -62,8 +71,12 @@ def test_viewer_draws_the_stored_walk(audit_api: Any, populated: Any, tmp_path: 
 
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1400, "height": 900})
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1400, "height": 900},
+        )
         try:
             page = context.new_page()
             page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -90,16 +103,20 @@ def test_viewer_draws_the_stored_walk(audit_api: Any, populated: Any, tmp_path: 
             assert labels == [f"{i + 1}. {n}" for i, n in enumerate(session["path"])]
 
             assert page.get_attribute("#chart", "data-columns") == ",".join(
-                ["upstream", *(s["node"] for s in steps)])
+                ["upstream", *(s["node"] for s in steps)]
+            )
             lines = page.locator("#chart .item-line")
             assert lines.count() == len(upstream)
-            drawn = {lines.nth(i).get_attribute("data-item"): lines.nth(i).get_attribute("data-ranks")
-                     for i in range(lines.count())}
+            drawn = {
+                lines.nth(i).get_attribute("data-item"): lines.nth(i).get_attribute("data-ranks")
+                for i in range(lines.count())
+            }
             for item in upstream:
                 want = [upstream.index(item) + 1] + [s["after"].index(item) + 1 for s in steps]
                 assert drawn[item] == ",".join(map(str, want)), item
-            points = page.eval_on_selector_all("#chart .item-line polyline",
-                                               "ps => ps.map(p => p.points.numberOfItems)")
+            points = page.eval_on_selector_all(
+                "#chart .item-line polyline", "ps => ps.map(p => p.points.numberOfItems)"
+            )
             assert points == [len(steps) + 1] * len(upstream)
 
             cards = page.locator("#steps article.step")

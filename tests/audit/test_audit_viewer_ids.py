@@ -13,8 +13,16 @@ from audit_helpers import TOKEN, Process, make_requests, reader_statements, rera
 
 pytestmark = pytest.mark.integration
 CHROMIUM = os.environ.get("LLM4RERANK_TEST_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ODD_IDS = [".", "..", "x/steps/1/calls", "a b/../c?d#e", "%2e%2e"]
 
 
@@ -45,8 +53,9 @@ def test_odd_request_ids_open_in_the_api_and_the_viewer(fresh_database, pg_exec,
                 r = httpx.get(f"{server.url}/api/session", params={"request_id": rid}, headers=auth)
                 assert r.status_code == 200 and r.json()["request_id"] == rid, (rid, r.text[:200])
                 steps[rid] = len(r.json()["steps"])
-                calls = httpx.get(f"{server.url}/api/session",
-                                  params={"request_id": rid, "step": 1}, headers=auth)
+                calls = httpx.get(
+                    f"{server.url}/api/session", params={"request_id": rid, "step": 1}, headers=auth
+                )
                 assert calls.status_code == 200 and calls.json()["calls"], rid
             # the path form still serves the session whose id ends in /steps/1/calls
             r = httpx.get(f"{server.url}/api/sessions/x/steps/1/calls", headers=auth)
@@ -54,7 +63,8 @@ def test_odd_request_ids_open_in_the_api_and_the_viewer(fresh_database, pg_exec,
 
             with sync_playwright() as p:
                 context = p.chromium.launch_persistent_context(
-                    str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS)
+                    str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS
+                )
                 try:
                     page = context.new_page()
                     page.goto(server.url + "/")
@@ -65,7 +75,8 @@ def test_odd_request_ids_open_in_the_api_and_the_viewer(fresh_database, pg_exec,
                         page.goto(f"{server.url}/#session={quote(rid, safe='')}")
                         page.reload()
                         page.wait_for_function(
-                            "rid => document.getElementById('session').dataset.requestId === rid", arg=rid)
+                            "rid => document.getElementById('session').dataset.requestId === rid", arg=rid
+                        )
                         assert page.locator("#steps article.step").count() == steps[rid], rid
                         card = page.locator("#steps article.step").first
                         card.locator("button.show-calls").click()

@@ -31,29 +31,41 @@ INVALID = REPO / "examples" / "invalid.jsonl"
 __all__ = ["CLI", "EXAMPLES", "REPO", "SIM_MODEL", "SimLLM", "clean_env", "free_port"]
 
 
-def request_dict(rng: random.Random, n: int = 20, rid: str = "t-1", goal: str | None = None,
-                 aspects: dict[str, Any] | None = None, max_steps: int | None = 5) -> dict[str, Any]:
+def request_dict(
+    rng: random.Random,
+    n: int = 20,
+    rid: str = "t-1",
+    goal: str | None = None,
+    aspects: dict[str, Any] | None = None,
+    max_steps: int | None = 5,
+) -> dict[str, Any]:
     """A request shaped like examples/requests.jsonl, drawn from `rng`."""
-    history = [{"item_id": f"h{i}", "features": {"title": rng.choice(TITLES),
-                                                 "genre": [rng.choice(GENRES)]}}
-               for i in range(5)]
+    history = [
+        {"item_id": f"h{i}", "features": {"title": rng.choice(TITLES), "genre": [rng.choice(GENRES)]}}
+        for i in range(5)
+    ]
     candidates = []
     for i in range(n):
         genres = rng.sample(GENRES, rng.choice([1, 1, 1, 2]))
-        candidates.append({"item_id": f"m{rng.randrange(1, 4000)}_{i}",
-                           "score": round(rng.random(), 4),
-                           "features": {"title": rng.choice(TITLES), "genre": genres,
-                                        "year": rng.randrange(1970, 2020)}})
+        candidates.append(
+            {
+                "item_id": f"m{rng.randrange(1, 4000)}_{i}",
+                "score": round(rng.random(), 4),
+                "features": {"title": rng.choice(TITLES), "genre": genres, "year": rng.randrange(1970, 2020)},
+            }
+        )
     out: dict[str, Any] = {
         "request_id": rid,
         "goal": goal or rng.choice(GOALS),
-        "user": {"user_id": f"u{rng.randrange(100)}",
-                 "features": {"gender": rng.choice("MF"), "age": rng.choice([18, 25, 35, 45])},
-                 "history": history},
+        "user": {
+            "user_id": f"u{rng.randrange(100)}",
+            "features": {"gender": rng.choice("MF"), "age": rng.choice([18, 25, 35, 45])},
+            "history": history,
+        },
         "candidates": candidates,
-        "aspects": aspects if aspects is not None else {
-            "diversity": {"attribute": "genre"},
-            "fairness": {"attribute": "year", "split_at": 1996}},
+        "aspects": aspects
+        if aspects is not None
+        else {"diversity": {"attribute": "genre"}, "fairness": {"attribute": "year", "split_at": 1996}},
     }
     if max_steps is not None:
         out["options"] = {"max_steps": max_steps}
@@ -99,10 +111,21 @@ class ScriptedChat:
     step_seconds: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
 
-    async def complete(self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-                       deadline: float, max_tokens: int | None = None) -> LLMCall:
-        self.requests.append({"messages": messages, "response_format": response_format,
-                              "deadline": deadline, "max_tokens": max_tokens})
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        response_format: dict[str, Any] | None,
+        deadline: float,
+        max_tokens: int | None = None,
+    ) -> LLMCall:
+        self.requests.append(
+            {
+                "messages": messages,
+                "response_format": response_format,
+                "deadline": deadline,
+                "max_tokens": max_tokens,
+            }
+        )
         if self.clock is not None:
             if self.clock() >= deadline:
                 raise DeadlineExceeded("fake deadline passed before the call")
@@ -114,17 +137,29 @@ class ScriptedChat:
             item = item(messages, deadline)
         if isinstance(item, BaseException):
             raise item
-        return LLMCall(messages=messages, response_format=response_format, raw=item,
-                       prompt_tokens=10, completion_tokens=5, latency_ms=1.0)
+        return LLMCall(
+            messages=messages,
+            response_format=response_format,
+            raw=item,
+            prompt_tokens=10,
+            completion_tokens=5,
+            latency_ms=1.0,
+        )
 
 
 def default_prompts(name: str = "default") -> PromptSet:
     return PromptSet.load(Settings().prompts_dir, name)
 
 
-def scripted_policy(script: list[Any], *, prompts: str = "default", structured: bool = True,
-                    reasks: int = 1, clock: FakeClock | None = None, step_seconds: float = 0.0,
-                    ) -> tuple[LLMPolicy, ScriptedChat]:
+def scripted_policy(
+    script: list[Any],
+    *,
+    prompts: str = "default",
+    structured: bool = True,
+    reasks: int = 1,
+    clock: FakeClock | None = None,
+    step_seconds: float = 0.0,
+) -> tuple[LLMPolicy, ScriptedChat]:
     chat = ScriptedChat(list(script), clock=clock, step_seconds=step_seconds)
     return LLMPolicy(chat, default_prompts(prompts), structured=structured, reasks=reasks), chat
 
@@ -143,10 +178,10 @@ def js(ranking: list[int] | list[str] | None = None, node: str | None = None) ->
 # processes and ports
 
 
-def run_cli(*args: str, env: dict[str, str], cwd: Path, stdin: bytes | None = None,
-            timeout: float = 90) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([CLI, *args], env=env, cwd=cwd, input=stdin, capture_output=True,
-                          timeout=timeout)
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path, stdin: bytes | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([CLI, *args], env=env, cwd=cwd, input=stdin, capture_output=True, timeout=timeout)
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -201,24 +236,40 @@ class FakeLLMServer:
                     except TimeoutError:
                         pass
                 if status != 200:
-                    return JSONResponse({"object": "error", "message": str(content),
-                                         "type": "Error", "code": status}, status_code=status)
-                return JSONResponse({
-                    "id": f"chatcmpl-{self.requests}", "object": "chat.completion",
-                    "created": 0, "model": body.get("model"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": content}}],
-                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-                })
+                    return JSONResponse(
+                        {"object": "error", "message": str(content), "type": "Error", "code": status},
+                        status_code=status,
+                    )
+                return JSONResponse(
+                    {
+                        "id": f"chatcmpl-{self.requests}",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body.get("model"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": content},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+                    }
+                )
             finally:
                 self.in_flight -= 1
 
         async def models(_: Request) -> JSONResponse:
-            return JSONResponse({"object": "list", "data": [
-                {"id": "test-model", "object": "model", "created": 0, "owned_by": "test"}]})
+            return JSONResponse(
+                {
+                    "object": "list",
+                    "data": [{"id": "test-model", "object": "model", "created": 0, "owned_by": "test"}],
+                }
+            )
 
-        return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"]),
-                                 Route("/v1/models", models)])
+        return Starlette(
+            routes=[Route("/v1/chat/completions", completions, methods=["POST"]), Route("/v1/models", models)]
+        )
 
 
 @pytest.fixture
@@ -227,8 +278,9 @@ async def llm_server() -> AsyncIterator[FakeLLMServer]:
     import uvicorn
 
     fake = FakeLLMServer()
-    config = uvicorn.Config(fake.app(), host="127.0.0.1", port=0, log_level="warning",
-                            lifespan="off", timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        fake.app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(500):

@@ -33,8 +33,13 @@ FORMAT = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type":
 
 
 def settings(base_url: str, **kw) -> Settings:
-    values = {"llm_base_url": base_url, "llm_model": "test-model", "llm_max_inflight": 2,
-              "llm_retry_max_wait_s": 0.05, **kw}
+    values = {
+        "llm_base_url": base_url,
+        "llm_model": "test-model",
+        "llm_max_inflight": 2,
+        "llm_retry_max_wait_s": 0.05,
+        **kw,
+    }
     return Settings(**values)
 
 
@@ -70,7 +75,8 @@ async def test_400_is_not_retried_and_is_recorded(llm_server: FakeLLMServer) -> 
 
 
 async def test_persistent_500_is_retried_until_the_deadline_with_every_attempt_recorded(
-        llm_server: FakeLLMServer) -> None:
+    llm_server: FakeLLMServer,
+) -> None:
     llm_server.script = [(503, "down", 0)] * 200
     chat = OpenAIChat(settings(llm_server.base_url))
     try:
@@ -123,7 +129,8 @@ async def test_dropped_connections_are_retried_until_the_deadline() -> None:
 
 
 async def test_a_hanging_server_ends_at_the_deadline_with_the_attempt_recorded(
-        llm_server: FakeLLMServer) -> None:
+    llm_server: FakeLLMServer,
+) -> None:
     llm_server.script = [(200, '{"next_node": "stop"}', 30.0)]
     chat = OpenAIChat(settings(llm_server.base_url))
     started = time.monotonic()
@@ -224,8 +231,7 @@ async def test_walk_deadline_at_the_first_call_over_http(llm_server: FakeLLMServ
     plan = dataclasses.replace(plan, max_steps=5, deadline_ms=300)
     started = time.monotonic()
     try:
-        outcome = await walk(request, LLMPolicy(chat, default_prompts()), plan,
-                             fallback=HeuristicPolicy())
+        outcome = await walk(request, LLMPolicy(chat, default_prompts()), plan, fallback=HeuristicPolicy())
     finally:
         await chat.close()
     assert time.monotonic() - started < 2.0
@@ -237,14 +243,15 @@ async def test_walk_deadline_at_the_first_call_over_http(llm_server: FakeLLMServ
 async def test_walk_deadline_later_keeps_the_best_list_over_http(llm_server: FakeLLMServer) -> None:
     request = example_requests()[0]
     reverse = list(range(20, 0, -1))
-    llm_server.script = [(200, answer(request, reverse, "diversity"), 0),
-                         (200, answer(request, list(range(1, 21)), "stop"), 5.0)]
+    llm_server.script = [
+        (200, answer(request, reverse, "diversity"), 0),
+        (200, answer(request, list(range(1, 21)), "stop"), 5.0),
+    ]
     chat = OpenAIChat(settings(llm_server.base_url))
     plan = plan_walk(request)
     plan = dataclasses.replace(plan, max_steps=5, deadline_ms=400)
     try:
-        outcome = await walk(request, LLMPolicy(chat, default_prompts()), plan,
-                             fallback=HeuristicPolicy())
+        outcome = await walk(request, LLMPolicy(chat, default_prompts()), plan, fallback=HeuristicPolicy())
     finally:
         await chat.close()
     assert outcome.status == "degraded" and outcome.policy == "llm"

@@ -29,8 +29,9 @@ FAULTS = ("--malformed-rate", "0.5", "--error-rate", "0.2", "--rate-limit-rate",
 
 def rerank(tmp_path: Path, env: dict[str, str], *extra: str, source: Path = EXAMPLES):
     out, trace = tmp_path / "out.jsonl", tmp_path / "trace.jsonl"
-    proc = run_cli("rerank", str(source), "--out", str(out), "--trace", str(trace), *extra,
-                   env=env, cwd=tmp_path)
+    proc = run_cli(
+        "rerank", str(source), "--out", str(out), "--trace", str(trace), *extra, env=env, cwd=tmp_path
+    )
     results = jsonl(out.read_bytes()) if out.exists() else []
     steps = jsonl(trace.read_bytes()) if trace.exists() else []
     return proc, results, steps
@@ -43,8 +44,12 @@ def by_request(steps: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def check_results(results: list[dict[str, Any]], steps: list[dict[str, Any]], prompt_set: str,
-                  statuses: tuple[str, ...] = ("ok",)) -> None:
+def check_results(
+    results: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+    prompt_set: str,
+    statuses: tuple[str, ...] = ("ok",),
+) -> None:
     assert [r["request_id"] for r in results] == [r["request_id"] for r in REQUESTS]  # input order
     traces = by_request(steps)
     for result in results:
@@ -78,13 +83,18 @@ def test_rerank_examples_against_sim(sim: SimLLM, tmp_path: Path) -> None:
     assert {s["policy"] for s in steps if s["node"] != "stop"} == {"llm"}
 
 
-@pytest.mark.parametrize(("variables", "prompt_set"), [
-    ({"LLM4RERANK_PROMPTS": "paper"}, "paper"),
-    ({"LLM4RERANK_LLM_STRUCTURED": "none"}, "default"),
-    ({"LLM4RERANK_PROMPTS": "paper", "LLM4RERANK_LLM_STRUCTURED": "none"}, "paper"),
-], ids=["paper", "text", "paper-text"])
-def test_prompt_sets_and_text_mode_end_to_end(sim: SimLLM, tmp_path: Path,
-                                              variables: dict[str, str], prompt_set: str) -> None:
+@pytest.mark.parametrize(
+    ("variables", "prompt_set"),
+    [
+        ({"LLM4RERANK_PROMPTS": "paper"}, "paper"),
+        ({"LLM4RERANK_LLM_STRUCTURED": "none"}, "default"),
+        ({"LLM4RERANK_PROMPTS": "paper", "LLM4RERANK_LLM_STRUCTURED": "none"}, "paper"),
+    ],
+    ids=["paper", "text", "paper-text"],
+)
+def test_prompt_sets_and_text_mode_end_to_end(
+    sim: SimLLM, tmp_path: Path, variables: dict[str, str], prompt_set: str
+) -> None:
     proc, results, steps = rerank(tmp_path, sim.env(**variables))
     assert proc.returncode == 0, proc.stderr.decode()
     check_results(results, steps, prompt_set)
@@ -111,11 +121,12 @@ def test_rerank_with_faults_still_gives_permutations(sim_llm, tmp_path: Path) ->
     assert stats["served"] >= len(REQUESTS)
 
 
-@pytest.mark.parametrize("variables", [{"LLM4RERANK_PROMPTS": "paper"},
-                                       {"LLM4RERANK_LLM_STRUCTURED": "none"}],
-                         ids=["paper", "text"])
-def test_rerank_with_faults_in_other_modes(sim_llm, tmp_path: Path,
-                                           variables: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "variables",
+    [{"LLM4RERANK_PROMPTS": "paper"}, {"LLM4RERANK_LLM_STRUCTURED": "none"}],
+    ids=["paper", "text"],
+)
+def test_rerank_with_faults_in_other_modes(sim_llm, tmp_path: Path, variables: dict[str, str]) -> None:
     faulty = sim_llm(*FAULTS)
     proc, results, steps = rerank(tmp_path, faulty.env(**variables))
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
@@ -129,8 +140,7 @@ def test_mixed_valid_and_invalid_lines(sim: SimLLM, tmp_path: Path) -> None:
     unknown_aspect = json.loads(valid[2])
     unknown_aspect["request_id"] = "bad-aspect"
     unknown_aspect["aspects"]["serendipity"] = {"attribute": "genre"}
-    lines = [valid[0], invalid[0], valid[1], "", invalid[1], json.dumps(unknown_aspect), invalid[2],
-             valid[3]]
+    lines = [valid[0], invalid[0], valid[1], "", invalid[1], json.dumps(unknown_aspect), invalid[2], valid[3]]
     source = tmp_path / "mixed.jsonl"
     source.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe not utf-8\n")
     proc, results, steps = rerank(tmp_path, sim.env(), source=source)
@@ -138,9 +148,15 @@ def test_mixed_valid_and_invalid_lines(sim: SimLLM, tmp_path: Path) -> None:
     assert proc.stderr.decode().strip().splitlines()[-1] == "ok 3, degraded 0, failed 0, invalid 5"
     shape = [(r.get("line"), r["status"], r.get("request_id")) for r in results]
     assert shape == [
-        (None, "ok", "demo-001"), (2, "invalid", "bad-1"), (None, "ok", "demo-002"),
-        (5, "invalid", None), (6, "invalid", "bad-aspect"), (7, "invalid", "bad-3"),
-        (None, "ok", "demo-004"), (9, "invalid", None)]
+        (None, "ok", "demo-001"),
+        (2, "invalid", "bad-1"),
+        (None, "ok", "demo-002"),
+        (5, "invalid", None),
+        (6, "invalid", "bad-aspect"),
+        (7, "invalid", "bad-3"),
+        (None, "ok", "demo-004"),
+        (9, "invalid", None),
+    ]
     errors = {r["line"]: r["error"] for r in results if r["status"] == "invalid"}
     assert errors[2]["code"] == "schema" and "goal" in errors[2]["message"]
     assert errors[5]["code"] == "not_json"
@@ -156,7 +172,11 @@ def test_heuristic_policy_needs_no_endpoint(tmp_path: Path) -> None:
     for result in results:
         assert sorted(result["ranking"]) == CANDIDATES[result["request_id"]]
         assert (result["status"], result["model"], result["policy"], result["llm_calls"]) == (
-            "ok", "heuristic", "heuristic", 0)
+            "ok",
+            "heuristic",
+            "heuristic",
+            0,
+        )
         assert result["prompt_version"] == "heuristic"
     assert steps and all(s["calls"] == [] for s in steps)
 
@@ -183,8 +203,9 @@ def test_no_llm_url_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_unreachable_endpoint_is_a_usage_error(tmp_path: Path) -> None:
-    env = clean_env(LLM4RERANK_LLM_BASE_URL=f"http://127.0.0.1:{free_port()}/v1",
-                    LLM4RERANK_LLM_MODEL=SIM_MODEL)
+    env = clean_env(
+        LLM4RERANK_LLM_BASE_URL=f"http://127.0.0.1:{free_port()}/v1", LLM4RERANK_LLM_MODEL=SIM_MODEL
+    )
     line = one_line_error(run_cli("rerank", str(EXAMPLES), env=env, cwd=tmp_path))
     assert "unreachable" in line and "LLM4RERANK_LLM_BASE_URL" in line
 
@@ -196,13 +217,17 @@ def test_wrong_model_is_a_usage_error(sim: SimLLM, tmp_path: Path) -> None:
     assert "LLM4RERANK_LLM_MODEL" in line and SIM_MODEL in line
 
 
-@pytest.mark.parametrize(("variables", "names"), [
-    ({"LLM4RERANK_PROMPTS": "nope"}, "LLM4RERANK_PROMPTS"),
-    ({"LLM4RERANK_MAX_STEPS": "many"}, "LLM4RERANK_MAX_STEPS"),
-    ({"LLM4RERANK_LLM_STRUCTURED": "yaml"}, "LLM4RERANK_LLM_STRUCTURED"),
-])
-def test_bad_settings_are_usage_errors(sim: SimLLM, tmp_path: Path, variables: dict[str, str],
-                                       names: str) -> None:
+@pytest.mark.parametrize(
+    ("variables", "names"),
+    [
+        ({"LLM4RERANK_PROMPTS": "nope"}, "LLM4RERANK_PROMPTS"),
+        ({"LLM4RERANK_MAX_STEPS": "many"}, "LLM4RERANK_MAX_STEPS"),
+        ({"LLM4RERANK_LLM_STRUCTURED": "yaml"}, "LLM4RERANK_LLM_STRUCTURED"),
+    ],
+)
+def test_bad_settings_are_usage_errors(
+    sim: SimLLM, tmp_path: Path, variables: dict[str, str], names: str
+) -> None:
     line = one_line_error(run_cli("rerank", str(EXAMPLES), env=sim.env(**variables), cwd=tmp_path))
     assert names in line
 

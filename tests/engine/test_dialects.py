@@ -40,8 +40,13 @@ async def test_startup_check_and_walks_per_dialect(sim_llm, dialect: str) -> Non
     sim = sim_llm("--dialect", dialect)
     request = example_requests()[0]
     for mode, shape in [(m, "list") for m in MODES] + [("json_schema", "keys")]:
-        settings = Settings(llm_base_url=sim.base_url, llm_model=SIM_MODEL, llm_structured=mode,
-                            llm_answer_shape=shape, llm_retry_max_wait_s=0.05)
+        settings = Settings(
+            llm_base_url=sim.base_url,
+            llm_model=SIM_MODEL,
+            llm_structured=mode,
+            llm_answer_shape=shape,
+            llm_retry_max_wait_s=0.05,
+        )
         chat = OpenAIChat(settings)
         try:
             if mode not in ACCEPTS[dialect]:
@@ -56,8 +61,7 @@ async def test_startup_check_and_walks_per_dialect(sim_llm, dialect: str) -> Non
         assert result.status == "ok" and result.policy == "llm", (mode, result.reason)
         assert result.repair is not None and result.repair.permutations == result.repair.answers
         calls = [c for s in outcome.steps for c in s.calls]
-        assert all(c.error is None and c.finish_reason == "stop" and c.model == SIM_MODEL
-                   for c in calls)
+        assert all(c.error is None and c.finish_reason == "stop" and c.model == SIM_MODEL for c in calls)
         if shape == "keys":
             keyed = [c for c in calls if "positions" in str(c.response_format)]
             assert keyed and all('"positions"' in (c.raw or "") for c in keyed)
@@ -65,20 +69,27 @@ async def test_startup_check_and_walks_per_dialect(sim_llm, dialect: str) -> Non
 
 def test_the_cli_refuses_to_start_on_a_refused_format(sim_llm, tmp_path) -> None:
     sim = sim_llm("--dialect", "tgi")
-    done = run_cli("rerank", "-", env=sim.env(LLM4RERANK_LLM_STRUCTURED="json_schema"),
-                   cwd=tmp_path, stdin=b"")
+    done = run_cli(
+        "rerank", "-", env=sim.env(LLM4RERANK_LLM_STRUCTURED="json_schema"), cwd=tmp_path, stdin=b""
+    )
     assert done.returncode != 0
     assert b"LLM4RERANK_LLM_STRUCTURED" in done.stderr and b"422" in done.stderr
 
 
 async def test_a_500_validation_error_is_not_retried(llm_server: FakeLLMServer) -> None:
-    llm_server.script = [(500, "1 validation error for CreateChatCompletionRequest: "
-                               "response_format.type: Input should be 'text' or 'json_object'", 0)]
-    chat = OpenAIChat(Settings(llm_base_url=llm_server.base_url, llm_model="test-model",
-                               llm_retry_max_wait_s=0.05))
+    llm_server.script = [
+        (
+            500,
+            "1 validation error for CreateChatCompletionRequest: "
+            "response_format.type: Input should be 'text' or 'json_object'",
+            0,
+        )
+    ]
+    chat = OpenAIChat(
+        Settings(llm_base_url=llm_server.base_url, llm_model="test-model", llm_retry_max_wait_s=0.05)
+    )
     try:
-        call = await chat.complete([{"role": "user", "content": "u"}], probe_format("json_schema"),
-                                   1e18)
+        call = await chat.complete([{"role": "user", "content": "u"}], probe_format("json_schema"), 1e18)
     finally:
         await chat.close()
     assert llm_server.requests == 1 and call.retries == 0
@@ -86,12 +97,22 @@ async def test_a_500_validation_error_is_not_retried(llm_server: FakeLLMServer) 
 
 
 def test_seeded_backward_from_the_sim_gives_no_repeated_prompt(sim_llm, tmp_path) -> None:
-    lines = b"".join(line + b"\n" for line in
-                     (orjson.dumps(r.model_dump(mode="json")) for r in example_requests()[:6]))
+    lines = b"".join(
+        line + b"\n" for line in (orjson.dumps(r.model_dump(mode="json")) for r in example_requests()[:6])
+    )
     trace = tmp_path / "trace.jsonl"
-    runs = [run_cli("rerank", "-", "--trace", str(trace),  # two fresh sims with one seed
-                    env=sim_llm("--backward-rate", "0.6", seed=4).env(LLM4RERANK_MAX_STEPS="8"),
-                    cwd=tmp_path, stdin=lines) for _ in range(2)]
+    runs = [
+        run_cli(
+            "rerank",
+            "-",
+            "--trace",
+            str(trace),  # two fresh sims with one seed
+            env=sim_llm("--backward-rate", "0.6", seed=4).env(LLM4RERANK_MAX_STEPS="8"),
+            cwd=tmp_path,
+            stdin=lines,
+        )
+        for _ in range(2)
+    ]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     first, second = (jsonl(r.stdout) for r in runs)
     assert [r["path"] for r in first] == [r["path"] for r in second]  # seeded
@@ -100,7 +121,8 @@ def test_seeded_backward_from_the_sim_gives_no_repeated_prompt(sim_llm, tmp_path
     for step in jsonl(trace.read_bytes())[: sum(len(r["path"]) for r in first)]:
         if step.get("calls"):
             prompts.setdefault(step["request_id"], []).append(
-                orjson.dumps(step["calls"][0]["messages"]).decode())
+                orjson.dumps(step["calls"][0]["messages"]).decode()
+            )
     for request_prompts in prompts.values():
         assert len(request_prompts) == len(set(request_prompts))
     for step in jsonl(trace.read_bytes()):

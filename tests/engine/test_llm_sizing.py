@@ -28,8 +28,7 @@ from real_server_kit import tokenizer_file
 
 async def run(request, script, *, max_steps: int = 3, reasks: int = 1, **options):
     chat = ScriptedChat(list(script))
-    policy = LLMPolicy(chat, default_prompts(), structured=True, reasks=reasks,
-                       options=LLMOptions(**options))
+    policy = LLMPolicy(chat, default_prompts(), structured=True, reasks=reasks, options=LLMOptions(**options))
     plan = plan_walk(request, max_steps=max_steps)
     return await walk(request, policy, plan, fallback=HeuristicPolicy()), chat
 
@@ -51,7 +50,13 @@ async def test_a_permutation_counts_as_one() -> None:
     request = make_request(2, n=8)
     outcome, _ = await run(request, [js([8, 7, 6, 5, 4, 3, 2, 1], "stop")])
     assert outcome.steps[0].repair.model_dump() == {
-        "answers": 1, "permutations": 1, "appended": 0, "duplicates": 0, "unknown": 0, "ties": 0}
+        "answers": 1,
+        "permutations": 1,
+        "appended": 0,
+        "duplicates": 0,
+        "unknown": 0,
+        "ties": 0,
+    }
 
 
 @settings(max_examples=40, deadline=None)
@@ -84,8 +89,7 @@ async def test_a_reask_that_would_not_fit_the_context_is_not_sent() -> None:
     session = first.session(ask)
     needed = prompt_tokens(EstimateCounter(), session.messages("accuracy", [], ask.offered))
     # room for the first prompt and its answer, not for a re-ask on top
-    outcome, chat = await run(request, ["no idea"], context_tokens=needed + 60 + 48 + 10,
-                              max_steps=3)
+    outcome, chat = await run(request, ["no idea"], context_tokens=needed + 60 + 48 + 10, max_steps=3)
     assert len(chat.requests) == 1
     assert any("no re-ask: it would not fit the context" in n for n in outcome.steps[0].notes)
 
@@ -105,11 +109,17 @@ async def test_long_lists_are_reranked_in_sliding_windows_bottom_to_top() -> Non
     step = outcome.steps[0]
     assert [c.window for c in step.calls] == [[26, 45], [16, 35], [6, 25], [1, 20]]
     assert is_permutation(outcome.ranking, request) and outcome.status == "ok"
-    assert all(len(c.response_format["json_schema"]["schema"]["properties"]["ranking"]["items"]
-                   and c.response_format["json_schema"]["schema"]["properties"]["ranking"]) for c in
-               step.calls)
-    assert all(c.response_format["json_schema"]["schema"]["properties"]["ranking"]["maxItems"] == 20
-               for c in step.calls)
+    assert all(
+        len(
+            c.response_format["json_schema"]["schema"]["properties"]["ranking"]["items"]
+            and c.response_format["json_schema"]["schema"]["properties"]["ranking"]
+        )
+        for c in step.calls
+    )
+    assert all(
+        c.response_format["json_schema"]["schema"]["properties"]["ranking"]["maxItems"] == 20
+        for c in step.calls
+    )
     assert "Goal: " + request.goal in chat.requests[0]["messages"][0]["content"]
     assert step.repair.answers == 4 and step.repair.permutations == 4
 
@@ -132,14 +142,14 @@ async def test_a_list_too_long_for_the_context_has_its_feature_text_cut_first() 
 def _ask(request):
     from worker.engine.steps import NodeAsk
 
-    return NodeAsk(request, plan_walk(request, max_steps=3), "accuracy", 1, (),
-                   ("accuracy", "stop"), (), 3, 1e18)
+    return NodeAsk(
+        request, plan_walk(request, max_steps=3), "accuracy", 1, (), ("accuracy", "stop"), (), 3, 1e18
+    )
 
 
 async def test_the_keys_shape_names_every_candidate_once() -> None:
     request = make_request(6, n=5)
-    answer = json.dumps({"positions": {"1": 2, "2": 1, "3": 2, "4": 5, "5": 4},
-                         "next_node": "stop"})
+    answer = json.dumps({"positions": {"1": 2, "2": 1, "3": 2, "4": 5, "5": 4}, "next_node": "stop"})
     outcome, chat = await run(request, [answer], shape="keys", max_repair_share=0.5)
     schema = chat.requests[0]["response_format"]["json_schema"]["schema"]
     assert schema["properties"]["positions"]["required"] == ["1", "2", "3", "4", "5"]
@@ -150,9 +160,15 @@ async def test_the_keys_shape_names_every_candidate_once() -> None:
 
 
 def test_keys_answers_parse_to_a_permutation_with_ties_counted() -> None:
-    parsed = parse_answer('{"positions": {"a": 1, "b": 1, "c": 3}, "next_node": "stop"}',
-                          candidates=["a", "b", "c"], previous=["b", "a", "c"], offered=("stop",),
-                          expect_ranking=True, aliases=False, max_repair_share=0.5)
+    parsed = parse_answer(
+        '{"positions": {"a": 1, "b": 1, "c": 3}, "next_node": "stop"}',
+        candidates=["a", "b", "c"],
+        previous=["b", "a", "c"],
+        offered=("stop",),
+        expect_ranking=True,
+        aliases=False,
+        max_repair_share=0.5,
+    )
     assert parsed.ranking == ["b", "a", "c"] and parsed.repair.ties == 1
 
 
@@ -165,15 +181,20 @@ def test_the_estimate_is_not_below_the_real_tokenizer_on_prompts() -> None:
             request = parse_request(json.dumps(raw))
             policy = LLMPolicy(ScriptedChat([]), default_prompts(prompts), options=LLMOptions())
             ask = _ask(request)
-            messages = policy.session(ask).messages("accuracy", [("accuracy", ids(request))],
-                                                    ask.offered)
+            messages = policy.session(ask).messages("accuracy", [("accuracy", ids(request))], ask.offered)
             for m in messages:
                 assert estimate.count(m["content"]) >= real.count(m["content"]), prompts
 
 
 KEYS = st.one_of(st.sampled_from(["1", "2", "3", "4", "5", "6", "0", "-1", "01", "x"]), st.text(max_size=4))
-VALUES = st.one_of(st.integers(-3, 9), st.floats(allow_nan=True), st.text(max_size=3), st.booleans(),
-                   st.none(), st.lists(st.integers(), max_size=2))
+VALUES = st.one_of(
+    st.integers(-3, 9),
+    st.floats(allow_nan=True),
+    st.text(max_size=3),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -181,8 +202,15 @@ VALUES = st.one_of(st.integers(-3, 9), st.floats(allow_nan=True), st.text(max_si
 def test_hostile_keys_answers_give_a_permutation_or_a_problem(positions, share) -> None:
     candidates = ["m1", "m2", "m3", "m4", "m5", "m6"]
     raw = json.dumps({"positions": positions, "next_node": "stop"})
-    parsed = parse_answer(raw, candidates=candidates, previous=candidates[::-1], offered=("stop",),
-                          expect_ranking=True, aliases=True, max_repair_share=share)
+    parsed = parse_answer(
+        raw,
+        candidates=candidates,
+        previous=candidates[::-1],
+        offered=("stop",),
+        expect_ranking=True,
+        aliases=True,
+        max_repair_share=share,
+    )
     if parsed.ranking is None:
         assert parsed.problem
     else:

@@ -35,8 +35,9 @@ def test_every_registered_node_has_its_template_in_the_shipped_sets(name: str) -
 
 
 @pytest.mark.parametrize("name", SETS)
-@pytest.mark.parametrize("file", ["nodes/fairness.txt", f"nodes/{BACKWARD}.txt", "step.txt",
-                                  "candidate.txt", "reask.txt"])
+@pytest.mark.parametrize(
+    "file", ["nodes/fairness.txt", f"nodes/{BACKWARD}.txt", "step.txt", "candidate.txt", "reask.txt"]
+)
 def test_a_missing_template_fails_at_load_naming_the_file(tmp_path: Path, name: str, file: str) -> None:
     folder = copy_set(tmp_path, name)
     (folder / file).unlink()
@@ -45,27 +46,31 @@ def test_a_missing_template_fails_at_load_naming_the_file(tmp_path: Path, name: 
     assert f"{folder / file} is missing" in str(info.value)
 
 
-def test_a_registered_node_without_a_template_fails_at_load(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_registered_node_without_a_template_fails_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from worker.engine import nodes
 
     folder = copy_set(tmp_path)
-    monkeypatch.setitem(nodes.ASPECT_NODES, "recency",
-                        nodes.AspectNode("recency", True, ("recen",), "groups"))
+    monkeypatch.setitem(
+        nodes.ASPECT_NODES, "recency", nodes.AspectNode("recency", True, ("recen",), "groups")
+    )
     with pytest.raises(ConfigError, match=r"recency\.txt is missing") as info:
         PromptSet.load(tmp_path, "default")
     assert str(folder / "nodes" / "recency.txt") in str(info.value)
 
 
-@pytest.mark.parametrize(("file", "text"), [
-    ("nodes/diversity.txt", "Spread $attribute over $colour."),
-    ("pool_line.txt", "$step. $node: $ranking ($score)"),
-    ("nodes/accuracy.txt", "Rank by ${relevance}."),
-    ("system.txt", "Goal: $goal $user $candidates $format $request_id"),
-    ("format_json.txt", "Answer with $shape."),
-])
-def test_an_unknown_placeholder_fails_at_load_naming_the_file(tmp_path: Path, file: str,
-                                                              text: str) -> None:
+@pytest.mark.parametrize(
+    ("file", "text"),
+    [
+        ("nodes/diversity.txt", "Spread $attribute over $colour."),
+        ("pool_line.txt", "$step. $node: $ranking ($score)"),
+        ("nodes/accuracy.txt", "Rank by ${relevance}."),
+        ("system.txt", "Goal: $goal $user $candidates $format $request_id"),
+        ("format_json.txt", "Answer with $shape."),
+    ],
+)
+def test_an_unknown_placeholder_fails_at_load_naming_the_file(tmp_path: Path, file: str, text: str) -> None:
     folder = copy_set(tmp_path)
     (folder / file).write_text(text + "\n")
     with pytest.raises(ConfigError, match="unknown placeholder") as info:
@@ -73,13 +78,21 @@ def test_an_unknown_placeholder_fails_at_load_naming_the_file(tmp_path: Path, fi
     assert str(folder / file) in str(info.value)
 
 
-@pytest.mark.parametrize(("file", "placeholder"), [
-    ("candidate.txt", "features"), ("candidate.txt", "alias"), ("pool_line.txt", "ranking"),
-    ("step.txt", "pool"), ("step.txt", "focus"), ("reask_node.txt", "offered"),
-    ("nodes/diversity.txt", "attribute"),
-])
-def test_a_missing_placeholder_fails_at_load_naming_the_file(tmp_path: Path, file: str,
-                                                             placeholder: str) -> None:
+@pytest.mark.parametrize(
+    ("file", "placeholder"),
+    [
+        ("candidate.txt", "features"),
+        ("candidate.txt", "alias"),
+        ("pool_line.txt", "ranking"),
+        ("step.txt", "pool"),
+        ("step.txt", "focus"),
+        ("reask_node.txt", "offered"),
+        ("nodes/diversity.txt", "attribute"),
+    ],
+)
+def test_a_missing_placeholder_fails_at_load_naming_the_file(
+    tmp_path: Path, file: str, placeholder: str
+) -> None:
     folder = copy_set(tmp_path)
     path = folder / file
     text = path.read_text("utf-8")

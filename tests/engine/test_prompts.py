@@ -25,11 +25,18 @@ async def long_session(prompts: str = "default", structured: bool = True):
     request = example_requests()[0]
     item = ids(request)
     as_labels = (lambda p: p) if prompts == "default" else (lambda p: [item[i - 1] for i in p])
-    text = (lambda r, n: js(as_labels(r), n)) if structured else (
-        lambda r, n: f"[{', '.join(map(str, as_labels(r)))}]; {n}")
-    script = [text(PERM, "diversity"), text(PERM[::-1], "backward"),
-              js(None, "fairness") if structured else "fairness",
-              "I cannot do that.", text(PERM[1:] + PERM[:1], "stop")]
+    text = (
+        (lambda r, n: js(as_labels(r), n))
+        if structured
+        else (lambda r, n: f"[{', '.join(map(str, as_labels(r)))}]; {n}")
+    )
+    script = [
+        text(PERM, "diversity"),
+        text(PERM[::-1], "backward"),
+        js(None, "fairness") if structured else "fairness",
+        "I cannot do that.",
+        text(PERM[1:] + PERM[:1], "stop"),
+    ]
     policy, chat = scripted_policy(script, prompts=prompts, structured=structured)
     outcome = await walk(request, policy, plan_walk(request), fallback=HeuristicPolicy())
     assert outcome.path == ["accuracy", "diversity", "backward", "fairness", "stop"]
@@ -87,8 +94,10 @@ async def test_paper_set_numbers_the_items() -> None:
 
 async def test_every_prompt_carries_goal_focus_and_offered_nodes() -> None:
     request, _, chat = await long_session("default")
-    focus_of = {n: (Path(Settings().prompts_dir) / "default" / "nodes" / f"{n}.txt").read_text()
-                .split("$")[0].strip() for n in ("accuracy", "diversity", "backward", "fairness")}
+    focus_of = {
+        n: (Path(Settings().prompts_dir) / "default" / "nodes" / f"{n}.txt").read_text().split("$")[0].strip()
+        for n in ("accuracy", "diversity", "backward", "fairness")
+    }
     expected = [(n, focus_of[n]) for n in ("accuracy", "diversity", "backward", "fairness", "fairness")]
     for r, (node, focus) in zip(chat.requests, expected, strict=True):
         system, user = r["messages"][0]["content"], r["messages"][1]["content"]
@@ -107,7 +116,12 @@ async def test_response_format_is_a_permutation_schema() -> None:
     assert schema["properties"]["ranking"]["items"] == {"type": "integer", "minimum": 1, "maximum": N}
     assert schema["properties"]["ranking"]["minItems"] == schema["properties"]["ranking"]["maxItems"] == N
     assert schema["properties"]["next_node"]["enum"] == [
-        "accuracy", "diversity", "fairness", "backward", "stop"]
+        "accuracy",
+        "diversity",
+        "fairness",
+        "backward",
+        "stop",
+    ]
     backward = chat.requests[2]["response_format"]["json_schema"]["schema"]
     assert backward["required"] == ["next_node"] and "ranking" not in backward["properties"]
     _, _, paper = await long_session("paper")
@@ -127,8 +141,9 @@ def copy_prompts(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("file", ["default/system.txt", "default/nodes/fairness.txt",
-                                  "default/manifest.json", "default/reask.txt"])
+@pytest.mark.parametrize(
+    "file", ["default/system.txt", "default/nodes/fairness.txt", "default/manifest.json", "default/reask.txt"]
+)
 def test_prompt_version_follows_the_template_files(tmp_path: Path, file: str) -> None:
     root = copy_prompts(tmp_path)
     original = PromptSet.load(PACKAGED_PROMPTS, "default").version

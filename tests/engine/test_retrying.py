@@ -41,8 +41,7 @@ def test_raises_what_it_must_not_retry_at_once() -> None:
         raise ValueError("bad data")
 
     with pytest.raises(ValueError, match="bad data"):
-        asyncio.run(until_done(refused, "the test", retry_on=lambda e: isinstance(e, OSError),
-                               first_s=0.001))
+        asyncio.run(until_done(refused, "the test", retry_on=lambda e: isinstance(e, OSError), first_s=0.001))
     assert calls == [1]
 
 

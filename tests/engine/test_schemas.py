@@ -51,30 +51,45 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], Any], str, str]] = [
     ("blank goal", lambda o: o.update(goal=" \n\t"), "schema", "goal"),
     ("no candidates", lambda o: o.update(candidates=[]), "schema", "candidates"),
     ("one candidate", lambda o: o.update(candidates=o["candidates"][:1]), "schema", "candidates"),
-    ("101 candidates",
-     lambda o: o.update(candidates=[{"item_id": f"i{i}", "features": {"genre": "x", "year": 1}}
-                                    for i in range(101)]), "schema", "candidates"),
-    ("duplicate item_id", lambda o: o["candidates"].append(copy.deepcopy(o["candidates"][3])),
-     "schema", "duplicate item_id"),
+    (
+        "101 candidates",
+        lambda o: o.update(
+            candidates=[{"item_id": f"i{i}", "features": {"genre": "x", "year": 1}} for i in range(101)]
+        ),
+        "schema",
+        "candidates",
+    ),
+    (
+        "duplicate item_id",
+        lambda o: o["candidates"].append(copy.deepcopy(o["candidates"][3])),
+        "schema",
+        "duplicate item_id",
+    ),
     ("empty item_id", lambda o: o["candidates"][0].update(item_id=""), "schema", "candidates.0.item_id"),
-    ("aspect attribute no candidate has",
-     lambda o: o["aspects"].update(diversity={"attribute": "colour"}), "schema",
-     "aspects.diversity.attribute"),
+    (
+        "aspect attribute no candidate has",
+        lambda o: o["aspects"].update(diversity={"attribute": "colour"}),
+        "schema",
+        "aspects.diversity.attribute",
+    ),
     ("unknown top-level field", lambda o: o.update(priority=3), "schema", "priority"),
     ("unknown user field", lambda o: o["user"].update(age=3), "schema", "user.age"),
     ("missing user", lambda o: o.pop("user"), "schema", "user"),
-    ("max_steps out of range", lambda o: o.update(options={"max_steps": 0}), "schema",
-     "options.max_steps"),
-    ("deadline too short", lambda o: o.update(options={"deadline_ms": 5}), "schema",
-     "options.deadline_ms"),
-    ("feature value of a wrong type", lambda o: o["candidates"][2]["features"].update(genre={"a": 1}),
-     "schema", "candidates.2.features.genre"),
+    ("max_steps out of range", lambda o: o.update(options={"max_steps": 0}), "schema", "options.max_steps"),
+    ("deadline too short", lambda o: o.update(options={"deadline_ms": 5}), "schema", "options.deadline_ms"),
+    (
+        "feature value of a wrong type",
+        lambda o: o["candidates"][2]["features"].update(genre={"a": 1}),
+        "schema",
+        "candidates.2.features.genre",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("edit", "code", "names"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_validation_rejects_and_names_the_field(edit: Callable[[dict[str, Any]], Any], code: str,
-                                                names: str) -> None:
+def test_validation_rejects_and_names_the_field(
+    edit: Callable[[dict[str, Any]], Any], code: str, names: str
+) -> None:
     error = rejected(changed(edit))
     assert error.code == code
     assert names in error.message, error.message
@@ -94,8 +109,7 @@ def test_history_limit() -> None:
     assert error.code == "schema" and "user.history" in error.message and "14" in error.message
 
 
-@pytest.mark.parametrize("where", ["user.features", "candidates[4].features",
-                                   "user.history[1].features"])
+@pytest.mark.parametrize("where", ["user.features", "candidates[4].features", "user.history[1].features"])
 def test_feature_map_limit(where: str) -> None:
     many = {f"k{i}": i for i in range(9)}
 
@@ -121,21 +135,23 @@ def test_payload_over_the_byte_limit() -> None:
 
 
 def test_settings_feed_the_limits() -> None:
-    limits = limits_of(Settings(max_candidates=7, max_history=3, max_features=5,
-                                max_payload_bytes=2048))
+    limits = limits_of(Settings(max_candidates=7, max_history=3, max_features=5, max_payload_bytes=2048))
     assert limits == Limits(max_candidates=7, max_history=3, max_features=5, max_payload_bytes=2048)
     assert Limits().max_candidates == 100
 
 
-@pytest.mark.parametrize(("raw", "code"), [
-    (b'{"request_id": "r-\xff\xfe", "goal": "x"}', "not_utf8"),
-    (b"\x80\x81\x82", "not_utf8"),
-    (b"not json at all", "not_json"),
-    (b'{"request_id": "r-1", "goal": ', "not_json"),
-    (b"", "not_json"),
-    (b"[1, 2, 3]", "schema"),
-    (b'"a string"', "schema"),
-])
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b'{"request_id": "r-\xff\xfe", "goal": "x"}', "not_utf8"),
+        (b"\x80\x81\x82", "not_utf8"),
+        (b"not json at all", "not_json"),
+        (b'{"request_id": "r-1", "goal": ', "not_json"),
+        (b"", "not_json"),
+        (b"[1, 2, 3]", "schema"),
+        (b'"a string"', "schema"),
+    ],
+)
 def test_non_utf8_and_non_json_payloads(raw: bytes, code: str) -> None:
     error = rejected(raw)
     assert error.code == code
@@ -164,12 +180,15 @@ def test_dead_letter_keeps_the_payload() -> None:
 def test_schemas_folder_matches_the_models() -> None:
     """Drift test: `llm4rerank schemas` output must be committed after a model change."""
     exported = json_schemas()
-    on_disk = {p.name.removesuffix(".schema.json"): json.loads(p.read_text("utf-8"))
-               for p in (REPO / "schemas").glob("*.schema.json")}
+    on_disk = {
+        p.name.removesuffix(".schema.json"): json.loads(p.read_text("utf-8"))
+        for p in (REPO / "schemas").glob("*.schema.json")
+    }
     assert set(on_disk) == set(exported)
     for name, schema in exported.items():
         assert on_disk[name] == json.loads(json.dumps(schema)), (
-            f"schemas/{name}.schema.json is stale: run `llm4rerank schemas`")
+            f"schemas/{name}.schema.json is stale: run `llm4rerank schemas`"
+        )
 
 
 def test_request_schema_names_the_contract_fields() -> None:
@@ -177,8 +196,19 @@ def test_request_schema_names_the_contract_fields() -> None:
     assert set(schema["required"]) == {"request_id", "goal", "user", "candidates"}
     assert schema["additionalProperties"] is False
     result = json_schemas()["rerank-result"]
-    for name in ("request_id", "status", "ranking", "path", "llm_calls", "usage", "model",
-                 "prompt_version", "latency_ms", "reason", "completed_at"):
+    for name in (
+        "request_id",
+        "status",
+        "ranking",
+        "path",
+        "llm_calls",
+        "usage",
+        "model",
+        "prompt_version",
+        "latency_ms",
+        "reason",
+        "completed_at",
+    ):
         assert name in result["properties"]
 
 
@@ -199,17 +229,30 @@ def test_example_requests_validate_against_the_exported_schema() -> None:
 
 def test_exported_schema_rejects_what_the_models_reject() -> None:
     validator = _validator("rerank-request")
-    for edit in (lambda o: o.pop("goal"), lambda o: o.update(priority=1),
-                 lambda o: o.update(candidates=o["candidates"][:1]),
-                 lambda o: o.update(request_id="")):
+    for edit in (
+        lambda o: o.pop("goal"),
+        lambda o: o.update(priority=1),
+        lambda o: o.update(candidates=o["candidates"][:1]),
+        lambda o: o.update(request_id=""),
+    ):
         assert list(validator.iter_errors(json.loads(changed(edit))))
 
 
 def test_a_result_validates_against_the_exported_schema() -> None:
     validator = _validator("rerank-result")
-    result = RerankResult.model_validate({
-        "request_id": "r-1", "status": "ok", "ranking": ["a", "b"], "path": ["accuracy", "stop"],
-        "llm_calls": 1, "usage": {"prompt_tokens": 3, "completion_tokens": 2}, "model": "m",
-        "prompt_version": "default-x", "latency_ms": 5, "reason": None,
-        "completed_at": "2026-01-01T00:00:00Z"})
+    result = RerankResult.model_validate(
+        {
+            "request_id": "r-1",
+            "status": "ok",
+            "ranking": ["a", "b"],
+            "path": ["accuracy", "stop"],
+            "llm_calls": 1,
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+            "model": "m",
+            "prompt_version": "default-x",
+            "latency_ms": 5,
+            "reason": None,
+            "completed_at": "2026-01-01T00:00:00Z",
+        }
+    )
     assert not list(validator.iter_errors(result.model_dump(mode="json")))

@@ -23,20 +23,29 @@ from worker.simllm.server import SimState, create_app
 
 def client(faults: Faults | None = None, seed: int = 1) -> httpx.AsyncClient:
     state = SimState(Settings().prompts_dir, faults or Faults(), seed, max_concurrent=4)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(state)),
-                             base_url="http://sim")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(state)), base_url="http://sim")
 
 
 def ask_for(request, node: str, pool: list[tuple[str, list[str]]]) -> NodeAsk:
     plan = plan_walk(request)
     size = len(pool) + (1 if node != "backward" else -1)
     pool_t = tuple((n, tuple(r)) for n, r in pool)
-    return NodeAsk(request, plan, node, len(pool) + 1, pool_t, offered_after(plan, size),
-                   tuple(n for n, _ in pool), 5, 0.0)
+    return NodeAsk(
+        request,
+        plan,
+        node,
+        len(pool) + 1,
+        pool_t,
+        offered_after(plan, size),
+        tuple(n for n, _ in pool),
+        5,
+        0.0,
+    )
 
 
-async def post(c: httpx.AsyncClient, messages: list[dict[str, Any]], fmt: dict[str, Any] | None,
-               model: str = SIM_MODEL) -> httpx.Response:
+async def post(
+    c: httpx.AsyncClient, messages: list[dict[str, Any]], fmt: dict[str, Any] | None, model: str = SIM_MODEL
+) -> httpx.Response:
     body: dict[str, Any] = {"model": model, "messages": messages}
     if fmt is not None:
         body["response_format"] = fmt
@@ -55,8 +64,9 @@ async def test_models_say_simulated() -> None:
 @pytest.mark.parametrize("prompt_set", ["default", "paper"])
 @pytest.mark.parametrize("structured", [True, False])
 @pytest.mark.parametrize("node", ["accuracy", "diversity", "fairness", "backward"])
-async def test_reads_both_prompt_sets_and_answers_as_asked(prompt_set: str, structured: bool,
-                                                          node: str) -> None:
+async def test_reads_both_prompt_sets_and_answers_as_asked(
+    prompt_set: str, structured: bool, node: str
+) -> None:
     request = example_requests()[3]
     prompts = default_prompts(prompt_set)
     session = SessionPrompts(prompts, request, plan_walk(request), structured)
@@ -81,8 +91,14 @@ async def test_reads_both_prompt_sets_and_answers_as_asked(prompt_set: str, stru
         with pytest.raises(json.JSONDecodeError):
             json.loads(content)
         assert content.startswith("[") or node == "backward"
-    parsed = parse_answer(content, candidates=upstream, previous=ask.previous, offered=ask.offered,
-                          expect_ranking=node != "backward", aliases=prompts.uses_aliases)
+    parsed = parse_answer(
+        content,
+        candidates=upstream,
+        previous=ask.previous,
+        offered=ask.offered,
+        expect_ranking=node != "backward",
+        aliases=prompts.uses_aliases,
+    )
     assert parsed.problem is None
     assert parsed.notes == [] or (node == "backward" and not structured)  # a bare node name
     assert parsed.next_node in ask.offered
@@ -91,8 +107,13 @@ async def test_reads_both_prompt_sets_and_answers_as_asked(prompt_set: str, stru
         # on what the prompt shows (the default set shows scores to 3 significant digits)
         shown = request
         if prompts.manifest["feature_style"] == "columns":
-            shown = request.model_copy(update={"candidates": [
-                c.model_copy(update={"score": float(f"{c.score:.3g}")}) for c in request.candidates]})
+            shown = request.model_copy(
+                update={
+                    "candidates": [
+                        c.model_copy(update={"score": float(f"{c.score:.3g}")}) for c in request.candidates
+                    ]
+                }
+            )
         assert parsed.ranking == HeuristicPolicy().answer_now(ask_for(shown, node, pool)).ranking
 
 
@@ -100,9 +121,11 @@ async def test_reask_conversations_are_read_too() -> None:
     request = example_requests()[0]
     session = SessionPrompts(default_prompts(), request, plan_walk(request), True)
     ask = ask_for(request, "accuracy", [])
-    messages = [*session.messages("accuracy", [], ask.offered),
-                {"role": "assistant", "content": "no"},
-                session.reask("no list of candidates found", "accuracy", ask.offered)]
+    messages = [
+        *session.messages("accuracy", [], ask.offered),
+        {"role": "assistant", "content": "no"},
+        session.reask("no list of candidates found", "accuracy", ask.offered),
+    ]
     async with client() as c:
         response = await post(c, messages, None)
     assert response.status_code == 200

@@ -18,8 +18,9 @@ from worker.schemas import json_schemas, parse_request
 
 BASE = sample_requests(1, seed=3, prefix="t", candidates=4)[0]
 VALIDATOR = jsonschema.Draft202012Validator(json_schemas()["rerank-request"])
-any_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=()),
-                   min_size=1, max_size=30)
+any_text = st.text(
+    st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=()), min_size=1, max_size=30
+)
 
 
 def with_value(where: str, value: str) -> dict:
@@ -60,14 +61,27 @@ def parse_error(raw: bytes) -> RequestError:
     return info.value
 
 
-@pytest.mark.parametrize(("where", "char"), [
-    ("goal", "\x00"), ("goal", "\x1b"), ("goal", "\x85"), ("request_id", "\t"),
-    ("request_id", "\u2028"), ("title", "\x0b"), ("key", "\n"), ("item_id", "\x7f")])
+@pytest.mark.parametrize(
+    ("where", "char"),
+    [
+        ("goal", "\x00"),
+        ("goal", "\x1b"),
+        ("goal", "\x85"),
+        ("request_id", "\t"),
+        ("request_id", "\u2028"),
+        ("title", "\x0b"),
+        ("key", "\n"),
+        ("item_id", "\x7f"),
+    ],
+)
 def test_a_refused_character_names_the_field(where: str, char: str) -> None:
     error = parse_error(json.dumps(with_value(where, char)).encode())
     assert error.code == "control_character"
-    field = {"title": "candidates.0.features", "key": "candidates.0.features",
-             "item_id": "candidates.0.item_id"}.get(where, where)
+    field = {
+        "title": "candidates.0.features",
+        "key": "candidates.0.features",
+        "item_id": "candidates.0.item_id",
+    }.get(where, where)
     assert error.message.startswith(field) and f"U+{ord(char):04X}" in error.message
 
 

@@ -39,10 +39,12 @@ F = A[10:] + A[:10]
 ALL = ["accuracy", "diversity", "fairness", "backward", "stop"]
 ASPECTS = ["accuracy", "diversity", "fairness"]
 
-BUG_REASON_NOTE = ("bug: walk.py reads `reason_note` at the Stop record, but it is only assigned "
-                   "when the cap is reached or the loop ends without break; a walk that breaks "
-                   "as degraded (unusable answer or deadline) and is not redone by the fallback "
-                   "raises UnboundLocalError")
+BUG_REASON_NOTE = (
+    "bug: walk.py reads `reason_note` at the Stop record, but it is only assigned "
+    "when the cap is reached or the loop ends without break; a walk that breaks "
+    "as degraded (unusable answer or deadline) and is not redone by the fallback "
+    "raises UnboundLocalError"
+)
 
 
 @pytest.fixture
@@ -55,11 +57,23 @@ def labels(request, aliases: list[int]) -> list[str]:
     return [item[a - 1] for a in aliases]
 
 
-async def run(request, script: list[Any], *, max_steps: int = 5, reasks: int = 1,
-              structured: bool = True, fallback: bool = True, clock: FakeClock | None = None,
-              step_seconds: float = 0.0, deadline_ms: int = 30_000, journal=None, **plan_kw):
-    policy, chat = scripted_policy(script, structured=structured, reasks=reasks, clock=clock,
-                                   step_seconds=step_seconds)
+async def run(
+    request,
+    script: list[Any],
+    *,
+    max_steps: int = 5,
+    reasks: int = 1,
+    structured: bool = True,
+    fallback: bool = True,
+    clock: FakeClock | None = None,
+    step_seconds: float = 0.0,
+    deadline_ms: int = 30_000,
+    journal=None,
+    **plan_kw,
+):
+    policy, chat = scripted_policy(
+        script, structured=structured, reasks=reasks, clock=clock, step_seconds=step_seconds
+    )
     plan = plan_walk(request, max_steps=max_steps, deadline_ms=deadline_ms, **plan_kw)
     plan = dataclasses.replace(plan, max_steps=max_steps, deadline_ms=deadline_ms)
     kwargs: dict[str, Any] = {"fallback": HeuristicPolicy() if fallback else None}
@@ -121,8 +135,9 @@ async def test_backward_chain_empties_the_pool(request_) -> None:
     # second Backward offers neither backward nor stop
     assert outcome.steps[2].offered == ["accuracy", "fairness", "backward", "stop"]
     assert outcome.steps[3].offered == ["fairness"]
-    assert chat.requests[3]["response_format"]["json_schema"]["schema"]["properties"][
-        "next_node"]["enum"] == ["fairness"]
+    assert chat.requests[3]["response_format"]["json_schema"]["schema"]["properties"]["next_node"][
+        "enum"
+    ] == ["fairness"]
     assert outcome.ranking == labels(request_, F) and outcome.status == "ok"
 
 
@@ -152,8 +167,9 @@ async def test_backward_naming_a_node_not_on_offer_is_reasked_then_the_goal_deci
 
 
 async def test_the_cap_forces_stop(request_) -> None:
-    outcome, chat = await run(request_, [js(A, "diversity"), js(D, "fairness"), js(F, "diversity")],
-                              max_steps=3)
+    outcome, chat = await run(
+        request_, [js(A, "diversity"), js(D, "fairness"), js(F, "diversity")], max_steps=3
+    )
     assert outcome.path == ["accuracy", "diversity", "fairness", "stop"]
     assert len(chat.requests) == 3 and outcome.llm_calls == 3
     assert outcome.ranking == labels(request_, F) and outcome.status == "ok"
@@ -246,8 +262,9 @@ async def test_novelty_is_offered_and_prompted_when_enabled() -> None:
     assert outcome.path == ["accuracy", "novelty", "stop"]
     focus = chat.requests[1]["messages"][1]["content"]
     seen = sorted({g for h in request.user.history for g in h.features["genre"]})
-    assert ("Node: novelty\nFavour candidates whose genre is unlike the user's history "
-            f"(seen: {', '.join(seen)})") in focus
+    assert (
+        f"Node: novelty\nFavour candidates whose genre is unlike the user's history (seen: {', '.join(seen)})"
+    ) in focus
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,6 +336,7 @@ async def test_an_llm_error_at_the_first_step_falls_back(request_) -> None:
         async def complete(self, messages, response_format, deadline, max_tokens=None):
             self.requests.append({"messages": messages})
             from worker.engine.steps import LLMCall
+
             return LLMCall(messages=messages, error="HTTP 400: bad request")
 
     chat = Failing([])
@@ -332,12 +350,15 @@ async def test_an_llm_error_at_the_first_step_falls_back(request_) -> None:
 
 def outage(attempts: int = 3) -> DeadlineExceeded:
     """What the transport raises when the endpoint failed until the deadline."""
-    call = LLMCall(messages=[], error="deadline passed: HTTP 500", deadline_passed=True,
-                   retries=attempts - 1, latency_ms=900.0,
-                   attempts=[HTTPAttempt(status=500, error="HTTP 500: down", latency_ms=300.0)
-                             for _ in range(attempts)])
-    return DeadlineExceeded(f"LLM endpoint unavailable ({attempts} attempt(s), last: HTTP 500)",
-                            [call])
+    call = LLMCall(
+        messages=[],
+        error="deadline passed: HTTP 500",
+        deadline_passed=True,
+        retries=attempts - 1,
+        latency_ms=900.0,
+        attempts=[HTTPAttempt(status=500, error="HTTP 500: down", latency_ms=300.0) for _ in range(attempts)],
+    )
+    return DeadlineExceeded(f"LLM endpoint unavailable ({attempts} attempt(s), last: HTTP 500)", [call])
 
 
 async def test_an_outage_until_the_deadline_is_answered_by_the_heuristic(request_) -> None:
@@ -422,8 +443,13 @@ async def test_deadline_later_keeps_the_best_list_so_far(request_) -> None:
 
 async def test_every_step_records_what_was_asked_and_answered(request_) -> None:
     journal = ListJournal()
-    script = ["<think>hmm</think>\nnope", js([2, 1, *A[2:]], "Diversity."), js(D, "backward"),
-              "fairness", js(F, "stop")]
+    script = [
+        "<think>hmm</think>\nnope",
+        js([2, 1, *A[2:]], "Diversity."),
+        js(D, "backward"),
+        "fairness",
+        js(F, "stop"),
+    ]
     outcome, chat = await run(request_, script, journal=journal, max_steps=6)
     assert journal.steps == outcome.steps
     calls = [call for step in outcome.steps for call in step.calls]
@@ -449,12 +475,15 @@ async def test_the_same_answers_give_the_same_walk(request_) -> None:
 # the heuristic policy and the service wrapper
 
 
-@pytest.mark.parametrize(("goal", "path"), [
-    ("Mainly focus on accuracy, followed by diversity", ["accuracy", "diversity", "stop"]),
-    ("Focus on fairness", ["accuracy", "fairness", "stop"]),
-    ("Mainly focus on fairness, followed by diversity", ["accuracy", "fairness", "diversity", "stop"]),
-    ("Rank them well", ["accuracy", "stop"]),
-])
+@pytest.mark.parametrize(
+    ("goal", "path"),
+    [
+        ("Mainly focus on accuracy, followed by diversity", ["accuracy", "diversity", "stop"]),
+        ("Focus on fairness", ["accuracy", "fairness", "stop"]),
+        ("Mainly focus on fairness, followed by diversity", ["accuracy", "fairness", "diversity", "stop"]),
+        ("Rank them well", ["accuracy", "stop"]),
+    ],
+)
 async def test_heuristic_walk_follows_the_goal(goal: str, path: list[str]) -> None:
     request = make_request(9, goal=goal)
     outcome = await walk(request, HeuristicPolicy(), plan_walk(request))
@@ -484,8 +513,18 @@ async def test_backward_prompt_shows_the_pool_after_the_drop(request_) -> None:
 # ---------------------------------------------------------------------------------------------
 # property: whatever the model says, the ranking is a permutation of the candidates
 
-NODES = ["accuracy", "diversity", "fairness", "novelty", "backward", "stop", "Stop.", "**BACKWARD**",
-         "", "halt"]
+NODES = [
+    "accuracy",
+    "diversity",
+    "fairness",
+    "novelty",
+    "backward",
+    "stop",
+    "Stop.",
+    "**BACKWARD**",
+    "",
+    "halt",
+]
 
 
 def random_answer(rng: random.Random, n: int) -> Any:
@@ -519,13 +558,26 @@ async def random_walks(trials: int, seed: int) -> int:
     degraded = 0
     for trial in range(trials):
         n = rng.randrange(2, 25)
-        aspects = rng.choice([{}, {"diversity": {"attribute": "genre"}},
-                              {"diversity": {"attribute": "genre"}, "novelty": {"attribute": "genre"},
-                               "fairness": {"attribute": "year", "split_at": 1996}}])
+        aspects = rng.choice(
+            [
+                {},
+                {"diversity": {"attribute": "genre"}},
+                {
+                    "diversity": {"attribute": "genre"},
+                    "novelty": {"attribute": "genre"},
+                    "fairness": {"attribute": "year", "split_at": 1996},
+                },
+            ]
+        )
         request = parse_request(json.dumps(request_dict(rng, n=n, rid=f"p-{trial}", aspects=aspects)))
         script = [random_answer(rng, n) for _ in range(40)]
-        outcome, _ = await run(request, script, max_steps=rng.randrange(1, 9), reasks=rng.randrange(3),
-                               structured=rng.random() < 0.5)
+        outcome, _ = await run(
+            request,
+            script,
+            max_steps=rng.randrange(1, 9),
+            reasks=rng.randrange(3),
+            structured=rng.random() < 0.5,
+        )
         assert is_permutation(outcome.ranking, request), (trial, outcome)
         assert outcome.path[-1] == "stop" and outcome.status in ("ok", "degraded")
         assert (outcome.reason is None) == (outcome.status == "ok")
@@ -555,8 +607,9 @@ async def test_backward_offers_stop_when_the_dropped_node_was_the_only_one() -> 
     outcome, chat = await run(request, [js(list(range(1, 7)), "backward"), "stop"])
     back = outcome.steps[1]
     assert back.node == "backward" and back.offered == ["stop"]
-    assert chat.requests[1]["response_format"]["json_schema"]["schema"]["properties"][
-        "next_node"]["enum"] == ["stop"]
+    assert chat.requests[1]["response_format"]["json_schema"]["schema"]["properties"]["next_node"][
+        "enum"
+    ] == ["stop"]
     assert outcome.path == ["accuracy", "backward", "stop"] and outcome.ranking == ids(request)
 
 

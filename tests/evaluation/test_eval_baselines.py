@@ -21,18 +21,32 @@ KS = (10, 20)
 def cases():
     data = synthetic(200, 300, seed=5)
     split = leave_one_out(data)
-    model = train_gmf(split.train_user, split.train_item, data.interactions.n_users,
-                      data.interactions.n_items, GMFConfig(seed=5))
+    model = train_gmf(
+        split.train_user,
+        split.train_item,
+        data.interactions.n_users,
+        data.interactions.n_items,
+        GMFConfig(seed=5),
+    )
     return build_cases(data, split, model, pick_users(split, 60, seed=5))
 
 
 def _request(genres, years, scores=None):
     n = len(genres)
     return RerankRequest(
-        request_id="r", goal="Focus on diversity", user={"user_id": "u"},
-        candidates=[{"item_id": f"i{i}", "score": (scores or [1 - i / n for i in range(n)])[i],
-                     "features": {"genre": genres[i], "year": years[i]}} for i in range(n)],
-        aspects={"diversity": {"attribute": "genre"}, "fairness": {"attribute": "year", "split_at": 1996}})
+        request_id="r",
+        goal="Focus on diversity",
+        user={"user_id": "u"},
+        candidates=[
+            {
+                "item_id": f"i{i}",
+                "score": (scores or [1 - i / n for i in range(n)])[i],
+                "features": {"genre": genres[i], "year": years[i]},
+            }
+            for i in range(n)
+        ],
+        aspects={"diversity": {"attribute": "genre"}, "fairness": {"attribute": "year", "split_at": 1996}},
+    )
 
 
 def test_every_baseline_returns_a_permutation(cases):
@@ -58,8 +72,12 @@ def test_fast_greedy_map_matches_brute_force_log_det():
         picked = _greedy_map(kernel, 6, 1e-10)
         chosen: list[int] = []
         for _step in range(len(picked)):
-            gains = [np.linalg.slogdet(kernel[np.ix_([*chosen, j], [*chosen, j])])[1] if j not in chosen
-                     else -np.inf for j in range(12)]
+            gains = [
+                np.linalg.slogdet(kernel[np.ix_([*chosen, j], [*chosen, j])])[1]
+                if j not in chosen
+                else -np.inf
+                for j in range(12)
+            ]
             chosen.append(int(np.argmax(gains)))
         assert picked == chosen
 
@@ -98,8 +116,9 @@ async def test_baselines_move_the_metric_they_target(cases, tmp_path):
 
 async def test_heuristic_goal_variants_move_the_metric_they_name(cases, tmp_path):
     walk = WalkMethod("heuristic", Reranker(Settings(_env_file=None), None, policy="heuristic"))
-    records, _ = await run_all([walk], cases, ["A", "D", "F"], ResultCache(tmp_path / "c.jsonl"),
-                               progress=False)
+    records, _ = await run_all(
+        [walk], cases, ["A", "D", "F"], ResultCache(tmp_path / "c.jsonl"), progress=False
+    )
     rows = table2(records, {c.request.request_id: c for c in cases}, KS)
     a, d, f = (_means(rows, "heuristic", g) for g in ("A", "D", "F"))
     assert a["n"] == d["n"] == f["n"] == len(cases)

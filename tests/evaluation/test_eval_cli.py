@@ -26,11 +26,32 @@ def _env(url: str | None) -> dict[str, str]:
 
 def _eval(out: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN), "eval", "--dataset", "synthetic", "--users", str(USERS), "--goals", ",".join(GOALS),
-         "--policy", "llm,heuristic,upstream,random,popularity,mmr,dpp,fair", "--out", str(out),
-         "--concurrency", "4",
-         "--seed", "3", "--no-progress", *extra],
-        capture_output=True, text=True, env=_env(url), cwd=out.parent, timeout=240)
+        [
+            str(BIN),
+            "eval",
+            "--dataset",
+            "synthetic",
+            "--users",
+            str(USERS),
+            "--goals",
+            ",".join(GOALS),
+            "--policy",
+            "llm,heuristic,upstream,random,popularity,mmr,dpp,fair",
+            "--out",
+            str(out),
+            "--concurrency",
+            "4",
+            "--seed",
+            "3",
+            "--no-progress",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(url),
+        cwd=out.parent,
+        timeout=240,
+    )
 
 
 def test_eval_end_to_end_through_sim_llm(sim, tmp_path):
@@ -43,9 +64,19 @@ def test_eval_end_to_end_through_sim_llm(sim, tmp_path):
 
     md = (out / "report.md").read_text()
     assert "SIMULATED LLM" in md and SIM_MODEL in md
-    for row in ["LLM4Rerank-A", "LLM4Rerank-D", "LLM4Rerank-F", "Heuristic-A", "Heuristic-F",
-                "GMF (upstream)", "Random order", "Popularity", "MMR", "DPP (fast greedy MAP)",
-                "Fair (proportional)"]:
+    for row in [
+        "LLM4Rerank-A",
+        "LLM4Rerank-D",
+        "LLM4Rerank-F",
+        "Heuristic-A",
+        "Heuristic-F",
+        "GMF (upstream)",
+        "Random order",
+        "Popularity",
+        "MMR",
+        "DPP (fast greedy MAP)",
+        "Fair (proportional)",
+    ]:
         assert f"| {row} | {USERS} |" in md
     assert "candidate protocol: **paper** (the paper's, the default)" in md
     assert "## Where the held-out item sits in the candidate lists" in md
@@ -96,24 +127,33 @@ def test_eval_end_to_end_through_sim_llm(sim, tmp_path):
     # another setup in the same folder is refused with the fix named
     other = _eval(out, sim.base_url, "--k", "5")
     assert other.returncode == 0  # k only changes the report
-    other = subprocess.run([str(BIN), "eval", "--users", "7", "--out", str(out), "--no-progress"],
-                           capture_output=True, text=True, env=_env(None), cwd=tmp_path, timeout=120)
+    other = subprocess.run(
+        [str(BIN), "eval", "--users", "7", "--out", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=_env(None),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert other.returncode == 2 and "--fresh" in other.stderr and "users" in other.stderr
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--dataset", "ml-1m"], "--data-dir"),
-    (["--dataset", "ml-1m", "--data-dir", "{tmp}"], "ratings.dat, movies.dat not found"),
-    (["--dataset", "kuairand", "--data-dir", "{tmp}"], "log_"),
-    (["--dataset", "douban", "--data-dir", "{tmp}"], "ratings.csv"),
-    (["--dataset", "csv", "--data-dir", "{tmp}/x.csv"], "not found"),
-    (["--dataset", "imdb"], "unknown"),
-    (["--goals", "A,Z"], "--goals: unknown Z"),
-    (["--policy", "heuristic,magic"], "--policy: unknown magic"),
-    (["--k", "ten"], "--k"),
-    (["--protocol", "shuffled"], "--protocol"),
-    (["--policy", "llm"], "LLM4RERANK_LLM_BASE_URL"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "ml-1m"], "--data-dir"),
+        (["--dataset", "ml-1m", "--data-dir", "{tmp}"], "ratings.dat, movies.dat not found"),
+        (["--dataset", "kuairand", "--data-dir", "{tmp}"], "log_"),
+        (["--dataset", "douban", "--data-dir", "{tmp}"], "ratings.csv"),
+        (["--dataset", "csv", "--data-dir", "{tmp}/x.csv"], "not found"),
+        (["--dataset", "imdb"], "unknown"),
+        (["--goals", "A,Z"], "--goals: unknown Z"),
+        (["--policy", "heuristic,magic"], "--policy: unknown magic"),
+        (["--k", "ten"], "--k"),
+        (["--protocol", "shuffled"], "--protocol"),
+        (["--policy", "llm"], "LLM4RERANK_LLM_BASE_URL"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_naming_the_fix(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for key in [k for k in os.environ if k.startswith("LLM4RERANK_")]:

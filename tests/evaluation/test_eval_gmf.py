@@ -20,14 +20,22 @@ from worker.schemas import parse_request
 def trained():
     data = synthetic(300, 300, seed=11)
     split = leave_one_out(data)
-    model = train_gmf(split.train_user, split.train_item, data.interactions.n_users,
-                      data.interactions.n_items, GMFConfig(seed=11))
+    model = train_gmf(
+        split.train_user,
+        split.train_item,
+        data.interactions.n_users,
+        data.interactions.n_items,
+        GMFConfig(seed=11),
+    )
     return data, split, model
 
 
 def test_leave_one_out_holds_out_the_latest_interaction():
-    inter = Interactions.from_columns(["u1", "u1", "u1", "u2", "u3", "u3"], ["a", "b", "c", "a", "c", "b"],
-                                      np.array([3.0, 9.0, 5.0, 1.0, 2.0, 2.0]))
+    inter = Interactions.from_columns(
+        ["u1", "u1", "u1", "u2", "u3", "u3"],
+        ["a", "b", "c", "a", "c", "b"],
+        np.array([3.0, 9.0, 5.0, 1.0, 2.0, 2.0]),
+    )
     data = Dataset("t", inter, {}, {}, {})
     split = leave_one_out(data)
     item = {name: i for i, name in enumerate(inter.item_ids)}
@@ -54,11 +62,18 @@ def test_gmf_beats_random_order_on_generated_data(trained):
 
 def test_gmf_learns_beyond_an_untrained_model(trained):
     data, split, model = trained
-    untrained = train_gmf(split.train_user, split.train_item, data.interactions.n_users,
-                          data.interactions.n_items, GMFConfig(seed=11, epochs=0))
+    untrained = train_gmf(
+        split.train_user,
+        split.train_item,
+        data.interactions.n_users,
+        data.interactions.n_items,
+        GMFConfig(seed=11, epochs=0),
+    )
     users = split.eligible()
-    assert (hit_rate_full(model, split.seen, split.held_out, users, 10)
-            > hit_rate_full(untrained, split.seen, split.held_out, users, 10) + 0.1)
+    assert (
+        hit_rate_full(model, split.seen, split.held_out, users, 10)
+        > hit_rate_full(untrained, split.seen, split.held_out, users, 10) + 0.1
+    )
 
 
 def test_candidates_are_twenty_unseen_items_with_the_held_out_one(trained):

@@ -5,7 +5,7 @@ the run; ties are never hits; the candidate protocols and the random-order row b
 import numpy as np
 import pytest
 
-from worker.evaluation import command
+from worker.evaluation import pipeline
 from worker.evaluation.baselines import popularity, random_order, upstream
 from worker.evaluation.candidates import build_cases, leave_one_out, pick_users
 from worker.evaluation.datasets import synthetic
@@ -33,8 +33,9 @@ def ml1m():
     data = synthetic(ML1M_USERS, ML1M_ITEMS, seed=1, mean_interactions=ML1M_MEAN)
     split = leave_one_out(data)
     inter = data.interactions
-    model = train_gmf(split.train_user, split.train_item, inter.n_users, inter.n_items,
-                      GMFConfig(seed=1, batch_size=8192))
+    model = train_gmf(
+        split.train_user, split.train_item, inter.n_users, inter.n_items, GMFConfig(seed=1, batch_size=8192)
+    )
     return data, split, model
 
 
@@ -48,8 +49,14 @@ def test_gmf_learns_and_beats_popularity_at_ml1m_scale(ml1m):
     assert model.losses[-1] < 0.8 * base_rate_loss(4)
     users = pick_users(split, 3000, seed=1)
     gmf = hit_rate_full(model, split.seen, split.held_out, users, 10)
-    pop = hit_rate_full(None, split.seen, split.held_out, users, 10,
-                        popularity=popularity_counts(split.train_item, inter.n_items))
+    pop = hit_rate_full(
+        None,
+        split.seen,
+        split.held_out,
+        users,
+        10,
+        popularity=popularity_counts(split.train_item, inter.n_items),
+    )
     chance = hit_rate_full(model, split.seen, split.held_out, users, 10, rng=np.random.default_rng(1))
     assert chance < 0.01
     assert gmf > pop + 0.03, (gmf, pop)
@@ -70,7 +77,8 @@ def test_random_order_of_the_candidates_hits_about_half_and_protocols_move_the_p
     # random-position: the same candidate sets, the positive anywhere, scores still in list order
     moved = build_cases(data, split, model, users, protocol="random-position", seed=2)
     assert [set(c.item_id for c in a.request.candidates) for a in paper] == [
-        set(c.item_id for c in b.request.candidates) for b in moved]
+        set(c.item_id for c in b.request.candidates) for b in moved
+    ]
     shares = np.array([p["share"] for p in positive_positions(moved)])
     assert shares.max() < 0.1 and shares.min() > 0.01
     for case in moved[:50]:
@@ -107,12 +115,22 @@ def test_a_planted_collapse_fails_the_training_loudly():
     inter = data.interactions
     # the old bug, planted: an L2 pull so strong that every embedding goes to zero
     with pytest.raises(GMFCollapsed, match="collapsed") as caught:
-        train_gmf(split.train_user, split.train_item, inter.n_users, inter.n_items,
-                  GMFConfig(seed=4, l2=1e4, epochs=4, patience=10))
+        train_gmf(
+            split.train_user,
+            split.train_item,
+            inter.n_users,
+            inter.n_items,
+            GMFConfig(seed=4, l2=1e4, epochs=4, patience=10),
+        )
     assert "base-rate loss 0.5004" in str(caught.value)
     # without the guard the same model exists: its loss is the base rate's, it learned nothing
-    model = train_gmf(split.train_user, split.train_item, inter.n_users, inter.n_items,
-                      GMFConfig(seed=4, l2=1e4, epochs=4, patience=10, guard=False))
+    model = train_gmf(
+        split.train_user,
+        split.train_item,
+        inter.n_users,
+        inter.n_items,
+        GMFConfig(seed=4, l2=1e4, epochs=4, patience=10, guard=False),
+    )
     assert model.losses[-1] > 0.95 * base_rate_loss(4)
     # each symptom alone is enough: scores tied for every user (even with a low loss) ...
     tied = GMF(np.zeros((30, 8)), np.zeros((40, 8)), np.ones(8), -1.4, [0.2], base_rate_loss=0.5004)
@@ -120,8 +138,9 @@ def test_a_planted_collapse_fails_the_training_loudly():
         check_learned(tied, np.arange(30))
     # ... or a loss at the base rate (even with scores that differ)
     rng = np.random.default_rng(0)
-    flat = GMF(rng.normal(size=(30, 8)), rng.normal(size=(40, 8)), np.ones(8), 0.0, [0.5004],
-               base_rate_loss=0.5004)
+    flat = GMF(
+        rng.normal(size=(30, 8)), rng.normal(size=(40, 8)), np.ones(8), 0.0, [0.5004], base_rate_loss=0.5004
+    )
     with pytest.raises(GMFCollapsed, match=r"training loss 0\.5004 is at the base-rate loss"):
         check_learned(flat, np.arange(30))
     check_learned(GMF(flat.users, flat.items, flat.h, 0.0, [0.30], base_rate_loss=0.5004), np.arange(30))
@@ -129,10 +148,21 @@ def test_a_planted_collapse_fails_the_training_loudly():
 
 def test_a_collapsed_gmf_stops_the_eval_command_with_a_clear_message(monkeypatch):
     real = GMFConfig
-    monkeypatch.setattr("worker.evaluation.gmf.GMFConfig",
-                        lambda **kwargs: real(**kwargs, l2=1e4, epochs=3, patience=10))  # planted
-    setup = {"version": command.CASES_VERSION, "dataset": "synthetic", "data_dir": None, "users": 20,
-             "seed": 0, "items": 200, "columns": None, "split_at": None, "candidates": 20, "max_steps": 5,
-             "protocol": "paper"}
-    with pytest.raises(command._SetupError, match="GMF collapsed and did not learn"):
-        command._build(setup)
+    monkeypatch.setattr(
+        "worker.evaluation.gmf.GMFConfig", lambda **kwargs: real(**kwargs, l2=1e4, epochs=3, patience=10)
+    )  # planted
+    setup = {
+        "version": pipeline.CASES_VERSION,
+        "dataset": "synthetic",
+        "data_dir": None,
+        "users": 20,
+        "seed": 0,
+        "items": 200,
+        "columns": None,
+        "split_at": None,
+        "candidates": 20,
+        "max_steps": 5,
+        "protocol": "paper",
+    }
+    with pytest.raises(pipeline.SetupError, match="GMF collapsed and did not learn"):
+        pipeline._build(setup)

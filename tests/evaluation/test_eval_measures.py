@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.audit.report import session_metrics
 from worker.engine import heuristics, measures, prompts
 from worker.evaluation.baselines import random_order
 from worker.evaluation.candidates import Case, build_cases, leave_one_out, pick_users
@@ -19,6 +18,7 @@ from worker.evaluation.datasets import synthetic
 from worker.evaluation.gmf import GMFConfig, train_gmf
 from worker.evaluation.report import case_metrics
 from worker.evaluation.runner import Record
+from worker.replay.report import session_metrics
 from worker.schemas import AspectConfig, Item, RerankRequest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +42,11 @@ def _mad_numpy(ranking, groups):
 
 
 feature_values = st.one_of(
-    st.none(), st.integers(1960, 2005), st.floats(1960, 2005, allow_nan=False),
-    st.integers(1960, 2005).map(str), st.lists(st.integers(1960, 2005), max_size=2),
+    st.none(),
+    st.integers(1960, 2005),
+    st.floats(1960, 2005, allow_nan=False),
+    st.integers(1960, 2005).map(str),
+    st.lists(st.integers(1960, 2005), max_size=2),
     st.sampled_from(["", "n/a", "1996", "1995.5"]),
 )
 
@@ -53,16 +56,28 @@ def requests(draw):
     n = draw(st.integers(2, 20))
     ids = [f"m{i}" for i in range(n)]
     order = draw(st.permutations(ids))
-    candidates = [Item(item_id=i, score=1 - j / n, features={
-        "genre": draw(st.lists(st.sampled_from(CATEGORIES), max_size=3, unique=True)),
-        "year": draw(feature_values),
-    }) for j, i in enumerate(ids)]
+    candidates = [
+        Item(
+            item_id=i,
+            score=1 - j / n,
+            features={
+                "genre": draw(st.lists(st.sampled_from(CATEGORIES), max_size=3, unique=True)),
+                "year": draw(feature_values),
+            },
+        )
+        for j, i in enumerate(ids)
+    ]
     split_at = draw(st.sampled_from([1996.0, None]))
     request = RerankRequest(
-        request_id="r", goal="Consider accuracy, diversity and fairness", user={"user_id": "u"},
+        request_id="r",
+        goal="Consider accuracy, diversity and fairness",
+        user={"user_id": "u"},
         candidates=candidates,
-        aspects={"diversity": {"attribute": "genre"},
-                 "fairness": {"attribute": "year", "split_at": split_at}})
+        aspects={
+            "diversity": {"attribute": "genre"},
+            "fairness": {"attribute": "year", "split_at": split_at},
+        },
+    )
     return request, list(order), draw(st.sampled_from(ids)), draw(st.sampled_from([1, 5, 10, 20]))
 
 
@@ -109,7 +124,8 @@ def test_one_group_membership_for_the_walk_the_evaluation_and_the_report(value, 
     assert prompts.group_of is measures.group_of
     assert heuristics.fairness_group(item, aspect) == (expected or "(none)")
     assert measures.item_groups({"x": item.features}, {"attribute": "year", "split_at": split_at}) == {
-        "x": expected}
+        "x": expected
+    }
     if split_at is not None and expected is not None:  # numbers, numeric text and lists agree
         number = float(value[0] if isinstance(value, list) else value)
         assert expected == measures.group_of(number, aspect) == measures.group_of([str(number)], aspect)
@@ -117,8 +133,12 @@ def test_one_group_membership_for_the_walk_the_evaluation_and_the_report(value, 
 
 def test_group_of_by_hand():
     split = AspectConfig(attribute="year", split_at=1996)
-    assert measures.group_of(1996, split) == measures.group_of("1996", split) == measures.group_of(
-        [1996, 1980], split) == "year>=1996"
+    assert (
+        measures.group_of(1996, split)
+        == measures.group_of("1996", split)
+        == measures.group_of([1996, 1980], split)
+        == "year>=1996"
+    )
     assert measures.group_of("1995.9", split) == "year<1996"
     assert measures.group_of("unknown", split) is None and measures.group_of([], split) is None
     plain = AspectConfig(attribute="language")
@@ -143,18 +163,28 @@ def test_the_engine_imports_neither_the_evaluation_nor_the_audit():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 module = ("." * node.level) + (node.module or "")
-                assert not any(name in module for name in ("evaluation", "audit")), (path, module)
-    for path in [ROOT / "worker/evaluation/report.py", ROOT / "worker/audit/report.py"]:
-        text = path.read_text()
-        assert "def mad(" not in text and "def group_of(" not in text  # no second definition
+                assert not any(name in module for name in ("evaluation", "audit", "replay")), (path, module)
+    measures_py = ROOT / "worker" / "engine" / "measures.py"
+    defined = {"mad", "mad_top_k", "group_of", "item_groups", "categories_of", "item_categories"}
+    for path in (ROOT / "worker").rglob("*.py"):
+        if path == measures_py:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.name not in defined, (path, node.name)  # no second definition anywhere
 
 
 @pytest.fixture(scope="module")
 def cases():
     data = synthetic(200, 300, seed=8)
     split = leave_one_out(data)
-    model = train_gmf(split.train_user, split.train_item, data.interactions.n_users,
-                      data.interactions.n_items, GMFConfig(seed=8))
+    model = train_gmf(
+        split.train_user,
+        split.train_item,
+        data.interactions.n_users,
+        data.interactions.n_items,
+        GMFConfig(seed=8),
+    )
     return build_cases(data, split, model, pick_users(split, 40, seed=8))
 
 
@@ -169,6 +199,7 @@ def test_evaluation_rows_match_independent_implementations_on_generated_requests
             assert got[f"HR@{k}"] == _ir(ir_measures.Success @ k, ranking, qrels)
             assert got[f"NDCG@{k}"] == pytest.approx(_ir(ir_measures.nDCG @ k, ranking, qrels))
             assert got[f"alpha-NDCG@{k}"] == pytest.approx(
-                _ir(ir_measures.alpha_nDCG(alpha=0.5, judged_only=False) @ k, ranking, sub), abs=1e-5)
+                _ir(ir_measures.alpha_nDCG(alpha=0.5, judged_only=False) @ k, ranking, sub), abs=1e-5
+            )
         years = {i: ("new" if f["year"] >= 1996 else "old") for i, f in features.items()}
         assert got["MAD"] == pytest.approx(_mad_numpy(ranking, years), abs=1e-12)

@@ -63,15 +63,20 @@ def test_alpha_ndcg_matches_ndeval_on_random_lists():
     checked = 0
     for _ in range(150):
         n = rng.randint(2, 20)
-        cats = {f"m{i}": rng.sample(["Action", "Comedy", "Drama", "Horror", "War", "Sci-Fi"],
-                                    rng.randint(0, 3)) for i in range(n)}
+        cats = {
+            f"m{i}": rng.sample(["Action", "Comedy", "Drama", "Horror", "War", "Sci-Fi"], rng.randint(0, 3))
+            for i in range(n)
+        }
         if not any(cats.values()):
             continue
         ranking = list(cats)
         rng.shuffle(ranking)
         k = rng.choice([1, 5, 10, 20])
         assert alpha_ndcg(ranking, cats, k) == pytest.approx(_ndeval(ranking, cats, k), abs=1e-5), (
-            ranking, cats, k)
+            ranking,
+            cats,
+            k,
+        )
         checked += 1
     assert checked > 100
 

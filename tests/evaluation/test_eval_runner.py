@@ -11,8 +11,18 @@ from worker.schemas import RerankRequest
 
 
 def _cases(n):
-    return [Case(RerankRequest(request_id=f"r{i}", goal="g", user={"user_id": "u"},
-                               candidates=[{"item_id": "a"}, {"item_id": "b"}]), "a") for i in range(n)]
+    return [
+        Case(
+            RerankRequest(
+                request_id=f"r{i}",
+                goal="g",
+                user={"user_id": "u"},
+                candidates=[{"item_id": "a"}, {"item_id": "b"}],
+            ),
+            "a",
+        )
+        for i in range(n)
+    ]
 
 
 class Counting:
@@ -36,14 +46,23 @@ class Counting:
         self.peak = max(self.peak, self.in_flight)
         await asyncio.sleep(0.001)
         self.in_flight -= 1
-        return Record(self.name, goal, case.request.request_id, ["b", "a"], path=["accuracy", "stop"],
-                      policy=self.policy, model=self.model, prompt_version=self.version)
+        return Record(
+            self.name,
+            goal,
+            case.request.request_id,
+            ["b", "a"],
+            path=["accuracy", "stop"],
+            policy=self.policy,
+            model=self.model,
+            prompt_version=self.version,
+        )
 
 
 async def test_concurrency_is_bounded_and_every_job_runs_once(tmp_path):
     method = Counting()
-    records, ran = await run_all([method], _cases(30), ["A", "D"], ResultCache(tmp_path / "c.jsonl"),
-                                 concurrency=4, progress=False)
+    records, ran = await run_all(
+        [method], _cases(30), ["A", "D"], ResultCache(tmp_path / "c.jsonl"), concurrency=4, progress=False
+    )
     assert ran == 60 == method.calls == len(records)
     assert method.peak == 4
     assert [(r.goal, r.request_id) for r in records[:2]] == [("A", "r0"), ("A", "r1")]  # plan order

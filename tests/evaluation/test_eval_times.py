@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from worker.evaluation.datasets import DataError, load_csv, load_ml1m, parse_columns
 
 COLUMNS = parse_columns("user=uid,item=iid,time=ts,category=kind,group=released")
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _write(path: Path, times: list[str]) -> None:
@@ -24,7 +25,8 @@ def _write(path: Path, times: list[str]) -> None:
 
 
 bad_times = st.one_of(
-    st.just(""), st.just("   "),
+    st.just(""),
+    st.just("   "),
     st.text(alphabet="abcxyz-:/ ", min_size=1, max_size=12).filter(lambda t: t.strip() != ""),
     st.sampled_from(["nan", "inf", "12:00", "31/01/2018", "2018-13-01", "1e400"]),
 )
@@ -57,7 +59,8 @@ def test_numeric_times_sort_as_numbers_not_text(tmp_path, good):
     inter = load_csv(path, COLUMNS, split_at=2000).interactions
     assert sorted(inter.time.tolist()) == sorted(float(t) for t in good)
     assert {inter.item_ids[i]: t for i, t in zip(inter.item, inter.time, strict=True)} == {
-        f"i{j}": float(t) for j, t in enumerate(good)}
+        f"i{j}": float(t) for j, t in enumerate(good)
+    }
 
 
 def test_dates_are_read_as_dates_and_a_mixed_column_is_refused(tmp_path):
@@ -72,8 +75,9 @@ def test_dates_are_read_as_dates_and_a_mixed_column_is_refused(tmp_path):
 
 
 def test_ml1m_bad_timestamp_names_the_line(tmp_path):
-    (tmp_path / "movies.dat").write_text("1::Toy Story (1995)::Comedy\n2::Heat (1995)::Action\n",
-                                         encoding="latin-1")
+    (tmp_path / "movies.dat").write_text(
+        "1::Toy Story (1995)::Comedy\n2::Heat (1995)::Action\n", encoding="latin-1"
+    )
     (tmp_path / "ratings.dat").write_text("1::1::5::978300760\n\n1::2::3::\n", encoding="latin-1")
     with pytest.raises(DataError, match=r"ratings\.dat:3: blank or missing time"):
         load_ml1m(tmp_path)

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stream"))
 from real_server_kit import MODEL_ID, tokenizer_file
 from service_kit import CLI
-from stream_helpers import collect, produce, query
+from stream_helpers import collect, full_calls, produce, query
 
 from worker.samples import sample_requests
 
@@ -45,14 +45,20 @@ def llm_env(server: Any, mode: str, **extra: str) -> dict[str, str]:
     }
 
 
-def rerank(tmp_path: Path, env: dict[str, str], requests: list[dict[str, Any]]
-           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def rerank(
+    tmp_path: Path, env: dict[str, str], requests: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     source = tmp_path / "requests.jsonl"
     source.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in requests))
     out, trace = tmp_path / "results.jsonl", tmp_path / "trace.jsonl"
-    done = subprocess.run([CLI, "rerank", str(source), "--out", str(out), "--trace", str(trace),
-                           "--concurrency", "1"], env=env, capture_output=True, text=True,
-                          timeout=240, cwd=tmp_path)
+    done = subprocess.run(
+        [CLI, "rerank", str(source), "--out", str(out), "--trace", str(trace), "--concurrency", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     results = [json.loads(line) for line in out.read_text().splitlines()]
     steps = [json.loads(line) for line in trace.read_text().splitlines()]
@@ -81,8 +87,10 @@ def test_offline_walks_use_the_servers_structured_answers(llama_server, tmp_path
     requests = sample_requests(2, seed=7, prefix=f"real-{mode}", candidates=8)
     results, steps = rerank(tmp_path, llm_env(llama_server, mode), requests)
     calls = check_calls(steps)
-    assert all(c["response_format"]["type"] == ("json_schema" if mode == "json_schema"
-                                                  else "json_object") for c in calls)
+    assert all(
+        c["response_format"]["type"] == ("json_schema" if mode == "json_schema" else "json_object")
+        for c in calls
+    )
     for request, result in zip(requests, results, strict=True):
         assert sorted(result["ranking"]) == sorted(c["item_id"] for c in request["candidates"])
         assert result["policy"] == "llm" and result["status"] == "ok", result["reason"]
@@ -98,14 +106,16 @@ def test_offline_walks_use_the_servers_structured_answers(llama_server, tmp_path
 def test_no_prompt_is_asked_twice_in_a_walk(llama_server, tmp_path) -> None:
     """At temperature 0 the same prompt gets the same answer: a repeated prompt is a loop."""
     requests = sample_requests(3, seed=11, prefix="real-loop", candidates=6)
-    results, steps = rerank(tmp_path, llm_env(llama_server, "json_schema",
-                                              LLM4RERANK_MAX_STEPS="8"), requests)
+    results, steps = rerank(
+        tmp_path, llm_env(llama_server, "json_schema", LLM4RERANK_MAX_STEPS="8"), requests
+    )
     check_calls(steps)
     by_request: dict[str, list[str]] = {}
     for step in steps:
         if step.get("calls"):
             by_request.setdefault(step["request_id"], []).append(
-                orjson.dumps(step["calls"][0]["messages"]).decode())
+                orjson.dumps(step["calls"][0]["messages"]).decode()
+            )
     assert set(by_request) == {r["request_id"] for r in requests}
     for prompts in by_request.values():
         assert len(prompts) == len(set(prompts))
@@ -125,8 +135,7 @@ def test_no_prompt_is_asked_twice_in_a_walk(llama_server, tmp_path) -> None:
     assert all(r["path"][-1] == "stop" for r in results)
 
 
-def test_a_hundred_candidates_are_reranked_in_windows_within_the_context(llama_server,
-                                                                          tmp_path) -> None:
+def test_a_hundred_candidates_are_reranked_in_windows_within_the_context(llama_server, tmp_path) -> None:
     request = sample_requests(1, seed=5, prefix="real-100", candidates=100)[0]
     env = llm_env(llama_server, "json_schema", LLM4RERANK_MAX_STEPS="1")
     results, steps = rerank(tmp_path, env, [request])
@@ -142,12 +151,18 @@ def test_a_hundred_candidates_are_reranked_in_windows_within_the_context(llama_s
     assert result["policy"] == "llm"
 
 
-async def test_worker_through_kafka_records_what_the_server_did(llama_server, stream_env,
-                                                                 start_worker, tmp_path) -> None:
-    env = {**stream_env, **{k: v for k, v in llm_env(llama_server, "json_schema").items()
-                            if k.startswith("LLM4RERANK_LLM") or k in (
-                                "LLM4RERANK_MAX_STEPS", "LLM4RERANK_DEADLINE_MS")},
-           "LLM4RERANK_CONCURRENCY": "1"}
+async def test_worker_through_kafka_records_what_the_server_did(
+    llama_server, stream_env, start_worker, tmp_path
+) -> None:
+    env = {
+        **stream_env,
+        **{
+            k: v
+            for k, v in llm_env(llama_server, "json_schema").items()
+            if k.startswith("LLM4RERANK_LLM") or k in ("LLM4RERANK_MAX_STEPS", "LLM4RERANK_DEADLINE_MS")
+        },
+        "LLM4RERANK_CONCURRENCY": "1",
+    }
     worker = start_worker(env)
     requests = sample_requests(2, seed=3, prefix="real-kafka", candidates=8)
     bootstrap = env["LLM4RERANK_KAFKA_BOOTSTRAP"]
@@ -157,7 +172,12 @@ async def test_worker_through_kafka_records_what_the_server_did(llama_server, st
     by_id = {key: value for key, value in results}
     assert set(by_id) == {r["request_id"] for r in requests}
     assert all(r["policy"] == "llm" and r["model"] == MODEL_ID for r in by_id.values())
-    rows = await query(env["LLM4RERANK_DATABASE_URL"],
-                       "select s.node, s.calls from steps s join sessions x on x.id = s.session_id "
-                       "where x.request_id like 'real-kafka-%'")
+    rows = await full_calls(
+        env["LLM4RERANK_DATABASE_URL"],
+        await query(
+            env["LLM4RERANK_DATABASE_URL"],
+            "select s.node, s.calls from steps s join sessions x on x.id = s.session_id "
+            "where x.request_id like 'real-kafka-%'",
+        ),
+    )
     check_calls([{"calls": r["calls"]} for r in rows if r["calls"]])

@@ -16,19 +16,20 @@ from typing import Any
 
 import orjson
 from service_kit import REPO
-from stream_helpers import collect, produce, query
+from stream_helpers import collect, full_calls, produce, query
 
 from worker.audit.db import read_only_engine
 from worker.audit.queries import TraceQueries
-from worker.audit.replay import RecordedReplayer
 from worker.config import Settings
+from worker.replay.replayer import RecordedReplayer
 
 SLACK_MS = 1000  # the README's promise: deadline + about a second, even in a total LLM outage
 
 
 def infra(script: str, *args: str) -> str:
-    return subprocess.run(["bash", str(REPO / "infra" / script), *args], check=True,
-                          capture_output=True, text=True, timeout=120).stdout
+    return subprocess.run(
+        ["bash", str(REPO / "infra" / script), *args], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
 
 
 def owns_services() -> bool:
@@ -55,30 +56,40 @@ class Figures:
     def line(self) -> str:
         over = "-" if self.max_over_deadline_ms is None else f"{self.max_over_deadline_ms} ms"
         failover = "-" if self.failover_s is None else f"{self.failover_s:.1f} s"
-        return (f"FAULT MATRIX | {self.case} | requests {self.requests} | lost {self.lost} | "
-                f"repeated calls {self.repeated_calls} of {self.checked_calls} | max latency "
-                f"over deadline {over} | failover {failover} | replay {self.reproduced}/"
-                f"{self.replayed} | {self.statuses} | {self.reasons}")
+        return (
+            f"FAULT MATRIX | {self.case} | requests {self.requests} | lost {self.lost} | "
+            f"repeated calls {self.repeated_calls} of {self.checked_calls} | max latency "
+            f"over deadline {over} | failover {failover} | replay {self.reproduced}/"
+            f"{self.replayed} | {self.statuses} | {self.reasons}"
+        )
 
 
 async def send(env: dict[str, str], requests: list[dict[str, Any]]) -> None:
-    await produce(env["LLM4RERANK_KAFKA_BOOTSTRAP"], env["LLM4RERANK_REQUEST_TOPIC"],
-                  [orjson.dumps(r) for r in requests], [r["request_id"].encode() for r in requests])
+    await produce(
+        env["LLM4RERANK_KAFKA_BOOTSTRAP"],
+        env["LLM4RERANK_REQUEST_TOPIC"],
+        [orjson.dumps(r) for r in requests],
+        [r["request_id"].encode() for r in requests],
+    )
 
 
 async def send_paced(env: dict[str, str], requests: list[dict[str, Any]], per_s: float) -> None:
     """Arrivals at a steady rate, as a live feed sends them (not a backlog)."""
     batch = max(1, int(per_s / 10))
     for i in range(0, len(requests), batch):
-        await send(env, requests[i:i + batch])
+        await send(env, requests[i : i + batch])
         await asyncio.sleep(batch / per_s)
 
 
 async def finished(url: str, prefix: str) -> int:
     while True:
         try:
-            rows = await query(url, "select count(*) as n from sessions where request_id like "
-                                    ":p and status in ('ok', 'degraded', 'failed')", p=f"{prefix}-%")
+            rows = await query(
+                url,
+                "select count(*) as n from sessions where request_id like "
+                ":p and status in ('ok', 'degraded', 'failed')",
+                p=f"{prefix}-%",
+            )
             return rows[0]["n"]
         except OSError:  # the database is down in this case: wait
             await asyncio.sleep(0.5)
@@ -92,15 +103,20 @@ async def until_finished(url: str, prefix: str, n: int, timeout_s: float = 120) 
         await asyncio.sleep(0.1)
 
 
-async def check_run(case: str, env: dict[str, str], requests: list[dict[str, Any]],
-                    calls_log: Path, *, llm_fails: set[str] | None = None,
-                    timeout_s: float = 240) -> Figures:
+async def check_run(
+    case: str,
+    env: dict[str, str],
+    requests: list[dict[str, Any]],
+    calls_log: Path,
+    *,
+    llm_fails: set[str] | None = None,
+    timeout_s: float = 240,
+) -> Figures:
     """The matrix's assertions for one finished case; returns its figures."""
     ids = {r["request_id"] for r in requests}
     prefix = next(iter(ids)).rsplit("-", 1)[0]
     figures = Figures(case, len(requests))
-    results = await collect(env["LLM4RERANK_KAFKA_BOOTSTRAP"],
-                            env["LLM4RERANK_RESULT_TOPIC"], ids, timeout_s)
+    results = await collect(env["LLM4RERANK_KAFKA_BOOTSTRAP"], env["LLM4RERANK_RESULT_TOPIC"], ids, timeout_s)
     rankings: dict[str, list[list[str]]] = defaultdict(list)
     for key, value in results:
         rankings[key].append(value["ranking"])
@@ -110,10 +126,13 @@ async def check_run(case: str, env: dict[str, str], requests: list[dict[str, Any
         assert all(r == seen[0] for r in seen), f"{key} was published with different rankings"
 
     url = env["LLM4RERANK_DATABASE_URL"]
-    rows = await query(url, "select request_id, status, result, latency_ms, receipt_at, "
-                            "received_at, claimed_at, completed_at, run_config from sessions "
-                            "where request_id like :p",
-                       p=f"{prefix}-%")
+    rows = await query(
+        url,
+        "select request_id, status, result, latency_ms, receipt_at, "
+        "received_at, claimed_at, completed_at, run_config from sessions "
+        "where request_id like :p",
+        p=f"{prefix}-%",
+    )
     assert len(rows) == len(ids)
     for row in rows:
         figures.statuses[row["status"]] = figures.statuses.get(row["status"], 0) + 1
@@ -125,17 +144,23 @@ async def check_run(case: str, env: dict[str, str], requests: list[dict[str, Any
         assert row["run_config"], "the run configuration is stored with every session"
         # time runs from receipt, across resumes and workers
         since_receipt = (row["completed_at"] - row["receipt_at"]).total_seconds() * 1000
-        assert abs(row["latency_ms"] - since_receipt) < 250, (row["request_id"], row["latency_ms"],
-                                                               since_receipt)
+        assert abs(row["latency_ms"] - since_receipt) < 250, (
+            row["request_id"],
+            row["latency_ms"],
+            since_receipt,
+        )
     if llm_fails:  # the requests that arrived while the LLM failed
         deadline = int(env["LLM4RERANK_DEADLINE_MS"])
         over = max(r["latency_ms"] - deadline for r in rows if r["request_id"] in llm_fails)
         figures.max_over_deadline_ms = over
-        late = sorted((r for r in rows if r["request_id"] in llm_fails),
-                      key=lambda r: -r["latency_ms"])[:3]
-        assert over <= SLACK_MS, (f"a result came {over} ms after its deadline", [
-            (r["request_id"], r["receipt_at"], r["received_at"], r["claimed_at"],
-             r["completed_at"]) for r in late])
+        late = sorted((r for r in rows if r["request_id"] in llm_fails), key=lambda r: -r["latency_ms"])[:3]
+        assert over <= SLACK_MS, (
+            f"a result came {over} ms after its deadline",
+            [
+                (r["request_id"], r["receipt_at"], r["received_at"], r["claimed_at"], r["completed_at"])
+                for r in late
+            ],
+        )
 
     figures.checked_calls, figures.repeated_calls = await repeated_calls(url, prefix, calls_log)
     assert figures.checked_calls > 0
@@ -154,8 +179,15 @@ async def repeated_calls(url: str, prefix: str, calls_log: Path) -> tuple[int, i
     for line in calls_log.read_bytes().splitlines():
         entry = orjson.loads(line)
         served[entry["prompt"]].append(entry["t"])
-    steps = await query(url, "select s.calls, s.created_at from steps s join sessions x on "
-                             "x.id = s.session_id where x.request_id like :p", p=f"{prefix}-%")
+    steps = await full_calls(
+        url,
+        await query(
+            url,
+            "select s.calls, s.created_at from steps s join sessions x on "
+            "x.id = s.session_id where x.request_id like :p",
+            p=f"{prefix}-%",
+        ),
+    )
     checked = repeated = 0
     for step in steps:
         stored_at = step["created_at"].timestamp() if isinstance(step["created_at"], datetime) else 0
@@ -178,6 +210,9 @@ async def replay(url: str, request_ids: list[str]) -> tuple[int, int, list[Any]]
         await engine.dispose()
     replayer = RecordedReplayer(Settings(_env_file=None))
     comparisons = [await replayer.replay(s) for s in stored]
-    differing = [(c.original.request_id, c.error, c.diffs[:2], c.original.status,
-                  c.replay and c.replay.status) for c in comparisons if not c.reproduced]
+    differing = [
+        (c.original.request_id, c.error, c.diffs[:2], c.original.status, c.replay and c.replay.status)
+        for c in comparisons
+        if not c.reproduced
+    ]
     return len(comparisons), len(comparisons) - len(differing), differing

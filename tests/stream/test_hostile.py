@@ -30,7 +30,7 @@ from hostile_cases import (
 from service_kit import CLI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
-from stream_helpers import collect, query
+from stream_helpers import collect, full_calls, query
 
 from worker.audit.api import create_app
 from worker.audit.db import read_only_engine
@@ -43,12 +43,14 @@ PRODUCER_LIMIT = 1_000_000
 
 async def produce(bootstrap: str, topic: str, messages: list[Message]) -> list[tuple[int, int]]:
     """Send in order; returns (partition, offset) of each message."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                max_request_size=2_000_000)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=2_000_000
+    )
     await producer.start()
     try:
-        futures = [await producer.send(topic, m.value, key=m.key, headers=m.headers or None)
-                   for m in messages]
+        futures = [
+            await producer.send(topic, m.value, key=m.key, headers=m.headers or None) for m in messages
+        ]
         metas = await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -57,8 +59,11 @@ async def produce(bootstrap: str, topic: str, messages: list[Message]) -> list[t
 
 def set_faults(port: int, **update: Any) -> None:
     """sim-llm's fault knobs; JSON with escapes, so lone surrogates travel too."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/sim/faults", method="POST",
-                                     data=json.dumps(update, ensure_ascii=True).encode())
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/sim/faults",
+        method="POST",
+        data=json.dumps(update, ensure_ascii=True).encode(),
+    )
     urllib.request.urlopen(request, timeout=5).read()
 
 
@@ -73,8 +78,13 @@ def backpressure(port: str) -> float | None:
     return None
 
 
-async def outcomes(env: dict[str, str], messages: list[Message], sent: list[tuple[int, int]],
-                   results_before: int, dead_before: int) -> tuple[list, list, list[float]]:
+async def outcomes(
+    env: dict[str, str],
+    messages: list[Message],
+    sent: list[tuple[int, int]],
+    results_before: int,
+    dead_before: int,
+) -> tuple[list, list, list[float]]:
     """Read results and dead letters until every message has its outcome, sampling the gauge."""
     bootstrap = env["LLM4RERANK_KAFKA_BOOTSTRAP"]
     want_results = results_before + sum(m.expect == "result" for m in messages)
@@ -93,8 +103,7 @@ async def outcomes(env: dict[str, str], messages: list[Message], sent: list[tupl
         await asyncio.sleep(1.0)
 
 
-def check_outcomes(messages: list[Message], sent: list[tuple[int, int]], results: list,
-                   dead: list) -> None:
+def check_outcomes(messages: list[Message], sent: list[tuple[int, int]], results: list, dead: list) -> None:
     dead_at = {}
     for _, record in dead:
         where = (record["source"]["partition"], record["source"]["offset"])
@@ -140,8 +149,7 @@ async def test_hostile_messages_and_answers(sim_llm, stream_env, start_worker, t
 
     # nothing stalled, and a data error never read as "database down"
     assert gauge and gauge2 and max(gauge + gauge2) == 0.0
-    stuck = await query(url, "select request_id, status from sessions where status in "
-                             "('pending', 'running')")
+    stuck = await query(url, "select request_id, status from sessions where status in ('pending', 'running')")
     assert stuck == []
 
     # dead letters fit under the producer's limit; big payloads are cut with their digest
@@ -175,8 +183,12 @@ async def test_hostile_messages_and_answers(sim_llm, stream_env, start_worker, t
     assert odd["policy"] == "llm" and odd["status"] == "ok"
 
     # prompts: request text never starts a line, and a 900 KB title is cut (noted in the step)
-    rows = await query(url, "select x.request_id, s.calls, s.notes from steps s join sessions x "
-                            "on x.id = s.session_id")
+    rows = await full_calls(
+        url,
+        await query(
+            url, "select x.request_id, s.calls, s.notes from steps s join sessions x on x.id = s.session_id"
+        ),
+    )
     for row in rows:
         for call in row["calls"] or []:
             for message in call["messages"]:
@@ -189,8 +201,9 @@ async def test_hostile_messages_and_answers(sim_llm, stream_env, start_worker, t
     assert huge and all(any("cut to" in n for n in r["notes"]) for r in huge if r["calls"])
 
     # answers with characters PostgreSQL cannot hold were stored losslessly and noted
-    replaced = [(r, LLMCall.model_validate(c)) for r in rows for c in r["calls"] or []
-                if c.get("raw_replaced")]
+    replaced = [
+        (r, LLMCall.model_validate(c)) for r in rows for c in r["calls"] or [] if c.get("raw_replaced")
+    ]
     assert replaced, "no answer with U+0000 or a lone surrogate was stored"
     for row, call in replaced:
         assert any("U+FFFD" in n for n in row["notes"])
@@ -204,14 +217,22 @@ async def read_back(url: str, request_ids: set[str], replaced: list, tmp_path) -
     """Every stored session and step reads back in the API; some also in `trace show`."""
     engine = create_async_engine(url)
     async with engine.connect() as conn:
-        counts = dict((await conn.execute(text(
-            "select x.request_id, count(s.id) from sessions x left join steps s on "
-            "s.session_id = x.id group by x.request_id"))).all())
+        counts = dict(
+            (
+                await conn.execute(
+                    text(
+                        "select x.request_id, count(s.id) from sessions x left join steps s on "
+                        "s.session_id = x.id group by x.request_id"
+                    )
+                )
+            ).all()
+        )
     await engine.dispose()
     app = create_app(read_only_engine(url), [TOKEN])
     headers = {"authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a",
-                                 headers=headers) as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://a", headers=headers
+    ) as client:
         for rid in sorted(counts):
             response = await client.get("/api/session", params={"request_id": rid})
             assert response.status_code == 200, (rid, response.text[:200])
@@ -221,11 +242,13 @@ async def read_back(url: str, request_ids: set[str], replaced: list, tmp_path) -
                 assert calls.status_code == 200
     shown = [*SPECIAL_REQUEST_IDS, *sorted({row["request_id"] for row, _ in replaced})[:2]]
     for rid in shown:
-        as_json = subprocess.run([CLI, "trace", "show", rid, "--json", "--db", url],
-                                 capture_output=True, timeout=60)
+        as_json = subprocess.run(
+            [CLI, "trace", "show", rid, "--json", "--db", url], capture_output=True, timeout=60
+        )
         assert as_json.returncode == 0, as_json.stderr[-500:]
         assert len(orjson.loads(as_json.stdout)["steps"]) == counts[rid]
-        as_text = subprocess.run([CLI, "trace", "show", rid, "--calls", "--db", url],
-                                 capture_output=True, timeout=60)
+        as_text = subprocess.run(
+            [CLI, "trace", "show", rid, "--calls", "--db", url], capture_output=True, timeout=60
+        )
         assert as_text.returncode == 0
         assert not any(b in as_text.stdout for b in (b"\x1b", b"\x00", b"\r", b"\x85"))

@@ -27,14 +27,16 @@ def request_in_its_own_key_order() -> bytes:
     """Feature keys in an order JSONB would change (it sorts shorter keys first)."""
     body = sample_requests(1, seed=21, prefix="same")[0]
     for c in body["candidates"]:
-        c["features"] = {"title": c["features"]["title"], "genre": c["features"]["genre"],
-                         "year": c["features"]["year"]}
+        c["features"] = {
+            "title": c["features"]["title"],
+            "genre": c["features"]["genre"],
+            "year": c["features"]["year"],
+        }
     body["user"]["features"] = {"gender": "F", "age": 25}
     return orjson.dumps(body)
 
 
-async def test_worker_and_offline_rerank_send_identical_prompts(sim_llm, stream_env, start_worker,
-                                                                tmp_path):
+async def test_worker_and_offline_rerank_send_identical_prompts(sim_llm, stream_env, start_worker, tmp_path):
     log = tmp_path / "calls.jsonl"
     sim = sim_llm("--seed", "5", "--call-log", str(log))
     env = {**stream_env, "LLM4RERANK_LLM_BASE_URL": sim.base_url}
@@ -50,17 +52,22 @@ async def test_worker_and_offline_rerank_send_identical_prompts(sim_llm, stream_
 
     source = tmp_path / "one.jsonl"
     source.write_bytes(raw + b"\n")
-    offline = await asyncio.to_thread(subprocess.run, [CLI, "rerank", str(source), "--out",
-                                      str(tmp_path / "out.jsonl")], env=env, capture_output=True,
-                                      timeout=120)
+    offline = await asyncio.to_thread(
+        subprocess.run,
+        [CLI, "rerank", str(source), "--out", str(tmp_path / "out.jsonl")],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert offline.returncode == 0, offline.stderr[-2000:]
-    offline_calls = hashes(log)[len(logged):]
+    offline_calls = hashes(log)[len(logged) :]
     assert offline_calls[-calls:] == through_kafka and len(offline_calls) in (calls, calls + 1)
     assert orjson.loads((tmp_path / "out.jsonl").read_bytes())["ranking"] == results[0][1]["ranking"]
 
 
-@pytest.mark.parametrize(("prompts", "structured"),
-                         [("paper", "none"), ("paper", "json_schema"), ("default", "none")])
+@pytest.mark.parametrize(
+    ("prompts", "structured"), [("paper", "none"), ("paper", "json_schema"), ("default", "none")]
+)
 def test_item_ids_of_any_characters_are_parsed(sim_llm, tmp_path, prompts, structured):
     """Ids with spaces, commas, semicolons, brackets, quotes, parentheses or digits only: answers
     name items by number in every prompt set, so every answer is used (policy llm, status ok)."""
@@ -70,12 +77,27 @@ def test_item_ids_of_any_characters_are_parsed(sim_llm, tmp_path, prompts, struc
         c["item_id"] = item_id
     source = tmp_path / "odd.jsonl"
     source.write_bytes(orjson.dumps(body) + b"\n")
-    env = {"PATH": "/usr/bin:/bin", "LLM4RERANK_LLM_BASE_URL": sim.base_url,
-           "LLM4RERANK_LLM_MODEL": SIM_MODEL, "LLM4RERANK_PROMPTS": prompts,
-           "LLM4RERANK_LLM_STRUCTURED": structured}
-    done = subprocess.run([CLI, "rerank", str(source), "--out", str(tmp_path / "out.jsonl"),
-                           "--trace", str(tmp_path / "trace.jsonl")], env=env, capture_output=True,
-                          timeout=120)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LLM4RERANK_LLM_BASE_URL": sim.base_url,
+        "LLM4RERANK_LLM_MODEL": SIM_MODEL,
+        "LLM4RERANK_PROMPTS": prompts,
+        "LLM4RERANK_LLM_STRUCTURED": structured,
+    }
+    done = subprocess.run(
+        [
+            CLI,
+            "rerank",
+            str(source),
+            "--out",
+            str(tmp_path / "out.jsonl"),
+            "--trace",
+            str(tmp_path / "trace.jsonl"),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = orjson.loads((tmp_path / "out.jsonl").read_bytes())
     assert result["status"] == "ok" and result["policy"] == "llm", result

@@ -34,8 +34,13 @@ class PoisonChat:
         self.inner, self.marker, self.times = inner, marker, times
         self.raised = 0
 
-    async def complete(self, messages: list[dict[str, Any]], response_format: Any,
-                       deadline: float, max_tokens: int | None = None) -> Any:
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        response_format: Any,
+        deadline: float,
+        max_tokens: int | None = None,
+    ) -> Any:
         if self.marker in str(messages) and (self.times is None or self.raised < self.times):
             self.raised += 1
             raise RuntimeError("simulated bug in the walk")
@@ -59,8 +64,13 @@ def _metric(name: str) -> float:
 @pytest.fixture
 async def parts(sim_llm, pg_url):
     sim = sim_llm("--seed", "3", "--latency-ms", "5")
-    settings = Settings(_env_file=None, llm_base_url=sim.base_url, llm_model=SIM_MODEL,
-                        database_url=pg_url, deadline_ms=20_000)
+    settings = Settings(
+        _env_file=None,
+        llm_base_url=sim.base_url,
+        llm_model=SIM_MODEL,
+        database_url=pg_url,
+        deadline_ms=20_000,
+    )
     chat = OpenAIChat(settings)
     store = Store(pg_url)
     writer = GroupCommitWriter(store)
@@ -77,13 +87,20 @@ async def test_a_crashing_walk_releases_its_lease_is_retried_then_failed(parts) 
     transient = [_poisoned(r, "FLAKY-1") for r in _requests(1, "crashonce", seed=5)]
     reranker = Reranker(settings, PoisonChat(PoisonChat(chat, "FLAKY-1", times=1), "POISON-1"))
     config = reranker.stored_config
-    await store.receive([(r, Source(topic="t")) for r in healthy + poison + transient],
-                        run_config=config, deployment="d1", result_topic="results")
-    crashes, failed = _metric("llm4rerank_walk_crashes_total"), _metric(
-        "llm4rerank_sessions_failed_by_crashes_total")
+    await store.receive(
+        [(r, Source(topic="t")) for r in healthy + poison + transient],
+        run_config=config,
+        deployment="d1",
+        result_topic="results",
+    )
+    crashes, failed = (
+        _metric("llm4rerank_walk_crashes_total"),
+        _metric("llm4rerank_sessions_failed_by_crashes_total"),
+    )
     done = asyncio.Event()
-    runner = Runner(store, writer, reranker, "w-crash", concurrency=4, lease_s=60, on_done=done,
-                    crash_limit=3)
+    runner = Runner(
+        store, writer, reranker, "w-crash", concurrency=4, lease_s=60, on_done=done, crash_limit=3
+    )
     runner.start()
     for r in healthy + poison + transient:
         await runner.submit(r.request_id)
@@ -91,9 +108,14 @@ async def test_a_crashing_walk_releases_its_lease_is_retried_then_failed(parts) 
         await runner.queue.join()  # in process: the runner itself ends every session
     await runner.drain(1)
 
-    rows = {r["request_id"]: r for r in await query(
-        settings.database_url, "select request_id, status, reason, crashes, lease_owner, "
-        "last_error, result from sessions where request_id like 'crash%'")}
+    rows = {
+        r["request_id"]: r
+        for r in await query(
+            settings.database_url,
+            "select request_id, status, reason, crashes, lease_owner, "
+            "last_error, result from sessions where request_id like 'crash%'",
+        )
+    }
     for r in poison:
         row = rows[r.request_id]
         assert row["status"] == "failed" and row["crashes"] == 3 and row["lease_owner"] is None
@@ -103,8 +125,7 @@ async def test_a_crashing_walk_releases_its_lease_is_retried_then_failed(parts) 
         assert row["result"]["policy"] == "none" and row["result"]["attempts"] == 4
     assert rows[transient[0].request_id]["status"] in ("ok", "degraded")
     assert rows[transient[0].request_id]["crashes"] == 1
-    assert all(rows[r.request_id]["status"] == "ok" and rows[r.request_id]["crashes"] == 0
-               for r in healthy)
+    assert all(rows[r.request_id]["status"] == "ok" and rows[r.request_id]["crashes"] == 0 for r in healthy)
     assert _metric("llm4rerank_walk_crashes_total") - crashes == 2 * 3 + 1
     assert _metric("llm4rerank_sessions_failed_by_crashes_total") - failed == 2
     # recorded replay reproduces the failed sessions too (the walk stops where they stopped)
@@ -119,8 +140,9 @@ async def test_time_runs_from_receipt(parts) -> None:
     [late] = _requests(1, "late", seed=6)
     late = late.model_copy(update={"options": late.options.model_copy(update={"deadline_ms": 2000})})
     reranker = Reranker(settings, chat)
-    await store.receive([(late, None)], receipts=[utcnow() - timedelta(seconds=10)],
-                        run_config=reranker.stored_config)
+    await store.receive(
+        [(late, None)], receipts=[utcnow() - timedelta(seconds=10)], run_config=reranker.stored_config
+    )
     result, _, _ = await run_session(store, writer, reranker, late.request_id, "w-t", 60)
     assert result.status == "degraded" and result.policy == "llm+heuristic"
     assert result.reason.startswith("deadline of 2000 ms passed")
@@ -137,8 +159,9 @@ async def test_a_resume_runs_with_the_configuration_stored_at_receipt(parts) -> 
     result, _, _ = await run_session(store, writer, redeployed, request.request_id, "w-c", 60)
     # the stored cap of one LLM call, not today's seven
     assert result.llm_calls == 1 and result.path == ["accuracy", "stop"]
-    [row] = await query(settings.database_url, "select run_config from sessions where "
-                                               "request_id = :r", r=request.request_id)
+    [row] = await query(
+        settings.database_url, "select run_config from sessions where request_id = :r", r=request.request_id
+    )
     assert row["run_config"]["max_steps"] == 1 and row["run_config"]["llm_reasks"] == 1
     replayed, reproduced, differing = await replay(settings.database_url, [request.request_id])
     assert reproduced == replayed == 1, differing
@@ -148,10 +171,12 @@ async def test_sessions_belong_to_their_deployment(pg_url) -> None:
     store = Store(pg_url)
     try:
         mine, theirs = _requests(2, "dep-a", seed=8), _requests(2, "dep-b", seed=9)
-        await store.receive([(r, Source(topic="a.requests")) for r in mine], deployment="A",
-                            result_topic="a.results")
-        await store.receive([(r, Source(topic="b.requests")) for r in theirs], deployment="B",
-                            result_topic="b.results")
+        await store.receive(
+            [(r, Source(topic="a.requests")) for r in mine], deployment="A", result_topic="a.results"
+        )
+        await store.receive(
+            [(r, Source(topic="b.requests")) for r in theirs], deployment="B", result_topic="b.results"
+        )
         orphans_a = set(await store.orphans("A"))
         assert {r.request_id for r in mine} <= orphans_a
         assert not {r.request_id for r in theirs} & orphans_a
@@ -168,8 +193,7 @@ async def test_sessions_belong_to_their_deployment(pg_url) -> None:
 
         while await store.publish_batch(capture, deployment="A"):
             pass
-        ours = {r["request_id"]: r["result_topic"] for r in sent
-                if r["request_id"].startswith("dep-")}
+        ours = {r["request_id"]: r["result_topic"] for r in sent if r["request_id"].startswith("dep-")}
         assert ours == {r.request_id: "a.results" for r in mine}
     finally:
         await store.close()

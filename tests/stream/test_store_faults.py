@@ -35,8 +35,9 @@ async def store(faults_pg_url: str):
 
 async def _session_id(store: Store, request_id: str) -> int:
     async with store.engine.connect() as conn:
-        return (await conn.execute(select(sessions.c.id).where(
-            sessions.c.request_id == request_id))).scalar_one()
+        return (
+            await conn.execute(select(sessions.c.id).where(sessions.c.request_id == request_id))
+        ).scalar_one()
 
 
 async def test_a_nul_is_a_data_error_not_an_outage(store: Store) -> None:
@@ -57,15 +58,24 @@ async def test_group_commit_isolates_the_refused_step(store: Store) -> None:
     good = StepRecord(step=1, node="accuracy", policy="llm")
     escaped = StepRecord(step=1, node="accuracy", policy="llm", notes=["x\x00y"], problem="p\x00")
     too_long = StepRecord(step=1, node="n" * 40, policy="llm")  # node is varchar(32)
-    results = await asyncio.wait_for(asyncio.gather(
-        writer.write(ids[0], good), writer.write(ids[1], escaped),
-        writer.write(ids[2], too_long), writer.write(ids[3], good), return_exceptions=True), 30)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            writer.write(ids[0], good),
+            writer.write(ids[1], escaped),
+            writer.write(ids[2], too_long),
+            writer.write(ids[3], good),
+            return_exceptions=True,
+        ),
+        30,
+    )
     await writer.stop()
     assert results[0] is None and results[1] is None and results[3] is None
     assert is_data_error(results[2])
     async with store.engine.connect() as conn:
-        rows = {r.session_id: r for r in (await conn.execute(
-            select(steps).where(steps.c.session_id.in_(ids)))).all()}
+        rows = {
+            r.session_id: r
+            for r in (await conn.execute(select(steps).where(steps.c.session_id.in_(ids)))).all()
+        }
     assert set(rows) == {ids[0], ids[1], ids[3]}
     kept = rows[ids[1]]
     assert kept.notes[0] == "x\\u0000y" and kept.problem == "p\\u0000"
@@ -94,15 +104,18 @@ async def test_same_id_other_content_is_a_conflict(store: Store) -> None:
 
 
 async def test_replay_of_only_for_a_stored_original(store: Store) -> None:
-    original, fake, real = [RerankRequest.model_validate(r)
-                            for r in make_requests(3, seed=4, prefix="rpl")]
+    original, fake, real = [RerankRequest.model_validate(r) for r in make_requests(3, seed=4, prefix="rpl")]
     await store.receive([(original, None)])
     receipt = await store.receive_checked([(fake, None)], replay_of="nowhere", replay_mode="kafka")
     assert receipt.notes and "nowhere" in receipt.notes[0]
     await store.receive([(real, None)], replay_of=original.request_id, replay_mode="kafka")
     async with store.engine.connect() as conn:
-        rows = {r.request_id: r for r in (await conn.execute(select(
-            sessions.c.request_id, sessions.c.replay_of, sessions.c.notes))).all()}
+        rows = {
+            r.request_id: r
+            for r in (
+                await conn.execute(select(sessions.c.request_id, sessions.c.replay_of, sessions.c.notes))
+            ).all()
+        }
     assert rows[fake.request_id].replay_of is None and "nowhere" in rows[fake.request_id].notes[0]
     assert rows[real.request_id].replay_of == original.request_id
 
@@ -117,8 +130,9 @@ async def test_the_request_text_keeps_its_key_order(store: Store) -> None:
     assert claim is not None
     assert list(claim.request.candidates[0].features) == ["title", "genre", "year"]
     async with store.engine.connect() as conn:
-        row = (await conn.execute(select(sessions.c.request).where(
-            sessions.c.request_id == request.request_id))).one()
+        row = (
+            await conn.execute(select(sessions.c.request).where(sessions.c.request_id == request.request_id))
+        ).one()
     # JSONB alone would reorder the keys (shorter first): the stored text is what keeps them
     assert list(stored_request(None, row.request).candidates[0].features) != ["title", "genre", "year"]
 

@@ -17,9 +17,19 @@ from worker.store.store import Store
 
 def _result(request: RerankRequest, status: str = "ok") -> RerankResult:
     ranking = [c.item_id for c in request.candidates]
-    return RerankResult(request_id=request.request_id, status=status, ranking=ranking,
-                        path=["accuracy", "stop"], llm_calls=1, usage=Usage(), model="m",
-                        prompt_version="p", latency_ms=1, reason=None, completed_at=utcnow())
+    return RerankResult(
+        request_id=request.request_id,
+        status=status,
+        ranking=ranking,
+        path=["accuracy", "stop"],
+        llm_calls=1,
+        usage=Usage(),
+        model="m",
+        prompt_version="p",
+        latency_ms=1,
+        reason=None,
+        completed_at=utcnow(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +63,7 @@ async def test_inbox_is_idempotent_and_a_finished_request_is_published_again(sto
     await asyncio.sleep(0.01)
     assert await store.receive([(request, source)]) == [request.request_id]
     rows = await store.unpublished()
-    assert [r["request_id"] for r in rows if r["request_id"] == request.request_id] == [
-        request.request_id]
+    assert [r["request_id"] for r in rows if r["request_id"] == request.request_id] == [request.request_id]
 
 
 async def test_a_lease_keeps_a_second_worker_off_until_it_expires(store: Store) -> None:
@@ -67,8 +76,9 @@ async def test_a_lease_keeps_a_second_worker_off_until_it_expires(store: Store) 
     await asyncio.sleep(0.6)
     second = await store.claim(request.request_id, "w2", 30)
     assert second is not None and second.attempts == 2
-    assert not await store.complete(first.session_id, "w1", _result(request)), \
+    assert not await store.complete(first.session_id, "w1", _result(request)), (
         "a worker whose lease expired must not store its result"
+    )
     assert await store.complete(second.session_id, "w2", _result(request))
     assert await store.claim(request.request_id, "w3", 30) is None  # finished
 
@@ -79,8 +89,13 @@ async def test_a_step_is_stored_once_and_resume_sees_it(store: Store) -> None:
     await store.receive([(request, None)])
     claim = await store.claim(request.request_id, "w1", 30)
     assert claim is not None
-    step = StepRecord(step=1, node="accuracy", policy="llm",
-                      ranking=[c.item_id for c in request.candidates], next_node="stop")
+    step = StepRecord(
+        step=1,
+        node="accuracy",
+        policy="llm",
+        ranking=[c.item_id for c in request.candidates],
+        next_node="stop",
+    )
     await store.add_steps([(claim.session_id, step)])
     await store.add_steps([(claim.session_id, step.model_copy(update={"node": "diversity"}))])
     await store.release("w1")
@@ -95,8 +110,9 @@ async def _noop(rows: list) -> None:
 
 async def test_only_sessions_that_came_through_kafka_are_published(store: Store) -> None:
     tag = store.engine.dialect.name
-    offline, kafka = (RerankRequest.model_validate(r)
-                      for r in make_requests(2, seed=4, prefix=f"outbox-{tag}"))
+    offline, kafka = (
+        RerankRequest.model_validate(r) for r in make_requests(2, seed=4, prefix=f"outbox-{tag}")
+    )
     await store.receive([(offline, None)])
     await store.receive([(kafka, Source(topic="requests", partition=1, offset=3))])
     for request in (offline, kafka):
@@ -108,6 +124,6 @@ async def test_only_sessions_that_came_through_kafka_are_published(store: Store)
     # the offline session's request_id now arrives through Kafka: its stored result goes out
     await asyncio.sleep(0.01)
     assert await store.receive([(offline, Source(topic="requests", partition=0, offset=9))]) == [
-        offline.request_id]
+        offline.request_id
+    ]
     assert offline.request_id in {r["request_id"] for r in await store.unpublished()}
-

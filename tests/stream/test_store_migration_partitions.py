@@ -42,7 +42,8 @@ SESSION = text(
     "INSERT INTO sessions (request_id, user_id, goal, request, status, received_at, attempts, "
     "request_hash, request_text, source_topic, deployment, final_ranking, completed_at, published_at) "
     "VALUES (:rid, :user, :goal, CAST(:request AS jsonb), :status, :at, 1, :hash, :text, 't', 'd', "
-    "CAST(:ranking AS jsonb), :done, :done) RETURNING id")
+    "CAST(:ranking AS jsonb), :done, :done) RETURNING id"
+)
 
 
 async def _fill(url: str, requests: list[RerankRequest], ages: list[int]) -> dict[str, int]:
@@ -59,19 +60,36 @@ async def _fill(url: str, requests: list[RerankRequest], ages: list[int]) -> dic
                 finished = age > 0
                 ranking = orjson.dumps([c.item_id for c in request.candidates]).decode()
                 body = request.model_dump(mode="json", exclude_none=True)
-                sid = (await conn.execute(SESSION, {
-                    "rid": request.request_id, "user": request.user.user_id, "goal": request.goal,
-                    "request": orjson.dumps(body).decode(), "status": "ok" if finished else "pending",
-                    "at": at, "hash": canonical_hash(request), "text": orjson.dumps(body).decode(),
-                    "ranking": ranking if finished else "null",
-                    "done": at if finished else None})).scalar_one()
+                sid = (
+                    await conn.execute(
+                        SESSION,
+                        {
+                            "rid": request.request_id,
+                            "user": request.user.user_id,
+                            "goal": request.goal,
+                            "request": orjson.dumps(body).decode(),
+                            "status": "ok" if finished else "pending",
+                            "at": at,
+                            "hash": canonical_hash(request),
+                            "text": orjson.dumps(body).decode(),
+                            "ranking": ranking if finished else "null",
+                            "done": at if finished else None,
+                        },
+                    )
+                ).scalar_one()
                 ids[request.request_id] = sid
                 for step in (1, 2):
-                    record = StepRecord(step=step, node="accuracy", policy="llm",
-                                        ranking=[c.item_id for c in request.candidates],
-                                        next_node="stop" if step == 2 else "accuracy")
-                    await conn.execute(insert(old_steps), {**record.model_dump(mode="json"),
-                                                          "session_id": sid, "created_at": at})
+                    record = StepRecord(
+                        step=step,
+                        node="accuracy",
+                        policy="llm",
+                        ranking=[c.item_id for c in request.candidates],
+                        next_node="stop" if step == 2 else "accuracy",
+                    )
+                    await conn.execute(
+                        insert(old_steps),
+                        {**record.model_dump(mode="json"), "session_id": sid, "created_at": at},
+                    )
     finally:
         await engine.dispose()
     return ids
@@ -88,12 +106,20 @@ async def test_a_store_with_rows_upgrades_and_reads_back(db_at_0003: str) -> Non
     store = Store(url)
     try:
         async with store.engine.connect() as conn:
-            kind = (await conn.execute(text(
-                "SELECT relkind::text FROM pg_class WHERE relname = 'sessions'"))).scalar()
+            kind = (
+                await conn.execute(text("SELECT relkind::text FROM pg_class WHERE relname = 'sessions'"))
+            ).scalar()
             stray = (await conn.execute(text("SELECT count(*) FROM sessions_default"))).scalar()
-            names = set((await conn.execute(text(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'steps'::regclass"))).scalars())
+            names = set(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                            "WHERE i.inhparent = 'steps'::regclass"
+                        )
+                    )
+                ).scalars()
+            )
         assert kind == "p" and stray == 0
         now = datetime.now(UTC)
         for age in ages:
@@ -133,10 +159,14 @@ async def test_a_store_with_rows_upgrades_and_reads_back(db_at_0003: str) -> Non
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            kind = (await conn.execute(text(
-                "SELECT relkind::text FROM pg_class WHERE relname = 'sessions'"))).scalar()
-            counts = (await conn.execute(text(
-                "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM steps)"))).one()
+            kind = (
+                await conn.execute(text("SELECT relkind::text FROM pg_class WHERE relname = 'sessions'"))
+            ).scalar()
+            counts = (
+                await conn.execute(
+                    text("SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM steps)")
+                )
+            ).one()
         assert kind == "r" and tuple(counts) == (4, 6)
     finally:
         await engine.dispose()

@@ -51,13 +51,28 @@ async def _walk(store: Store, request: RerankRequest, n_steps: int = 2) -> None:
     claim = await store.claim(request.request_id, "w1", 30)
     assert claim is not None
     ranking = [c.item_id for c in request.candidates]
-    await store.add_steps([(claim.session_id, StepRecord(step=i + 1, node="accuracy", policy="llm",
-                                                         ranking=ranking, next_node="stop"))
-                           for i in range(n_steps)])
-    result = RerankResult(request_id=request.request_id, status="ok", ranking=ranking,
-                          path=["accuracy", "stop"], llm_calls=n_steps, usage=Usage(), model="m",
-                          prompt_version="p", latency_ms=1, reason=None,
-                          completed_at=store_module.utcnow())
+    await store.add_steps(
+        [
+            (
+                claim.session_id,
+                StepRecord(step=i + 1, node="accuracy", policy="llm", ranking=ranking, next_node="stop"),
+            )
+            for i in range(n_steps)
+        ]
+    )
+    result = RerankResult(
+        request_id=request.request_id,
+        status="ok",
+        ranking=ranking,
+        path=["accuracy", "stop"],
+        llm_calls=n_steps,
+        usage=Usage(),
+        model="m",
+        prompt_version="p",
+        latency_ms=1,
+        reason=None,
+        completed_at=store_module.utcnow(),
+    )
     assert await store.complete(claim.session_id, "w1", result)
 
 
@@ -73,12 +88,22 @@ async def _walk_at(monkeypatch, store: Store, requests: list[RerankRequest], whe
 
 async def _rows(store: Store, request_ids: list[str]) -> tuple[list[dict], list[dict]]:
     async with store.engine.connect() as conn:
-        s = [dict(r) for r in (await conn.execute(
-            select(sessions).where(sessions.c.request_id.in_(request_ids)).order_by(sessions.c.id)
-        )).mappings()]
-        st = [dict(r) for r in (await conn.execute(
-            select(steps).where(steps.c.session_id.in_([r["id"] for r in s])).order_by(steps.c.id)
-        )).mappings()]
+        s = [
+            dict(r)
+            for r in (
+                await conn.execute(
+                    select(sessions).where(sessions.c.request_id.in_(request_ids)).order_by(sessions.c.id)
+                )
+            ).mappings()
+        ]
+        st = [
+            dict(r)
+            for r in (
+                await conn.execute(
+                    select(steps).where(steps.c.session_id.in_([r["id"] for r in s])).order_by(steps.c.id)
+                )
+            ).mappings()
+        ]
     return s, st
 
 
@@ -109,7 +134,8 @@ def test_ages_parse() -> None:
 
 
 async def test_partitions_are_created_ahead_and_the_default_partition_is_emptied(
-        store: Store, monkeypatch) -> None:
+    store: Store, monkeypatch
+) -> None:
     now = datetime.now(UTC)
     async with store.engine.begin() as conn:
         parts = await conn.run_sync(partitions)
@@ -136,15 +162,17 @@ async def test_partitions_are_created_ahead_and_the_default_partition_is_emptied
     async with store.engine.connect() as conn:
         for table in ("sessions_default", "steps_default"):
             assert (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one() == 0
-        moved = (await conn.execute(
-            text(f"SELECT count(*) FROM {far.strftime('steps_p%Y%m%d')}"))).scalar_one()
+        moved = (
+            await conn.execute(text(f"SELECT count(*) FROM {far.strftime('steps_p%Y%m%d')}"))
+        ).scalar_one()
     assert moved == 2
     stored = await TraceQueries(store.engine).session(request.request_id)
     assert stored is not None and [s["step"] for s in stored["steps"]] == [1, 2]
 
 
 async def test_retention_exports_old_partitions_and_drops_only_them(
-        store: Store, db: str, tmp_path: Path, monkeypatch) -> None:
+    store: Store, db: str, tmp_path: Path, monkeypatch
+) -> None:
     old, new = _requests(3, "old", seed=1), _requests(2, "new", seed=2)
     old_time = datetime.now(UTC) - timedelta(days=OLD_DAYS)
     await _walk_at(monkeypatch, store, old, old_time)
@@ -159,18 +187,23 @@ async def test_retention_exports_old_partitions_and_drops_only_them(
 
     name = old_time.strftime("sessions_p%Y%m%d")
     assert report.dropped == [name]
-    assert sorted(p.name for p in report.files) == [f"{name}.parquet",
-                                                     f"{name.replace('sessions', 'steps')}.parquet"]
+    assert sorted(p.name for p in report.files) == [
+        f"{name}.parquet",
+        f"{name.replace('sessions', 'steps')}.parquet",
+    ]
     _same(old_sessions, pq.read_table(tmp_path / "export" / f"{name}.parquet").to_pylist())
-    _same(old_steps, pq.read_table(
-        tmp_path / "export" / f"{name.replace('sessions', 'steps')}.parquet").to_pylist())
+    _same(
+        old_steps,
+        pq.read_table(tmp_path / "export" / f"{name.replace('sessions', 'steps')}.parquet").to_pylist(),
+    )
     assert not list((tmp_path / "export").glob(".*")), "no temporary file left"
 
     after = await _partition_names(store)
     assert set(before) - set(after) == {name}
     async with store.engine.connect() as conn:
-        assert (await conn.execute(text("SELECT to_regclass(:n)"),
-                                   {"n": name.replace("sessions", "steps")})).scalar() is None
+        assert (
+            await conn.execute(text("SELECT to_regclass(:n)"), {"n": name.replace("sessions", "steps")})
+        ).scalar() is None
     queries = TraceQueries(store.engine)
     for request in old:
         assert await queries.session(request.request_id) is None
@@ -185,7 +218,8 @@ async def test_retention_exports_old_partitions_and_drops_only_them(
 
 
 async def test_a_crash_between_export_and_drop_is_repaired_by_running_again(
-        store: Store, db: str, tmp_path: Path, monkeypatch) -> None:
+    store: Store, db: str, tmp_path: Path, monkeypatch
+) -> None:
     old = _requests(2, "crash", seed=3)
     old_time = datetime.now(UTC) - timedelta(days=OLD_DAYS)
     await _walk_at(monkeypatch, store, old, old_time)
@@ -209,8 +243,7 @@ async def test_a_crash_between_export_and_drop_is_repaired_by_running_again(
     assert report.dropped == [name]
     assert report.rows == {name: 2, name.replace("sessions", "steps"): 4}
     _same(old_sessions, pq.read_table(tmp_path / f"{name}.parquet").to_pylist())
-    _same(old_steps, pq.read_table(
-        tmp_path / f"{name.replace('sessions', 'steps')}.parquet").to_pylist())
+    _same(old_steps, pq.read_table(tmp_path / f"{name.replace('sessions', 'steps')}.parquet").to_pylist())
     assert not list(tmp_path.glob(".*"))
     assert name not in await _partition_names(store)
     assert (await retain(db, timedelta(days=30), tmp_path)).dropped == []
@@ -220,29 +253,37 @@ async def test_two_workers_receiving_one_request_id_store_one_session(store: Sto
     other = Store(db)
     try:
         requests = _requests(30, "twice", seed=4)
-        batches = [requests[i:i + 5] for i in range(0, 30, 5)]
+        batches = [requests[i : i + 5] for i in range(0, 30, 5)]
         for _ in range(3):  # the same batches from both, in opposite orders (no deadlock)
             await asyncio.gather(
                 *(store.receive([(r, None) for r in b]) for b in batches),
-                *(other.receive([(r, None) for r in reversed(b)]) for b in reversed(batches)))
+                *(other.receive([(r, None) for r in reversed(b)]) for b in reversed(batches)),
+            )
         async with store.engine.connect() as conn:
-            counts = dict((await conn.execute(
-                select(sessions.c.request_id, func.count()).where(
-                    sessions.c.request_id.in_([r.request_id for r in requests]))
-                .group_by(sessions.c.request_id))).all())
+            counts = dict(
+                (
+                    await conn.execute(
+                        select(sessions.c.request_id, func.count())
+                        .where(sessions.c.request_id.in_([r.request_id for r in requests]))
+                        .group_by(sessions.c.request_id)
+                    )
+                ).all()
+            )
         assert counts == {r.request_id: 1 for r in requests}
         # a batch holding one request_id twice stores it once
         dup = _requests(1, "inbatch", seed=5)[0]
         await store.receive([(dup, None), (dup, None)])
         async with store.engine.connect() as conn:
-            assert (await conn.execute(select(func.count()).where(
-                sessions.c.request_id == dup.request_id))).scalar_one() == 1
+            assert (
+                await conn.execute(select(func.count()).where(sessions.c.request_id == dup.request_id))
+            ).scalar_one() == 1
     finally:
         await other.close()
 
 
 async def test_a_duplicate_after_its_partition_was_dropped_is_a_new_session(
-        store: Store, db: str, monkeypatch) -> None:
+    store: Store, db: str, monkeypatch
+) -> None:
     request = _requests(1, "late", seed=6)[0]
     await _walk_at(monkeypatch, store, [request], datetime.now(UTC) - timedelta(days=OLD_DAYS))
     assert await store.receive([(request, None)]) == []  # finished, stored without a source
@@ -252,12 +293,12 @@ async def test_a_duplicate_after_its_partition_was_dropped_is_a_new_session(
     receipt = await store.receive_checked([(request, None)])
     assert receipt.seen == [] and receipt.conflicts == {}
     claim = await store.claim(request.request_id, "w2", 30)
-    assert claim is not None and claim.attempts == 1 and claim.steps == [], \
+    assert claim is not None and claim.attempts == 1 and claim.steps == [], (
         "after retention the request_id is new again: walked once more"
+    )
 
 
-async def test_the_commands_list_create_and_drop(store: Store, db: str, tmp_path: Path,
-                                                 monkeypatch) -> None:
+async def test_the_commands_list_create_and_drop(store: Store, db: str, tmp_path: Path, monkeypatch) -> None:
     import subprocess
 
     from conftest import CLI

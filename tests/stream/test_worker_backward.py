@@ -4,11 +4,10 @@ the stored steps show the withdrawn list in later prompts and no prompt is asked
 from __future__ import annotations
 
 import orjson
-from stream_helpers import collect, make_requests, produce, query
+from stream_helpers import collect, full_calls, make_requests, produce, query
 
 
-async def test_backward_steps_through_kafka_never_repeat_a_prompt(sim_llm, stream_env,
-                                                                   start_worker) -> None:
+async def test_backward_steps_through_kafka_never_repeat_a_prompt(sim_llm, stream_env, start_worker) -> None:
     sim = sim_llm("--seed", "2", "--backward-rate", "0.5")
     env = {**stream_env, "LLM4RERANK_LLM_BASE_URL": sim.base_url, "LLM4RERANK_MAX_STEPS": "8"}
     start_worker(env)
@@ -23,9 +22,15 @@ async def test_backward_steps_through_kafka_never_repeat_a_prompt(sim_llm, strea
     url = env["LLM4RERANK_DATABASE_URL"]
     after_backward = 0
     for result in with_backward:
-        steps = await query(url, "select s.node, s.calls, s.withdrawn from steps s join sessions x on "
-                                 "x.id = s.session_id where x.request_id = :r order by s.step",
-                            r=result["request_id"])
+        steps = await full_calls(
+            url,
+            await query(
+                url,
+                "select s.node, s.calls, s.withdrawn from steps s join sessions x on "
+                "x.id = s.session_id where x.request_id = :r order by s.step",
+                r=result["request_id"],
+            ),
+        )
         prompts = [orjson.dumps(s["calls"][0]["messages"]).decode() for s in steps if s["calls"]]
         assert len(prompts) == len(set(prompts))
         nodes = [s["node"] for s in steps]

@@ -7,7 +7,7 @@ import urllib.request
 
 import orjson
 from service_kit import CLI, SIM_MODEL
-from stream_helpers import collect, make_requests, produce, query
+from stream_helpers import collect, full_calls, make_requests, produce, query
 
 from worker.schemas import RerankResult
 
@@ -20,11 +20,18 @@ async def test_results_dead_letters_and_stored_steps(sim_llm, stream_env, start_
     invalid = [
         b"{not json",
         b"\xff\xfe\x00binary",
-        orjson.dumps({"request_id": "bad-few", "goal": "Focus on accuracy", "user": {"user_id": "u"},
-                      "candidates": [{"item_id": "a"}]}),
+        orjson.dumps(
+            {
+                "request_id": "bad-few",
+                "goal": "Focus on accuracy",
+                "user": {"user_id": "u"},
+                "candidates": [{"item_id": "a"}],
+            }
+        ),
         orjson.dumps({**valid[0], "request_id": "bad-extra", "surprise": 1}),
-        orjson.dumps({**valid[0], "request_id": "bad-aspect",
-                      "aspects": {"diversity": {"attribute": "colour"}}}),
+        orjson.dumps(
+            {**valid[0], "request_id": "bad-aspect", "aspects": {"diversity": {"attribute": "colour"}}}
+        ),
     ]
     messages = [orjson.dumps(r) for r in valid] + invalid
     bootstrap = env["LLM4RERANK_KAFKA_BOOTSTRAP"]
@@ -50,19 +57,29 @@ async def test_results_dead_letters_and_stored_steps(sim_llm, stream_env, start_
     assert "aspects.diversity.attribute" in aspect["error"]["message"]
 
     url = env["LLM4RERANK_DATABASE_URL"]
-    sessions = await query(url, "select request_id, status, path, llm_calls from sessions "
-                                "where request_id like 'e2e-%'")
+    sessions = await query(
+        url, "select request_id, status, path, llm_calls from sessions where request_id like 'e2e-%'"
+    )
     assert len(sessions) == 30 and all(s["status"] in ("ok", "degraded") for s in sessions)
     for session in sessions:
-        steps = await query(url, "select s.node, s.calls from steps s join sessions x on "
-                                 "x.id = s.session_id where x.request_id = :r order by s.step",
-                            r=session["request_id"])
+        steps = await full_calls(
+            url,
+            await query(
+                url,
+                "select s.node, s.calls from steps s join sessions x on "
+                "x.id = s.session_id where x.request_id = :r order by s.step",
+                r=session["request_id"],
+            ),
+        )
         assert [s["node"] for s in steps] == session["path"]
         assert sum(len(s["calls"] or []) for s in steps) == session["llm_calls"]
         assert all(c["raw"] is not None and c["messages"] for s in steps for c in s["calls"] or [])
 
-    metrics = urllib.request.urlopen(
-        f"http://127.0.0.1:{env['LLM4RERANK_METRICS_PORT']}/metrics", timeout=5).read().decode()
+    metrics = (
+        urllib.request.urlopen(f"http://127.0.0.1:{env['LLM4RERANK_METRICS_PORT']}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
     assert 'llm4rerank_invalid_requests_total{code="schema"} 3.0' in metrics
     assert "llm4rerank_node_visits_total" in metrics and "llm4rerank_consumer_lag" in metrics
 
@@ -89,8 +106,9 @@ async def test_submit_from_store_replays_through_kafka(sim_llm, stream_env, star
     assert len(first) == 3
 
     ids = [arg for r in originals for arg in ("--request-id", r["request_id"])]
-    proc = subprocess.run([CLI, "submit", "--from-store", *ids, "--suffix", "~again"], env=env,
-                          capture_output=True, timeout=60)
+    proc = subprocess.run(
+        [CLI, "submit", "--from-store", *ids, "--suffix", "~again"], env=env, capture_output=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     pairs = [orjson.loads(line) for line in proc.stdout.splitlines()]
     assert sorted(p["replay_of"] for p in pairs) == sorted(r["request_id"] for r in originals)
@@ -98,10 +116,13 @@ async def test_submit_from_store_replays_through_kafka(sim_llm, stream_env, star
     results = await collect(bootstrap, env["LLM4RERANK_RESULT_TOPIC"], until=6, timeout_s=60)
     replayed = {k: v for k, v in results if k and k.endswith("~again")}
     assert set(replayed) == {f"{r['request_id']}~again" for r in originals}
-    stored = await query(env["LLM4RERANK_DATABASE_URL"], "select request_id, replay_of, replay_mode "
-                         "from sessions where request_id like 'orig-%~again'")
+    stored = await query(
+        env["LLM4RERANK_DATABASE_URL"],
+        "select request_id, replay_of, replay_mode from sessions where request_id like 'orig-%~again'",
+    )
     assert {(s["replay_of"], s["replay_mode"]) for s in stored} == {
-        (r["request_id"], "kafka") for r in originals}
+        (r["request_id"], "kafka") for r in originals
+    }
     # the same requests and the same simulated answers give the same rankings
     before = {k: v["ranking"] for k, v in first}
     assert all(replayed[f"{k}~again"]["ranking"] == ranking for k, ranking in before.items())

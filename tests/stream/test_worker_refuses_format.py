@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 
 
-def test_worker_exits_naming_the_setting_when_the_format_is_refused(sim_llm, stream_env,
-                                                                     start_worker) -> None:
+def test_worker_exits_naming_the_setting_when_the_format_is_refused(
+    sim_llm, stream_env, start_worker
+) -> None:
     sim = sim_llm("--dialect", "tgi")
-    env = {**stream_env, "LLM4RERANK_LLM_BASE_URL": sim.base_url,
-           "LLM4RERANK_LLM_STRUCTURED": "json_schema"}
+    env = {**stream_env, "LLM4RERANK_LLM_BASE_URL": sim.base_url, "LLM4RERANK_LLM_STRUCTURED": "json_schema"}
     worker = start_worker(env)
     deadline = time.monotonic() + 90
     while worker.alive() and time.monotonic() < deadline:

@@ -22,8 +22,11 @@ async def test_sigterm_drains_and_exits_cleanly(sim_llm, stream_env, start_worke
     url = env["LLM4RERANK_DATABASE_URL"]
     requests = make_requests(N, seed=31, prefix="term")
     first = start_worker(env)
-    await produce(env["LLM4RERANK_KAFKA_BOOTSTRAP"], env["LLM4RERANK_REQUEST_TOPIC"],
-                  [orjson.dumps(r) for r in requests])
+    await produce(
+        env["LLM4RERANK_KAFKA_BOOTSTRAP"],
+        env["LLM4RERANK_REQUEST_TOPIC"],
+        [orjson.dumps(r) for r in requests],
+    )
     while (await _finished(url)) < 20:
         await asyncio.sleep(0.2)
 
@@ -33,20 +36,25 @@ async def test_sigterm_drains_and_exits_cleanly(sim_llm, stream_env, start_worke
     assert time.monotonic() - started < 45, "shutdown took longer than the grace period allows"
     log = first.log.read_text()
     assert "stopped cleanly" in log
-    held = await query(url, "select count(*) as n from sessions where request_id like 'term-%' "
-                            "and lease_owner is not null")
+    held = await query(
+        url, "select count(*) as n from sessions where request_id like 'term-%' and lease_owner is not null"
+    )
     assert held[0]["n"] == 0, "a stopped worker must not keep leases"
     assert (await _finished(url)) < N, "the run ended before SIGTERM; nothing was tested"
 
     start_worker(env)
-    results = await collect(env["LLM4RERANK_KAFKA_BOOTSTRAP"], env["LLM4RERANK_RESULT_TOPIC"],
-                            until=N, timeout_s=180)
+    results = await collect(
+        env["LLM4RERANK_KAFKA_BOOTSTRAP"], env["LLM4RERANK_RESULT_TOPIC"], until=N, timeout_s=180
+    )
     assert {k for k, _ in results} == {r["request_id"] for r in requests}
 
 
 async def _finished(url: str) -> int:
-    rows = await query(url, "select count(*) as n from sessions where request_id like 'term-%' "
-                            "and status in ('ok', 'degraded', 'failed')")
+    rows = await query(
+        url,
+        "select count(*) as n from sessions where request_id like 'term-%' "
+        "and status in ('ok', 'degraded', 'failed')",
+    )
     return rows[0]["n"]
 
 
@@ -73,13 +81,17 @@ def owned_services() -> None:
         pytest.skip("Kafka or PostgreSQL were not started by infra/up.sh; not stopping them")
 
 
-async def test_sigterm_ends_in_time_in_every_state(owned_services, sim_llm, stream_env,
-                                                   start_worker, tmp_path):
+async def test_sigterm_ends_in_time_in_every_state(
+    owned_services, sim_llm, stream_env, start_worker, tmp_path
+):
     calls_log = tmp_path / "calls.jsonl"
-    sim = sim_llm("--seed", "7", "--latency-ms", "100", "--max-concurrent", "8",
-                  "--call-log", str(calls_log))
-    env = {**stream_env, "LLM4RERANK_LLM_BASE_URL": sim.base_url, "LLM4RERANK_CONCURRENCY": "8",
-           "LLM4RERANK_SHUTDOWN_GRACE_S": str(GRACE_S)}
+    sim = sim_llm("--seed", "7", "--latency-ms", "100", "--max-concurrent", "8", "--call-log", str(calls_log))
+    env = {
+        **stream_env,
+        "LLM4RERANK_LLM_BASE_URL": sim.base_url,
+        "LLM4RERANK_CONCURRENCY": "8",
+        "LLM4RERANK_SHUTDOWN_GRACE_S": str(GRACE_S),
+    }
     url = env["LLM4RERANK_DATABASE_URL"]
     requests = make_requests(160, seed=41, prefix="states")
     bound = GRACE_S + STOP_MARGIN_S + 2.0
@@ -158,8 +170,11 @@ async def _until_running(url: str, timeout_s: float = 90) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        rows = await query(url, "select count(*) as n from sessions where request_id like "
-                                "'states-%' and status = 'running' and lease_owner is not null")
+        rows = await query(
+            url,
+            "select count(*) as n from sessions where request_id like "
+            "'states-%' and status = 'running' and lease_owner is not null",
+        )
         if rows[0]["n"] > 0:
             return
         assert loop.time() < deadline, "no walk started"

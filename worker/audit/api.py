@@ -29,6 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..engine.nodes import node_styles
 from .filters import FilterError, check_limit, parse_filters
 from .openapi import openapi_document
 from .queries import TraceQueries
@@ -37,12 +38,31 @@ from .trace import upstream_of, with_lists
 log = logging.getLogger(__name__)
 VIEWER = Path(__file__).resolve().parent / "viewer"
 READ_METHODS = ("GET", "HEAD")
-LIST_PARAMS = {"request_id", "since", "until", "user", "status", "node", "goal", "model",
-               "prompt_version", "item", "top_k", "replay_of", "replays", "limit", "cursor", "order"}
+LIST_PARAMS = {
+    "request_id",
+    "since",
+    "until",
+    "user",
+    "status",
+    "node",
+    "goal",
+    "model",
+    "prompt_version",
+    "item",
+    "top_k",
+    "replay_of",
+    "replays",
+    "limit",
+    "cursor",
+    "order",
+}
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; "
-                                 b"img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-                                 b"frame-ancestors 'none'; form-action 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; "
+        b"img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        b"frame-ancestors 'none'; form-action 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
@@ -113,13 +133,18 @@ class Guard:
         if path.startswith("/api/") or path == "/api":
             auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             if not self.tokens.valid(auth):
-                response = error(401, "unauthorized", "a valid bearer token is required",
-                                 {"www-authenticate": 'Bearer realm="llm4rerank-audit"'})
+                response = error(
+                    401,
+                    "unauthorized",
+                    "a valid bearer token is required",
+                    {"www-authenticate": 'Bearer realm="llm4rerank-audit"'},
+                )
                 await response(scope, receive, send_with_headers)
                 return
         if scope["method"] not in READ_METHODS:
-            response = error(405, "method_not_allowed", "the audit API is read-only",
-                             {"allow": ", ".join(READ_METHODS)})
+            response = error(
+                405, "method_not_allowed", "the audit API is read-only", {"allow": ", ".join(READ_METHODS)}
+            )
             await response(scope, receive, send_with_headers)
             return
         await self.app(scope, receive, send_with_headers)
@@ -158,8 +183,10 @@ def check_tokens(tokens: Sequence[str]) -> None:
         raise ConfigError("no audit tokens: set LLM4RERANK_AUDIT_TOKENS (comma-separated bearer tokens)")
     short = [t for t in tokens if len(t) < MIN_TOKEN_CHARS]
     if short:
-        raise ConfigError(f"LLM4RERANK_AUDIT_TOKENS: {len(short)} token(s) shorter than "
-                          f"{MIN_TOKEN_CHARS} characters; use long random tokens")
+        raise ConfigError(
+            f"LLM4RERANK_AUDIT_TOKENS: {len(short)} token(s) shorter than "
+            f"{MIN_TOKEN_CHARS} characters; use long random tokens"
+        )
 
 
 def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
@@ -240,6 +267,10 @@ def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
     async def openapi(request: Request) -> Response:
         return JSON(openapi_document())
 
+    async def list_nodes(request: Request) -> Response:
+        """The node registry's names, short labels and colours, so the viewer hard-codes none."""
+        return JSON({"nodes": node_styles()})
+
     async def health(request: Request) -> Response:
         return JSON({"status": "ok"})
 
@@ -254,6 +285,7 @@ def create_app(engine: AsyncEngine, tokens: Sequence[str]) -> ASGIApp:
         Route("/", index, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/api/nodes", list_nodes, methods=["GET"]),
         Route("/api/sessions", list_sessions, methods=["GET"]),
         Route("/api/session", get_session_by_query, methods=["GET"]),
         # request ids may contain "/": the calls route comes first so its suffix wins

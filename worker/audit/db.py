@@ -29,8 +29,15 @@ def reader_url(settings: Settings) -> str:
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
         return settings.database_url
-    reader = URL.create(url.drivername, username=READER_ROLE, password=None, host=url.host, port=url.port,
-                        database=url.database, query=url.query)
+    reader = URL.create(
+        url.drivername,
+        username=READER_ROLE,
+        password=None,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+        query=url.query,
+    )
     return reader.render_as_string(hide_password=False)
 
 
@@ -48,8 +55,9 @@ def read_only_engine(url: str) -> AsyncEngine:
         return engine
     if make_url(url).get_driver_name() != "asyncpg":
         return make_engine(url)  # the role alone keeps it read-only
-    connect_args = {"server_settings": {"default_transaction_read_only": "on",
-                                        "application_name": "llm4rerank-audit"}}
+    connect_args = {
+        "server_settings": {"default_transaction_read_only": "on", "application_name": "llm4rerank-audit"}
+    }
     return make_engine(url, connect_args=connect_args)
 
 

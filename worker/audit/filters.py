@@ -15,7 +15,8 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..engine.nodes import ALL_NODES
+from ..engine.nodes import node_names
+from ..status import Status as _S
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
@@ -23,7 +24,7 @@ MAX_TOP_K = 100
 DEFAULT_TOP_K = 10
 MAX_ROW_ID = 2**63 - 1  # PostgreSQL bigint
 
-Status = Literal["pending", "running", "ok", "degraded", "failed"]
+Status = Literal[_S.PENDING, _S.RUNNING, _S.OK, _S.DEGRADED, _S.FAILED]  # worker.status.Status
 Order = Literal["desc", "asc"]
 Text = Field(None, min_length=1, max_length=256)
 
@@ -43,12 +44,17 @@ class TraceFilters(BaseModel):
     user: str | None = Text
     status: Status | None = None
     node: str | None = Field(None, description="the walk visited this node")
-    goal: str | None = Field(None, min_length=1, max_length=256,
-                             description="case-insensitive substring of the goal")
+    goal: str | None = Field(
+        None, min_length=1, max_length=256, description="case-insensitive substring of the goal"
+    )
     model: str | None = Text
     prompt_version: str | None = Text
-    item: str | None = Field(None, min_length=1, max_length=256,
-                             description="this item ended in the top `top_k` of the final ranking")
+    item: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="this item ended in the top `top_k` of the final ranking",
+    )
     top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
     replay_of: str | None = Text
     replays: Literal["include", "exclude", "only"] = "include"
@@ -62,8 +68,8 @@ class TraceFilters(BaseModel):
     @field_validator("node")
     @classmethod
     def _known_node(cls, value: str | None) -> str | None:
-        if value is not None and value not in ALL_NODES:
-            raise ValueError(f"unknown node {value!r}; known: {', '.join(ALL_NODES)}")
+        if value is not None and value not in node_names():
+            raise ValueError(f"unknown node {value!r}; known: {', '.join(node_names())}")
         return value
 
     @field_validator("request_ids")

@@ -29,8 +29,7 @@ class Move:
     target: int
 
 
-async def reset_offsets(bootstrap: str, group: str, topic: str, to: datetime, *, execute: bool
-                        ) -> list[Move]:
+async def reset_offsets(bootstrap: str, group: str, topic: str, to: datetime, *, execute: bool) -> list[Move]:
     """Per partition: the group's committed offset and the first offset at or after `to` (the end
     of the partition when nothing is that recent). Commits only with `execute`."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -55,8 +54,9 @@ async def reset_offsets(bootstrap: str, group: str, topic: str, to: datetime, *,
         moves = []
         for tp in tps:
             hit = found.get(tp)
-            moves.append(Move(tp.partition, await consumer.committed(tp),
-                              hit.offset if hit is not None else ends[tp]))
+            moves.append(
+                Move(tp.partition, await consumer.committed(tp), hit.offset if hit is not None else ends[tp])
+            )
         if execute:
             await consumer.commit({TopicPartition(topic, m.partition): m.target for m in moves})
         return moves
@@ -77,8 +77,9 @@ async def _topics(bootstrap: str) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
-    parser = argparse.ArgumentParser(prog="python -m worker.audit.offsets",
-                                     description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.audit.offsets", description=(__doc__ or "").split("\n\n")[0]
+    )
     parser.add_argument("--to-datetime", required=True, help="ISO 8601, e.g. 2025-01-31T00:00:00Z")
     parser.add_argument("--group", default=settings.consumer_group)
     parser.add_argument("--topic", default=settings.request_topic)
@@ -94,12 +95,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except CommitFailedError:
-        print(f"error: Kafka refused the commit: group {args.group!r} has active members; stop the "
-              "workers and retry", file=sys.stderr)
+        print(
+            f"error: Kafka refused the commit: group {args.group!r} has active members; stop the "
+            "workers and retry",
+            file=sys.stderr,
+        )
         return 1
     except Exception as exc:
-        print(f"error: {type(exc).__name__}: {exc}; stop the workers of group {args.group!r} and retry",
-              file=sys.stderr)
+        print(
+            f"error: {type(exc).__name__}: {exc}; stop the workers of group {args.group!r} and retry",
+            file=sys.stderr,
+        )
         return 1
     for m in moves:
         print(f"{args.topic}[{m.partition}] group {args.group}: {m.committed} -> {m.target}")

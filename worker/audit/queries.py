@@ -13,25 +13,60 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..engine.steps import StepRecord
+from ..store.parts import joined
+from ..store.store import read_steps
 from ..store.tables import sessions, steps
 from .filters import Order, TraceFilters, decode_cursor, encode_cursor
 
 SUMMARY_COLUMNS = (
-    sessions.c.request_id, sessions.c.user_id, sessions.c.goal, sessions.c.status,
-    sessions.c.model, sessions.c.prompt_version, sessions.c.policy, sessions.c.path,
-    sessions.c.final_ranking, sessions.c.reason, sessions.c.llm_calls, sessions.c.prompt_tokens,
-    sessions.c.completion_tokens, sessions.c.latency_ms, sessions.c.received_at,
-    sessions.c.completed_at, sessions.c.replay_of, sessions.c.replay_mode,
+    sessions.c.request_id,
+    sessions.c.user_id,
+    sessions.c.goal,
+    sessions.c.status,
+    sessions.c.model,
+    sessions.c.prompt_version,
+    sessions.c.policy,
+    sessions.c.path,
+    sessions.c.final_ranking,
+    sessions.c.reason,
+    sessions.c.llm_calls,
+    sessions.c.prompt_tokens,
+    sessions.c.completion_tokens,
+    sessions.c.latency_ms,
+    sessions.c.received_at,
+    sessions.c.completed_at,
+    sessions.c.replay_of,
+    sessions.c.replay_mode,
 )
 DETAIL_EXTRA = (
-    sessions.c.request, sessions.c.started_at, sessions.c.attempts, sessions.c.source_topic,
-    sessions.c.source_partition, sessions.c.source_offset, sessions.c.run_config,
-    sessions.c.receipt_at, sessions.c.crashes, sessions.c.deployment, sessions.c.result_topic,
-    sessions.c.request_text, sessions.c.notes,
+    sessions.c.request,
+    sessions.c.started_at,
+    sessions.c.attempts,
+    sessions.c.source_topic,
+    sessions.c.source_partition,
+    sessions.c.source_offset,
+    sessions.c.run_config,
+    sessions.c.receipt_at,
+    sessions.c.crashes,
+    sessions.c.deployment,
+    sessions.c.result_topic,
+    sessions.c.request_text,
+    sessions.c.notes,
 )
 STEP_COLUMNS = tuple(c for c in steps.c if c.name not in ("id", "session_id", "calls"))
 
@@ -61,8 +96,9 @@ def utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def conditions(f: TraceFilters) -> list[ColumnElement[bool]]:
-    """The WHERE clauses of a filter set; every value is a bound parameter."""
+def conditions(f: TraceFilters, dialect: str = "postgresql") -> list[ColumnElement[bool]]:
+    """The WHERE clauses of a filter set; every value is a bound parameter. On PostgreSQL the
+    goal and item filters are also phrased so that their GIN indexes (trigram, jsonb) serve them."""
     c = sessions.c
     out: list[ColumnElement[bool]] = []
     if f.request_ids:
@@ -71,15 +107,23 @@ def conditions(f: TraceFilters) -> list[ColumnElement[bool]]:
         out.append(c.received_at >= f.since)
     if f.until is not None:
         out.append(c.received_at < f.until)
-    for column, value in ((c.user_id, f.user), (c.status, f.status), (c.model, f.model),
-                          (c.prompt_version, f.prompt_version), (c.replay_of, f.replay_of)):
+    for column, value in (
+        (c.user_id, f.user),
+        (c.status, f.status),
+        (c.model, f.model),
+        (c.prompt_version, f.prompt_version),
+        (c.replay_of, f.replay_of),
+    ):
         if value is not None:
             out.append(column == value)
     if f.goal is not None:
-        out.append(c.goal.icontains(f.goal, autoescape=True))
+        escaped = f.goal.replace("/", "//").replace("%", "/%").replace("_", "/_")
+        out.append(c.goal.ilike(f"%{escaped}%", escape="/"))
     if f.node is not None:
         out.append(exists().where(steps.c.session_id == c.id, steps.c.node == f.node))
     if f.item is not None and f.top_k is not None:
+        if dialect == "postgresql":
+            out.append(type_coerce(c.final_ranking, JSONB).contains([f.item]))
         out.append(or_(*(c.final_ranking[i].as_string() == f.item for i in range(f.top_k))))
     if f.replays == "exclude":
         out.append(c.replay_of.is_(None))
@@ -90,10 +134,31 @@ def conditions(f: TraceFilters) -> list[ColumnElement[bool]]:
 
 def _after(cursor: tuple[datetime, int], order: Order) -> ColumnElement[bool]:
     at, row_id = cursor
-    c = sessions.c
-    if order == "desc":
-        return or_(c.received_at < at, and_(c.received_at == at, c.id < row_id))
-    return or_(c.received_at > at, and_(c.received_at == at, c.id > row_id))
+    key = tuple_(sessions.c.received_at, sessions.c.id)  # a row comparison: one index range
+    position = tuple_(literal(at, sessions.c.received_at.type), literal(row_id, sessions.c.id.type))
+    return key < position if order == "desc" else key > position
+
+
+def page_query(where: Sequence[ColumnElement[bool]], limit: int, order: Order) -> Select[Any]:
+    """The page's ids first (ordered by received_at, id; an index-only scan where an index leads
+    with the filtered column and ends in those keys), then their summaries: the planner does not
+    have to guess how much of the table a filter skips before the first matching row."""
+
+    def keys(table: Any) -> list[Any]:
+        return [k.desc() if order == "desc" else k.asc() for k in (table.c.received_at, table.c.id)]
+
+    page = (
+        select(sessions.c.id, sessions.c.received_at)
+        .where(*where)
+        .order_by(*keys(sessions))
+        .limit(limit)
+        .subquery("page")
+    )
+    return (
+        select(sessions.c.id, *SUMMARY_COLUMNS)
+        .join_from(sessions, page, sessions.c.id == page.c.id)
+        .order_by(*keys(page))
+    )
 
 
 def plain(row: Any) -> dict[str, Any]:
@@ -123,13 +188,10 @@ class TraceQueries:
         self, filters: TraceFilters, *, limit: int, cursor: str | None = None, order: Order = "desc"
     ) -> Page:
         """One page of session summaries, newest first by default, with the next page's cursor."""
-        where = conditions(filters)
+        where = conditions(filters, self.engine.dialect.name)
         if cursor:
             where.append(_after(decode_cursor(cursor, order), order))
-        keys = (sessions.c.received_at, sessions.c.id)
-        query = (select(sessions.c.id, *SUMMARY_COLUMNS).where(*where)
-                 .order_by(*(k.desc() if order == "desc" else k.asc() for k in keys))
-                 .limit(limit + 1))
+        query = page_query(where, limit + 1, order)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         more = len(rows) > limit
@@ -141,9 +203,9 @@ class TraceQueries:
         return Page([summary(r) for r in rows], next_cursor)
 
     async def count(self, filters: TraceFilters) -> int:
+        where = conditions(filters, self.engine.dialect.name)
         async with self.engine.connect() as conn:
-            return (await conn.execute(
-                select(func.count()).select_from(sessions).where(*conditions(filters)))).scalar_one()
+            return (await conn.execute(select(func.count()).select_from(sessions).where(*where))).scalar_one()
 
     async def iterate(
         self, filters: TraceFilters, *, order: Order = "asc", batch: int = 200, limit: int | None = None
@@ -167,43 +229,85 @@ class TraceQueries:
         """One session with every step; LLM calls (prompts and raw answers) only when asked."""
         columns = (*STEP_COLUMNS, steps.c.calls) if with_calls else STEP_COLUMNS
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(sessions.c.id, *SUMMARY_COLUMNS, *DETAIL_EXTRA)
-                                      .where(sessions.c.request_id == request_id))).mappings().first()
+            row = (
+                (
+                    await conn.execute(
+                        select(sessions.c.id, *SUMMARY_COLUMNS, *DETAIL_EXTRA).where(
+                            sessions.c.request_id == request_id
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
             if row is None:
                 return None
-            step_rows = (await conn.execute(
-                select(*columns, _call_count(self.engine.dialect.name).label("call_count"))
-                .where(steps.c.session_id == row["id"]).order_by(steps.c.step))).mappings().all()
+            step_rows = (
+                (
+                    await conn.execute(
+                        select(*columns, _call_count(self.engine.dialect.name).label("call_count"))
+                        .where(steps.c.session_id == row["id"])
+                        .order_by(steps.c.step)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            steps_out = [_step(s) for s in step_rows]
+            if with_calls:
+                for step, calls in zip(
+                    steps_out, await joined(conn, [s["calls"] for s in steps_out]), strict=True
+                ):
+                    step["calls"] = calls
         data = summary(row)
-        data["steps"] = [_step(s) for s in step_rows]
+        data["steps"] = steps_out
         return data
 
     async def step_calls(self, request_id: str, step: int) -> builtins.list[dict[str, Any]] | None:
         """The LLM calls of one step: the messages sent and the raw answers, with their costs."""
         async with self.engine.connect() as conn:
-            calls = (await conn.execute(
-                select(steps.c.calls).select_from(steps.join(sessions, steps.c.session_id == sessions.c.id))
-                .where(sessions.c.request_id == request_id, steps.c.step == step))).first()
-        if calls is None:
-            return None
-        return list(calls[0] or [])
+            calls = (
+                await conn.execute(
+                    select(steps.c.calls)
+                    .select_from(steps.join(sessions, steps.c.session_id == sessions.c.id))
+                    .where(sessions.c.request_id == request_id, steps.c.step == step)
+                )
+            ).first()
+            if calls is None:
+                return None
+            return list((await joined(conn, [calls[0] or []]))[0])
 
     async def load(self, request_ids: Sequence[str]) -> builtins.list[StoredSession]:
         """Full sessions (request, outcome, steps with calls) for replay, in the order asked."""
         if not request_ids:
             return []
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(sessions.c.id, *SUMMARY_COLUMNS, *DETAIL_EXTRA)
-                                       .where(sessions.c.request_id.in_(list(request_ids))))).mappings().all()
+            rows = (
+                (
+                    await conn.execute(
+                        select(sessions.c.id, *SUMMARY_COLUMNS, *DETAIL_EXTRA).where(
+                            sessions.c.request_id.in_(list(request_ids))
+                        )
+                    )
+                )
+                .mappings()
+                .all()
+            )
             by_session: dict[int, list[StepRecord]] = {r["id"]: [] for r in rows}
             if by_session:
-                step_rows = (await conn.execute(
-                    select(steps).where(steps.c.session_id.in_(list(by_session)))
-                    .order_by(steps.c.session_id, steps.c.step))).mappings().all()
-                fields = StepRecord.model_fields
-                for s in step_rows:
-                    by_session[s["session_id"]].append(
-                        StepRecord.model_validate({k: v for k, v in s.items() if k in fields}))
+                step_rows = (
+                    (
+                        await conn.execute(
+                            select(steps)
+                            .where(steps.c.session_id.in_(list(by_session)))
+                            .order_by(steps.c.session_id, steps.c.step)
+                        )
+                    )
+                    .mappings()
+                    .all()
+                )
+                for s, record in zip(step_rows, await read_steps(conn, step_rows), strict=True):
+                    by_session[s["session_id"]].append(record)
         found = {r["request_id"]: StoredSession(summary(r), by_session[r["id"]]) for r in rows}
         return [found[rid] for rid in request_ids if rid in found]
 
@@ -218,3 +322,21 @@ def _step(row: Any) -> dict[str, Any]:
     data = plain(row)
     data["created_at"] = utc(data.get("created_at"))
     return data
+
+
+LOAD_BATCH = 100
+
+
+async def select_sessions(
+    queries: TraceQueries, filters: TraceFilters, limit: int | None = None
+) -> AsyncIterator[StoredSession]:
+    """Matching sessions with their steps, oldest first, loaded a batch at a time."""
+    ids: list[str] = []
+    async for item in queries.iterate(filters, order="asc", limit=limit):
+        ids.append(item["request_id"])
+        if len(ids) >= LOAD_BATCH:
+            for stored in await queries.load(ids):
+                yield stored
+            ids = []
+    for stored in await queries.load(ids):
+        yield stored

@@ -10,11 +10,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..engine.nodes import BACKWARD, STOP
+from ..engine.nodes import BACKWARD, STOP, short_label
 from ..engine.prompts import BREAKS
 
 ARROW = " → "
-SHORT = {"accuracy": "A", "diversity": "D", "fairness": "F", "novelty": "N", "backward": "B", "stop": "S"}
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -78,8 +77,14 @@ def _delta(d: int | None) -> str:
 
 def format_list(before: Sequence[str], after: Sequence[str], width: int = 100, indent: str = "    ") -> str:
     parts = [f"{rank}:{item}({_delta(d)})" for rank, item, d in moves(before, after)]
-    return textwrap.fill(" ".join(parts), width=width, initial_indent=indent, subsequent_indent=indent,
-                         break_on_hyphens=False, break_long_words=False)
+    return textwrap.fill(
+        " ".join(parts),
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
 
 
 def _when(value: datetime | None) -> str:
@@ -88,12 +93,20 @@ def _when(value: datetime | None) -> str:
 
 def _request_summary(request: dict[str, Any]) -> str:
     user = request.get("user", {})
-    aspects = ", ".join(
-        f"{name}({a.get('attribute')}" + (f" split {a['split_at']}" if a.get("split_at") is not None else "")
-        + ")" for name, a in (request.get("aspects") or {}).items()) or "deployment defaults"
+    aspects = (
+        ", ".join(
+            f"{name}({a.get('attribute')}"
+            + (f" split {a['split_at']}" if a.get("split_at") is not None else "")
+            + ")"
+            for name, a in (request.get("aspects") or {}).items()
+        )
+        or "deployment defaults"
+    )
     options = ", ".join(f"{k}={v}" for k, v in (request.get("options") or {}).items() if v is not None)
-    return (f"{len(request.get('candidates', []))} candidates, {len(user.get('history', []))} history "
-            f"items, aspects: {aspects}" + (f", options: {options}" if options else ""))
+    return (
+        f"{len(request.get('candidates', []))} candidates, {len(user.get('history', []))} history "
+        f"items, aspects: {aspects}" + (f", options: {options}" if options else "")
+    )
 
 
 def render_session(data: dict[str, Any], *, calls: bool = False) -> str:
@@ -117,15 +130,19 @@ def render_session(data: dict[str, Any], *, calls: bool = False) -> str:
     if data.get("reason"):
         lines.append(f"reason: {data['reason']}")
     if data.get("attempts"):
-        lines.append(f"taken up {data['attempts']} time(s) (resumes: {data['attempts'] - 1}), "
-                     f"crashes {data.get('crashes') or 0}; clock from "
-                     f"{_when(data.get('receipt_at') or data.get('received_at'))}")
+        lines.append(
+            f"taken up {data['attempts']} time(s) (resumes: {data['attempts'] - 1}), "
+            f"crashes {data.get('crashes') or 0}; clock from "
+            f"{_when(data.get('receipt_at') or data.get('received_at'))}"
+        )
     upstream = upstream_of(request)
     for step in with_lists(request, data.get("steps") or []):
         lines.append("")
-        lines.append(f"step {step['step']}  {step['node']}  (policy {step['policy']}; offered "
-                     f"{', '.join(step.get('offered') or []) or '-'}; pool size after "
-                     f"{step.get('pool_size', 0)})")
+        lines.append(
+            f"step {step['step']}  {step['node']}  (policy {step['policy']}; offered "
+            f"{', '.join(step.get('offered') or []) or '-'}; pool size after "
+            f"{step.get('pool_size', 0)})"
+        )
         if step["node"] == BACKWARD:
             removed = step.get("removed")
             lines.append("  removed: " + (" ".join(removed) if removed else "(nothing: the pool was empty)"))
@@ -147,17 +164,21 @@ def render_session(data: dict[str, Any], *, calls: bool = False) -> str:
             lines.append(f"  problem: {step['problem']}")
         if step.get("repair"):
             r = step["repair"]
-            lines.append(f"  repair: {r.get('permutations', 0)} of {r.get('answers', 0)} answer(s) a "
-                         f"permutation; appended {r.get('appended', 0)}, dropped "
-                         f"{r.get('duplicates', 0)} duplicate(s) and {r.get('unknown', 0)} unknown, "
-                         f"{r.get('ties', 0)} tie(s)")
+            lines.append(
+                f"  repair: {r.get('permutations', 0)} of {r.get('answers', 0)} answer(s) a "
+                f"permutation; appended {r.get('appended', 0)}, dropped "
+                f"{r.get('duplicates', 0)} duplicate(s) and {r.get('unknown', 0)} unknown, "
+                f"{r.get('ties', 0)} tie(s)"
+            )
         if step.get("withdrawn"):
             lines.append(f"  shown as withdrawn: {len(step['withdrawn'])} list(s)")
         if step["node"] != STOP:
-            lines.append(f"  calls {step.get('call_count', len(step.get('calls') or []))}, retries "
-                         f"{step.get('retries') or 0}, tokens {step.get('prompt_tokens') or 0}+"
-                         f"{step.get('completion_tokens') or 0} ({step.get('cached_tokens') or 0} "
-                         f"cached), latency {step.get('latency_ms') or 0:.1f} ms")
+            lines.append(
+                f"  calls {step.get('call_count', len(step.get('calls') or []))}, retries "
+                f"{step.get('retries') or 0}, tokens {step.get('prompt_tokens') or 0}+"
+                f"{step.get('completion_tokens') or 0} ({step.get('cached_tokens') or 0} "
+                f"cached), latency {step.get('latency_ms') or 0:.1f} ms"
+            )
         if calls:
             lines.extend(_calls_text(step.get("calls") or []))
     return "\n".join(lines)
@@ -170,32 +191,45 @@ def _calls_text(calls: Iterable[dict[str, Any]]) -> list[str]:
         for message in call.get("messages") or []:
             out.append(f"  [{visible(str(message.get('role')))}]")
             out.extend("    " + visible(line) for line in str(message.get("content", "")).split("\n"))
-        server = ", ".join(f"{k} {call[k]}" for k in ("finish_reason", "model", "cached_tokens",
-                                                        "window") if call.get(k) is not None)
+        server = ", ".join(
+            f"{k} {call[k]}"
+            for k in ("finish_reason", "model", "cached_tokens", "window")
+            if call.get(k) is not None
+        )
         out.append(f"  --- call {n} answer{f' ({visible(server)})' if server else ''} ---")
         if call.get("error"):
             out.append(f"    error: {visible(str(call['error']))}")
         for i, attempt in enumerate(call.get("attempts") or [], start=1):
-            out.append(f"    HTTP attempt {i}: status {attempt.get('status') or '-'}, "
-                       f"{attempt.get('latency_ms') or 0:.1f} ms"
-                       + (f", {visible(str(attempt['error']))}" if attempt.get("error") else ""))
+            out.append(
+                f"    HTTP attempt {i}: status {attempt.get('status') or '-'}, "
+                f"{attempt.get('latency_ms') or 0:.1f} ms"
+                + (f", {visible(str(attempt['error']))}" if attempt.get("error") else "")
+            )
         out.extend("    " + visible(line) for line in str(call.get("raw") or "").split("\n"))
     return out
 
 
 def short_path(path: Sequence[str] | None) -> str:
-    return "".join(SHORT.get(n, "?") for n in path or []) or "-"
+    return "".join(short_label(n) for n in path or []) or "-"
 
 
 def render_table(rows: Sequence[dict[str, Any]]) -> str:
     """`trace list` as an aligned table; paths abbreviated (A D F N B S) to keep rows on one line."""
     header = ("received_at", "request_id", "user", "status", "path", "calls", "tokens", "ms", "model")
-    body = [(
-        _when(r.get("received_at"))[:23], _clip(r["request_id"], 36), _clip(r["user_id"], 16),
-        r["status"], short_path(r.get("path")), str(r.get("llm_calls") or 0),
-        str((r.get("prompt_tokens") or 0) + (r.get("completion_tokens") or 0)), str(r.get("latency_ms") or 0),
-        _clip(r.get("model") or "-", 28),
-    ) for r in rows]
+    body = [
+        (
+            _when(r.get("received_at"))[:23],
+            _clip(r["request_id"], 36),
+            _clip(r["user_id"], 16),
+            r["status"],
+            short_path(r.get("path")),
+            str(r.get("llm_calls") or 0),
+            str((r.get("prompt_tokens") or 0) + (r.get("completion_tokens") or 0)),
+            str(r.get("latency_ms") or 0),
+            _clip(r.get("model") or "-", 28),
+        )
+        for r in rows
+    ]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]

@@ -19,6 +19,7 @@ MMR_LAMBDA = 0.5
 def by_score(base: Sequence[str], items: dict[str, Item]) -> list[str]:
     """Accuracy: the upstream score, best first; ties (and missing scores) keep the base order."""
     position = {item: i for i, item in enumerate(base)}
+
     def key(i: str) -> tuple[float, int]:
         score = items[i].score
         return -(score if score is not None else float("-inf")), position[i]
@@ -40,8 +41,12 @@ def diversify(
     left = list(base)
     out: list[str] = []
     while left:
-        best = max(left, key=lambda item: lam * relevance[item] + (1 - lam) * _new_share(
-            values_of(items[item], attribute), shown))
+        best = max(
+            left,
+            key=lambda item: (
+                lam * relevance[item] + (1 - lam) * _new_share(values_of(items[item], attribute), shown)
+            ),
+        )
         left.remove(best)
         out.append(best)
         shown |= values_of(items[best], attribute)
@@ -56,9 +61,7 @@ def fairness_group(item: Item, aspect: AspectConfig) -> str:
     return group_of(item.features.get(aspect.attribute), aspect) or "(none)"
 
 
-def equalise_groups(
-    base: Sequence[str], items: dict[str, Item], aspect: AspectConfig
-) -> list[str]:
+def equalise_groups(base: Sequence[str], items: dict[str, Item], aspect: AspectConfig) -> list[str]:
     """Fairness: interleave groups so their mean positions meet, base order kept inside each."""
     groups: dict[str, list[str]] = {}
     for item in base:
@@ -78,9 +81,7 @@ def equalise_groups(
     return out
 
 
-def prefer_novel(
-    base: Sequence[str], items: dict[str, Item], attribute: str, seen: set[str]
-) -> list[str]:
+def prefer_novel(base: Sequence[str], items: dict[str, Item], attribute: str, seen: set[str]) -> list[str]:
     """Novelty: items with no attribute value from the user's history first, base order kept."""
     novel = [i for i in base if not (values_of(items[i], attribute) & seen)]
     familiar = [i for i in base if i not in set(novel)]
@@ -92,15 +93,13 @@ def goal_order(goal: str, enabled: Sequence[str]) -> list[str]:
     text = goal.casefold()
     found: list[tuple[int, str]] = []
     for name in enabled:
-        hits = [m.start() for w in ASPECT_NODES[name].goal_words
-                for m in re.finditer(re.escape(w), text)]
+        hits = [m.start() for w in ASPECT_NODES[name].goal_words for m in re.finditer(re.escape(w), text)]
         if hits:
             found.append((min(hits), name))
     return [name for _, name in sorted(found)]
 
 
-def next_by_goal(goal: str, enabled: Sequence[str], visited: Sequence[str],
-                 offered: Sequence[str]) -> str:
+def next_by_goal(goal: str, enabled: Sequence[str], visited: Sequence[str], offered: Sequence[str]) -> str:
     """Visit the Goal's aspects in the Goal's order, then stop (accuracy alone for no aspect word)."""
     wanted = goal_order(goal, enabled) or [ACCURACY]
     done = set(visited)
@@ -127,6 +126,7 @@ RERANKERS: dict[str, Reranker] = {
     "coverage": lambda base, items, aspect, request: diversify(base, items, _needs(aspect).attribute),
     "groups": lambda base, items, aspect, request: equalise_groups(base, items, _needs(aspect)),
     "unseen": lambda base, items, aspect, request: prefer_novel(
-        base, items, _needs(aspect).attribute, history_values(request, _needs(aspect).attribute)),
+        base, items, _needs(aspect).attribute, history_values(request, _needs(aspect).attribute)
+    ),
     "keep": lambda base, items, aspect, request: list(base),
 }

@@ -37,8 +37,10 @@ def group_of(value: Any, aspect: AspectConfig) -> str | None:
             return None
         if math.isnan(number):
             return None
-        return f"{aspect.attribute}>={aspect.split_at:g}" if number >= aspect.split_at else (
-            f"{aspect.attribute}<{aspect.split_at:g}"
+        return (
+            f"{aspect.attribute}>={aspect.split_at:g}"
+            if number >= aspect.split_at
+            else (f"{aspect.attribute}<{aspect.split_at:g}")
         )
     return str(value)
 
@@ -48,8 +50,9 @@ def item_categories(features: Mapping[str, Mapping[str, Any]], attribute: str) -
     return {item: sorted(categories_of(f.get(attribute))) for item, f in features.items()}
 
 
-def item_groups(features: Mapping[str, Mapping[str, Any]], aspect: AspectConfig | Mapping[str, Any]
-                ) -> dict[str, str | None]:
+def item_groups(
+    features: Mapping[str, Mapping[str, Any]], aspect: AspectConfig | Mapping[str, Any]
+) -> dict[str, str | None]:
     """Each item's fairness group from its features."""
     config = aspect if isinstance(aspect, AspectConfig) else AspectConfig.model_validate(dict(aspect))
     return {item: group_of(f.get(config.attribute), config) for item, f in features.items()}
@@ -79,8 +82,9 @@ def _novelty_gain(item_categories: set[str], seen: Counter[str], alpha: float) -
     return sum((1.0 - alpha) ** seen[c] for c in item_categories)
 
 
-def alpha_ndcg(ranking: Sequence[str], categories: Mapping[str, Sequence[str]], k: int,
-               alpha: float = 0.5) -> float:
+def alpha_ndcg(
+    ranking: Sequence[str], categories: Mapping[str, Sequence[str]], k: int, alpha: float = 0.5
+) -> float:
     """alpha-NDCG@k (Clarke et al. 2008) with the items' categories as subtopics and every candidate
     relevant to each of its categories: an item at 1-based rank r gains
     sum over its categories c of (1 - alpha)^(items ranked above it that have c), discounted by
@@ -114,8 +118,7 @@ def position_scores(n: int) -> list[float]:
     return [1.0 - r / (n - 1) for r in range(n)]
 
 
-def _group_gap(ranking: Sequence[str], groups: Mapping[str, str | None], scores: Sequence[float]
-               ) -> float:
+def _group_gap(ranking: Sequence[str], groups: Mapping[str, str | None], scores: Sequence[float]) -> float:
     by_group: dict[str, list[float]] = {}
     for item, s in zip(ranking, scores, strict=True):
         g = groups.get(item)

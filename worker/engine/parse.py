@@ -13,6 +13,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from .nodes import node_names
+
 MAX_REPAIR_SHARE = 0.5  # the parser's default; the policy passes LLM4RERANK_LLM_MAX_REPAIR_SHARE
 _TOKEN = re.compile(r"[^\s,;\[\]\"'`()]+")
 _LIST = re.compile(r"\[([^\[\]]*)\]")
@@ -58,8 +60,7 @@ def normalise(text: str, notes: list[str] | None = None) -> str:
         text = text.rsplit("</think>", 1)[1]
         notes.append("dropped a reasoning section ending in </think>")
     folded = unicodedata.normalize("NFKC", text)
-    out = "".join(str(unicodedata.digit(ch)) if ch.isdigit() and not ch.isascii() else ch
-                  for ch in folded)
+    out = "".join(str(unicodedata.digit(ch)) if ch.isdigit() and not ch.isascii() else ch for ch in folded)
     if out != text:
         notes.append("mapped full-width or non-ASCII digits and signs to ASCII")
     return out
@@ -111,10 +112,17 @@ def parse_answer(
     fix.ties = ties
     n = len(candidates)
     if fix.kept == 0 or fix.share(n) > max_repair_share:
-        return Parsed(None, next_node, notes, repair=fix, problem=(
-            f"only {fix.kept} of {n} candidates recognised ({fix.appended} missing, "
-            f"{fix.duplicates} duplicate(s), {fix.ties} tie(s)); at most "
-            f"{max_repair_share:.0%} may be repaired"))
+        return Parsed(
+            None,
+            next_node,
+            notes,
+            repair=fix,
+            problem=(
+                f"only {fix.kept} of {n} candidates recognised ({fix.appended} missing, "
+                f"{fix.duplicates} duplicate(s), {fix.ties} tie(s)); at most "
+                f"{max_repair_share:.0%} may be repaired"
+            ),
+        )
     return Parsed(ranking, next_node, notes, repair=fix)
 
 
@@ -145,8 +153,9 @@ def repair(
         notes.append(f"dropped {len(duplicates)} duplicate(s): {', '.join(duplicates[:10])}")
     if missing:
         notes.append(f"appended {len(missing)} missing item(s) in the previous order")
-    return out + missing, Repair(kept=known, appended=len(missing), duplicates=len(duplicates),
-                                 unknown=len(unknown))
+    return out + missing, Repair(
+        kept=known, appended=len(missing), duplicates=len(duplicates), unknown=len(unknown)
+    )
 
 
 def _resolve(
@@ -175,7 +184,7 @@ def match_node(text: str, offered: tuple[str, ...], notes: list[str]) -> str | N
                 notes.append(f"next node {text.strip()!r} read as {word!r}")
             return word
     for word in words:
-        if word in {"backward", "stop", "accuracy", "diversity", "fairness", "novelty"}:
+        if word in node_names():
             notes.append(f"next node {word!r} is not on offer")
             return None
     return None
@@ -216,8 +225,9 @@ def _json_tokens(obj: dict[str, Any]) -> list[str] | None:
     return None
 
 
-def _json_positions(obj: dict[str, Any], previous: list[str], candidates: list[str], aliases: bool
-                    ) -> tuple[list[str], int] | None:
+def _json_positions(
+    obj: dict[str, Any], previous: list[str], candidates: list[str], aliases: bool
+) -> tuple[list[str], int] | None:
     """The keys shape {"positions": {label: position}}: labels by position, ties in the previous
     order; returns the labels and how many shared a position with an earlier one."""
     value = obj.get("positions")
@@ -232,8 +242,11 @@ def _json_positions(obj: dict[str, Any], previous: list[str], candidates: list[s
             pos = float(position)
         except ValueError:
             continue
-        item = candidates[int(label) - 1] if aliases and str(label).isdecimal() and (
-            1 <= int(label) <= len(candidates)) else str(label)
+        item = (
+            candidates[int(label) - 1]
+            if aliases and str(label).isdecimal() and (1 <= int(label) <= len(candidates))
+            else str(label)
+        )
         rows.append((pos, order.get(item, len(order)), str(label)))
     rows.sort()
     positions = [r[0] for r in rows]
@@ -249,27 +262,27 @@ def _json_node(obj: dict[str, Any]) -> str | None:
     return None
 
 
-def _text_tokens(
-    text: str, candidates: list[str], aliases: bool
-) -> tuple[list[str] | None, str | None]:
+def _text_tokens(text: str, candidates: list[str], aliases: bool) -> tuple[list[str] | None, str | None]:
     """The bracketed list with the most recognisable ids, and what follows it up to a line end."""
     known = set(candidates) | {c.casefold() for c in candidates}
     best: tuple[int, list[str], int] | None = None
     for match in _LIST.finditer(text):
         tokens = [t.strip(".:#*") for t in _TOKEN.findall(match.group(1))]
         score = sum(
-            1 for t in tokens
+            1
+            for t in tokens
             if (aliases and t.isdecimal() and t.isascii() and 1 <= int(t) <= len(candidates))
-            or t in known or t.casefold() in known
+            or t in known
+            or t.casefold() in known
         )
         if score and (best is None or score > best[0]):
             best = (score, tokens, match.end())
     if best is None:
         return None, None
-    tail = text[best[2]:].lstrip(" ;:,-")
+    tail = text[best[2] :].lstrip(" ;:,-")
     return best[1], tail.split("\n", 1)[0] if tail.strip() else None
 
 
 def _after_list(text: str) -> str:
     end = text.rfind("]")
-    return text[end + 1:] if end >= 0 else text
+    return text[end + 1 :] if end >= 0 else text

@@ -84,8 +84,16 @@ PROVIDED: dict[str, frozenset[str]] = {
     "format_text": frozenset(),
 }
 ASPECT_VALUES = frozenset({"attribute", "groups", "seen"})
-REQUIRED_FILES = ("system", "step", "candidate", "pool_line", "reask", "reask_node", "format_json",
-                  "format_text")
+REQUIRED_FILES = (
+    "system",
+    "step",
+    "candidate",
+    "pool_line",
+    "reask",
+    "reask_node",
+    "format_json",
+    "format_text",
+)
 REQUIRED: dict[str, frozenset[str]] = {
     "step": frozenset({"pool", "focus", "offered"}),
     "candidate": frozenset({"features"}),
@@ -105,8 +113,10 @@ def validate_templates(folder: Path, texts: dict[str, str], manifest: dict[str, 
     problems: list[str] = []
     for key in (*REQUIRED_FILES, *(f"nodes/{n}" for n in (*ASPECT_NODES, BACKWARD))):
         if key not in texts:
-            problems.append(f"{folder / key}.txt is missing (every registered node and every "
-                            f"part of the prompt needs its template)")
+            problems.append(
+                f"{folder / key}.txt is missing (every registered node and every "
+                f"part of the prompt needs its template)"
+            )
     for key, text in texts.items():
         template = Template(text)
         path = f"{folder / key}.txt"
@@ -118,23 +128,28 @@ def validate_templates(folder: Path, texts: dict[str, str], manifest: dict[str, 
             node = key.removeprefix("nodes/")
             provided: frozenset[str] = frozenset() if node in FUNCTIONAL else ASPECT_VALUES
             spec = ASPECT_NODES.get(node)
-            required = frozenset({"attribute"}) if spec is not None and spec.needs_attribute else (
-                frozenset())
+            required = (
+                frozenset({"attribute"}) if spec is not None and spec.needs_attribute else (frozenset())
+            )
         else:
             provided = PROVIDED.get(key, frozenset())
             required = REQUIRED.get(key, frozenset())
             if key == "candidate":
                 required |= {"alias" if manifest.get("id_style", "alias") == "alias" else "item_id"}
         for name in sorted(used - provided):
-            problems.append(f"{path}: unknown placeholder ${name} (the renderer provides "
-                            f"{', '.join(sorted(provided)) or 'none here'})")
+            problems.append(
+                f"{path}: unknown placeholder ${name} (the renderer provides "
+                f"{', '.join(sorted(provided)) or 'none here'})"
+            )
         for name in sorted(required - used):
             problems.append(f"{path}: placeholder ${name} is missing")
     session = set(Template(texts.get("system", "")).get_identifiers()) | set(
-        Template(texts.get("step", "")).get_identifiers())
+        Template(texts.get("step", "")).get_identifiers()
+    )
     for name in sorted(REQUIRED_SESSION - session):
-        problems.append(f"{folder / 'system'}.txt and {folder / 'step'}.txt: placeholder ${name} "
-                        f"is missing from both")
+        problems.append(
+            f"{folder / 'system'}.txt and {folder / 'step'}.txt: placeholder ${name} is missing from both"
+        )
     if problems:
         raise ConfigError(f"prompt set {folder.name!r} is invalid: " + "; ".join(problems))
 
@@ -152,8 +167,11 @@ class PromptSet:
     def load(cls, root: Path, name: str) -> PromptSet:
         folder = root / name
         if not folder.is_dir():
-            known = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if (
-                root.is_dir()) else []
+            known = (
+                sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file())
+                if (root.is_dir())
+                else []
+            )
             raise ConfigError(
                 f"prompt set {name!r} not found in {root}; set LLM4RERANK_PROMPTS to one of {known}"
             )
@@ -206,8 +224,12 @@ class SessionPrompts:
         rows = [{"score": c.score, **clean.features(c.features)} for c in req.candidates]
         columns = columns_of(rows)
         lines = [
-            ps.render("candidate", alias=i + 1, item_id=clean(c.item_id),
-                      features=render_features(row, feature_style, columns))
+            ps.render(
+                "candidate",
+                alias=i + 1,
+                item_id=clean(c.item_id),
+                features=render_features(row, feature_style, columns),
+            )
             for i, (c, row) in enumerate(zip(req.candidates, rows, strict=True))
         ]
         self._values = {
@@ -223,8 +245,9 @@ class SessionPrompts:
     def _format_key(self) -> str:
         if not self.structured:
             return "format_text"
-        return "format_keys" if self.shape == "keys" and "format_keys" in self.prompts.texts else (
-            "format_json")
+        return (
+            "format_keys" if self.shape == "keys" and "format_keys" in self.prompts.texts else ("format_json")
+        )
 
     def label(self, item_id: str) -> str:
         """How an item is named in prompts: its alias (1..N) or its (cleaned) item_id."""
@@ -237,11 +260,16 @@ class SessionPrompts:
         """What the step should say about the prompt: request text that was cut."""
         if not self.clean.cut:
             return []
-        return [f"prompt: {len(self.clean.cut)} request field(s) cut to {self.field_max_chars} "
-                f"characters (longest was {max(self.clean.cut)})"]
+        return [
+            f"prompt: {len(self.clean.cut)} request field(s) cut to {self.field_max_chars} "
+            f"characters (longest was {max(self.clean.cut)})"
+        ]
 
     def messages(
-        self, node: str, pool: list[tuple[str, list[str]]], offered: tuple[str, ...],
+        self,
+        node: str,
+        pool: list[tuple[str, list[str]]],
+        offered: tuple[str, ...],
         withdrawn: list[tuple[str, list[str]]] | None = None,
     ) -> list[dict[str, str]]:
         """The node's prompt; lists Backward withdrew follow the pool, marked as withdrawn."""
@@ -253,8 +281,8 @@ class SessionPrompts:
         if withdrawn:
             key = "withdrawn_line" if "withdrawn_line" in ps.texts else "pool_line"
             pool_text += "\n" + "\n".join(
-                ps.render(key, step="-", node=n, ranking=self._ranking_text(r))
-                for n, r in withdrawn)
+                ps.render(key, step="-", node=n, ranking=self._ranking_text(r)) for n, r in withdrawn
+            )
         step = ps.render(
             "step",
             **self._values,
@@ -270,8 +298,12 @@ class SessionPrompts:
     def reask(self, problem: str, node: str, offered: tuple[str, ...]) -> dict[str, str]:
         """A corrective follow-up; at Backward it asks for a node only."""
         key = "reask_node" if node in FUNCTIONAL else "reask"
-        return {"role": "user", "content": self.prompts.render(
-            key, problem=problem, n=len(self.request.candidates), offered=", ".join(offered))}
+        return {
+            "role": "user",
+            "content": self.prompts.render(
+                key, problem=problem, n=len(self.request.candidates), offered=", ".join(offered)
+            ),
+        }
 
     def focus(self, node: str) -> str:
         if node in FUNCTIONAL:
@@ -285,8 +317,10 @@ class SessionPrompts:
             values = {
                 "attribute": clean(aspect.attribute),
                 "groups": clean(describe_groups(self.request, aspect, clean)),
-                "seen": clean(", ".join(sorted(clean(v) for v in history_values(
-                    self.request, aspect.attribute)))) or "none",
+                "seen": clean(
+                    ", ".join(sorted(clean(v) for v in history_values(self.request, aspect.attribute)))
+                )
+                or "none",
             }
         return self.prompts.render(f"nodes/{node}", **values)
 
@@ -317,8 +351,11 @@ def render_features(features: dict[str, Any], style: str, columns: list[str] | N
 
 def _compact(value: Any, joiner: str) -> str:
     if isinstance(value, list):
-        return ",".join(_compact(v, joiner) for v in value) if joiner == "/" else joiner.join(
-            _compact(v, joiner) for v in value)
+        return (
+            ",".join(_compact(v, joiner) for v in value)
+            if joiner == "/"
+            else joiner.join(_compact(v, joiner) for v in value)
+        )
     if isinstance(value, float):
         return f"{value:.3g}" if math.isfinite(value) else str(value)
     return clean_text(str(value), len(str(value)) + 1).replace(";", ",").replace("|", "/")
@@ -327,8 +364,10 @@ def _compact(value: Any, joiner: str) -> str:
 def render_user(request: RerankRequest, style: str, clean: Cleaner | None = None) -> str:
     clean = clean or Cleaner()
     user = request.user
-    head = render_features({"user_id": clean(user.user_id), **clean.features(user.features)},
-                           "compact" if style == "columns" else style)
+    head = render_features(
+        {"user_id": clean(user.user_id), **clean.features(user.features)},
+        "compact" if style == "columns" else style,
+    )
     recent = user.history[-HISTORY_SHOWN:]
     if not recent:
         return head
@@ -337,12 +376,14 @@ def render_user(request: RerankRequest, style: str, clean: Cleaner | None = None
         return f"{head}, recent history: {orjson.dumps(shown).decode()}"
     rows = [clean.features(h.features) or {"item_id": clean(h.item_id)} for h in recent]
     columns = columns_of(rows)
-    return head + f"\nRecent history (oldest first; {' | '.join(columns)}):\n" + "\n".join(
-        "- " + render_features(row, style, columns) for row in rows)
+    return (
+        head
+        + f"\nRecent history (oldest first; {' | '.join(columns)}):\n"
+        + "\n".join("- " + render_features(row, style, columns) for row in rows)
+    )
 
 
-def describe_groups(request: RerankRequest, aspect: AspectConfig,
-                    clean: Cleaner | None = None) -> str:
+def describe_groups(request: RerankRequest, aspect: AspectConfig, clean: Cleaner | None = None) -> str:
     if aspect.split_at is not None:
         return f"below {aspect.split_at:g}; {aspect.split_at:g} and above"
     clean = clean or Cleaner()

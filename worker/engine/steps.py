@@ -50,7 +50,8 @@ class LLMCall(BaseModel):
     response_format: dict[str, Any] | None = None
     raw: str | None = None
     raw_replaced: list[list[int]] | None = Field(
-        None, description="[offset, code point] of characters in the answer stored as U+FFFD")
+        None, description="[offset, code point] of characters in the answer stored as U+FFFD"
+    )
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
@@ -60,13 +61,19 @@ class LLMCall(BaseModel):
     deadline_passed: bool = False
     finish_reason: str | None = Field(None, description="stop, length, ... as the server said")
     model: str | None = Field(None, description="the model id the server answered with")
-    cached_tokens: int | None = Field(None, description="prompt tokens served from the server's "
-                                      "prefix cache, where it reports them")
-    window: list[int] | None = Field(None, description="[first, last] positions (1-based) of the "
-                                     "previous list this call reranked, for a windowed step")
+    cached_tokens: int | None = Field(
+        None, description="prompt tokens served from the server's prefix cache, where it reports them"
+    )
+    window: list[int] | None = Field(
+        None,
+        description="[first, last] positions (1-based) of the "
+        "previous list this call reranked, for a windowed step",
+    )
     max_tokens: int | None = Field(None, description="the answer budget this call was sent with")
-    counted_tokens: int | None = Field(None, description="prompt tokens as counted before sending "
-                                       "(the configured tokenizer, or the estimate)")
+    counted_tokens: int | None = Field(
+        None,
+        description="prompt tokens as counted before sending (the configured tokenizer, or the estimate)",
+    )
 
     @model_validator(mode="after")
     def _storable(self) -> LLMCall:
@@ -74,8 +81,11 @@ class LLMCall(BaseModel):
             self.raw, replaced = storable(self.raw)
             self.raw_replaced = [*(self.raw_replaced or []), *replaced]
         if self.error is not None and UNSTORABLE.search(self.error):
-            self.error = self.error.encode("utf-8", "backslashreplace").decode(
-                "utf-8", "replace").replace("\x00", "\\x00")
+            self.error = (
+                self.error.encode("utf-8", "backslashreplace")
+                .decode("utf-8", "replace")
+                .replace("\x00", "\\x00")
+            )
         return self
 
     @property
@@ -90,8 +100,7 @@ class RepairCount(RepairSummary):
     """How far the model's answers were from a permutation (see engine.parse.Repair)."""
 
     def add(self, other: RepairSummary) -> RepairCount:
-        return RepairCount(**{k: getattr(self, k) + getattr(other, k)
-                              for k in RepairSummary.model_fields})
+        return RepairCount(**{k: getattr(self, k) + getattr(other, k) for k in RepairSummary.model_fields})
 
 
 class StepRecord(BaseModel):
@@ -113,8 +122,9 @@ class StepRecord(BaseModel):
     latency_ms: float = 0.0
     retries: int = 0
     repair: RepairCount | None = Field(None, description="what repair did to this step's answers")
-    withdrawn: list[list[str]] | None = Field(None, description="lists Backward withdrew, as the "
-                                              "step's prompt showed them")
+    withdrawn: list[list[str]] | None = Field(
+        None, description="lists Backward withdrew, as the step's prompt showed them"
+    )
     cached_tokens: int = 0
 
 

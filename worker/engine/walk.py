@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..errors import DeadlineExceeded
 from ..schemas import RerankRequest, Usage
+from ..status import ResultStatus, Status
 from .nodes import ACCURACY, BACKWARD, STOP, WalkPlan, offered_after
 from .steps import Journal, NodeAnswer, NodeAsk, NullJournal, Policy, StepRecord
 
@@ -30,7 +31,7 @@ from .steps import Journal, NodeAnswer, NodeAsk, NullJournal, Policy, StepRecord
 class WalkOutcome:
     ranking: list[str]
     path: list[str]
-    status: str
+    status: ResultStatus
     reason: str | None
     policy: str
     llm_calls: int
@@ -61,7 +62,8 @@ async def walk(
     steps: list[StepRecord] = []
     calls = 0
     usable_lists = 0
-    status, reason = "ok", None
+    status: ResultStatus = Status.OK
+    reason: str | None = None
     reason_note: str | None = None
     node = ACCURACY
 
@@ -75,12 +77,22 @@ async def walk(
         if node == BACKWARD and pool:  # never back to a node whose list was withdrawn
             undone = {pool[-1][0], *(n for n, _ in withdrawn)}
             offered = tuple(n for n in offered if n not in undone) or (STOP,)
-        ask = NodeAsk(request, plan, node, len(steps) + 1, shown, offered, tuple(path),
-                      plan.max_steps - calls, deadline, tuple(withdrawn))
+        ask = NodeAsk(
+            request,
+            plan,
+            node,
+            len(steps) + 1,
+            shown,
+            offered,
+            tuple(path),
+            plan.max_steps - calls,
+            deadline,
+            tuple(withdrawn),
+        )
         try:
             answer = await policy.answer(ask)
         except DeadlineExceeded as exc:
-            status, reason = "degraded", f"deadline of {plan.deadline_ms} ms passed at {node}"
+            status, reason = Status.DEGRADED, f"deadline of {plan.deadline_ms} ms passed at {node}"
             if exc.calls:  # the node's calls made before the deadline are stored and counted
                 reason += f": {exc}"
                 calls += len(exc.calls)
@@ -104,37 +116,59 @@ async def walk(
         steps.append(step)
         await journal.record(step)
         if answer.problem is not None:
-            status, reason = "degraded", f"unusable answer at {node}: {answer.problem}"
+            status, reason = Status.DEGRADED, f"unusable answer at {node}: {answer.problem}"
             break
         node = answer.next_node or STOP
 
-    if status == "degraded" and usable_lists == 0 and fallback is not None:
+    if status == Status.DEGRADED and usable_lists == 0 and fallback is not None:
         offset = len(steps)
-        rest = await walk(request, fallback, plan, journal=_Offset(journal, offset), clock=clock,
-                          started=started)
+        rest = await walk(
+            request, fallback, plan, journal=_Offset(journal, offset), clock=clock, started=started
+        )
         steps += [s.model_copy(update={"step": s.step + offset}) for s in rest.steps]
-        return WalkOutcome(rest.ranking, [*path, *rest.path], status,
-                           f"{reason}; the {fallback.name} policy produced the list",
-                           f"{policy.name}+{fallback.name}", calls, _usage(steps), steps)
+        return WalkOutcome(
+            rest.ranking,
+            [*path, *rest.path],
+            status,
+            f"{reason}; the {fallback.name} policy produced the list",
+            f"{policy.name}+{fallback.name}",
+            calls,
+            _usage(steps),
+            steps,
+        )
 
     final = list(pool[-1][1]) if pool else upstream
-    stop = StepRecord(step=len(steps) + 1, node=STOP, policy="walk", ranking=final,
-                      pool_size=len(pool), notes=[reason_note] if reason_note else [])
+    stop = StepRecord(
+        step=len(steps) + 1,
+        node=STOP,
+        policy="walk",
+        ranking=final,
+        pool_size=len(pool),
+        notes=[reason_note] if reason_note else [],
+    )
     steps.append(stop)
     await journal.record(stop)
     path.append(STOP)
     if sorted(final) != sorted(upstream):  # unreachable unless a policy breaks its contract
-        final, status, reason = upstream, "failed", "internal error: ranking was not a permutation"
+        final, status, reason = upstream, Status.FAILED, "internal error: ranking was not a permutation"
     return WalkOutcome(final, path, status, reason, policy.name, calls, _usage(steps), steps)
 
 
-def _record(ask: NodeAsk, answer: NodeAnswer, removed: list[str] | None, pool_size: int
-            ) -> StepRecord:
+def _record(ask: NodeAsk, answer: NodeAnswer, removed: list[str] | None, pool_size: int) -> StepRecord:
     return StepRecord(
-        step=ask.step, node=ask.node, policy=answer.policy, ranking=answer.ranking,
-        removed=removed, next_node=answer.next_node, offered=list(ask.offered),
-        pool_size=pool_size, calls=answer.calls, notes=answer.notes, problem=answer.problem,
-        repair=answer.repair, withdrawn=[list(r) for _, r in ask.withdrawn] or None,
+        step=ask.step,
+        node=ask.node,
+        policy=answer.policy,
+        ranking=answer.ranking,
+        removed=removed,
+        next_node=answer.next_node,
+        offered=list(ask.offered),
+        pool_size=pool_size,
+        calls=answer.calls,
+        notes=answer.notes,
+        problem=answer.problem,
+        repair=answer.repair,
+        withdrawn=[list(r) for _, r in ask.withdrawn] or None,
         cached_tokens=sum(c.cached_tokens or 0 for c in answer.calls),
         prompt_tokens=sum(c.prompt_tokens for c in answer.calls),
         completion_tokens=sum(c.completion_tokens for c in answer.calls),
@@ -144,8 +178,10 @@ def _record(ask: NodeAsk, answer: NodeAnswer, removed: list[str] | None, pool_si
 
 
 def _usage(steps: list[StepRecord]) -> Usage:
-    return Usage(prompt_tokens=sum(s.prompt_tokens for s in steps),
-                 completion_tokens=sum(s.completion_tokens for s in steps))
+    return Usage(
+        prompt_tokens=sum(s.prompt_tokens for s in steps),
+        completion_tokens=sum(s.completion_tokens for s in steps),
+    )
 
 
 class _Offset:

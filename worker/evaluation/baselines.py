@@ -50,9 +50,11 @@ def random_order(request: RerankRequest, seed: int = 0) -> list[str]:
 def popularity(counts: Mapping[str, float]) -> Baseline:
     """A reranker by training popularity (interactions per item), most popular first; ties keep the
     upstream order. `counts` come from the training split, never from the held-out items."""
+
     def rank(request: RerankRequest) -> list[str]:
         ids = upstream(request)
         return sorted(ids, key=lambda i: (-counts.get(i, 0.0), ids.index(i)))
+
     return rank
 
 
@@ -67,11 +69,15 @@ def mmr(request: RerankRequest, lam: float = 0.5) -> list[str]:
     left = list(range(len(cats)))
     out: list[int] = []
     while left:
+
         def value(i: int) -> float:
-            sim = max((len(cats[i] & cats[j]) / len(cats[i] | cats[j]) if cats[i] | cats[j] else 0.0
-                       for j in out), default=0.0)
+            sim = max(
+                (len(cats[i] & cats[j]) / len(cats[i] | cats[j]) if cats[i] | cats[j] else 0.0 for j in out),
+                default=0.0,
+            )
             gain: float = lam * rel[i] - (1 - lam) * sim
             return gain
+
         best = max(left, key=lambda i: (value(i), -i))
         left.remove(best)
         out.append(best)
@@ -134,8 +140,9 @@ def fair(request: RerankRequest) -> list[str]:
     if aspect is None:
         return upstream(request)
     ids = upstream(request)
-    group = {c.item_id: group_of(c.features.get(aspect.attribute), aspect) or "(none)"
-             for c in request.candidates}
+    group = {
+        c.item_id: group_of(c.features.get(aspect.attribute), aspect) or "(none)" for c in request.candidates
+    }
     size: dict[str, int] = {}
     for g in group.values():
         size[g] = size.get(g, 0) + 1
@@ -153,5 +160,10 @@ def fair(request: RerankRequest) -> list[str]:
     return out
 
 
-BASELINES: dict[str, Baseline] = {"upstream": upstream, "random": random_order, "mmr": mmr, "dpp": dpp,
-                                  "fair": fair}
+BASELINES: dict[str, Baseline] = {
+    "upstream": upstream,
+    "random": random_order,
+    "mmr": mmr,
+    "dpp": dpp,
+    "fair": fair,
+}

@@ -43,7 +43,7 @@ def leave_one_out(dataset: Dataset) -> Split:
         if hi - lo >= 2:
             held_out[u] = items[hi - 1]
             train[hi - 1] = False
-            history.append(items[lo:hi - 1])
+            history.append(items[lo : hi - 1])
         else:
             history.append(items[lo:hi])
     seen = [np.unique(h) for h in history]
@@ -99,8 +99,9 @@ def retrieved(model: GMF, split: Split, user: int, n: int = 20) -> bool:
     return int(np.sum(scores >= scores[int(split.held_out[user])])) <= n
 
 
-def protocol_items(model: GMF, split: Split, user: int, n: int, protocol: str, seed: int
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
+def protocol_items(
+    model: GMF, split: Split, user: int, n: int, protocol: str, seed: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """The candidates (best first) and their GMF logits under `protocol` (see PROTOCOLS); None when
     the protocol leaves this user out."""
     if protocol not in PROTOCOLS:
@@ -120,9 +121,19 @@ def _prob(logit: float) -> float:
     return round(float(1.0 / (1.0 + np.exp(-logit))), 4)
 
 
-def build_cases(dataset: Dataset, split: Split, model: GMF, users: np.ndarray, *, n_candidates: int = 20,
-                history: int = 10, max_steps: int = 5, goal: str = GOALS["ADF"],
-                protocol: str = DEFAULT_PROTOCOL, seed: int = 0) -> list[Case]:
+def build_cases(
+    dataset: Dataset,
+    split: Split,
+    model: GMF,
+    users: np.ndarray,
+    *,
+    n_candidates: int = 20,
+    history: int = 10,
+    max_steps: int = 5,
+    goal: str = GOALS["ADF"],
+    protocol: str = DEFAULT_PROTOCOL,
+    seed: int = 0,
+) -> list[Case]:
     """Rerank requests (GMF probability as `score`, candidates in GMF order under the paper's
     protocol) and their positives; `protocol` may leave users out (see PROTOCOLS)."""
     inter = dataset.interactions
@@ -134,12 +145,15 @@ def build_cases(dataset: Dataset, split: Split, model: GMF, users: np.ndarray, *
         if picked is None:
             continue
         chosen, scores = picked
-        candidates = [Item(item_id=inter.item_ids[i], score=_prob(s),
-                           features=dataset.items.get(inter.item_ids[i], {}))
-                      for i, s in zip(chosen, scores, strict=True)]
+        candidates = [
+            Item(item_id=inter.item_ids[i], score=_prob(s), features=dataset.items.get(inter.item_ids[i], {}))
+            for i, s in zip(chosen, scores, strict=True)
+        ]
         recent: np.ndarray | list[int] = split.history[u][-history:] if history > 0 else []
-        past = [HistoryItem(item_id=inter.item_ids[i], features=dataset.items.get(inter.item_ids[i], {}))
-                for i in recent]
+        past = [
+            HistoryItem(item_id=inter.item_ids[i], features=dataset.items.get(inter.item_ids[i], {}))
+            for i in recent
+        ]
         request = RerankRequest(
             request_id=f"{dataset.name}-{user_id}",
             goal=goal,

@@ -51,8 +51,13 @@ class Interactions:
         pair = user[order].astype(np.int64) * len(item_ids) + item[order]
         _, first = np.unique(pair, return_index=True)
         keep = np.sort(order[first])
-        return cls([str(u) for u in user_ids], [str(i) for i in item_ids],
-                   user[keep].astype(np.int64), item[keep].astype(np.int64), times[keep])
+        return cls(
+            [str(u) for u in user_ids],
+            [str(i) for i in item_ids],
+            user[keep].astype(np.int64),
+            item[keep].astype(np.int64),
+            times[keep],
+        )
 
     def __len__(self) -> int:
         return len(self.user)
@@ -84,13 +89,37 @@ class Dataset:
 
 # ---------------------------------------------------------------- ML-1M (.dat, latin-1, "::")
 
-ML_AGES = {"1": "Under 18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49", "50": "50-55",
-           "56": "56+"}
+ML_AGES = {
+    "1": "Under 18",
+    "18": "18-24",
+    "25": "25-34",
+    "35": "35-44",
+    "45": "45-49",
+    "50": "50-55",
+    "56": "56+",
+}
 ML_OCCUPATIONS = [
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
-    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
-    "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
-    "tradesman/craftsman", "unemployed", "writer",
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
 ]
 _TITLE_YEAR = re.compile(r"^(.*)\s\((\d{4})\)\s*$")
 
@@ -105,8 +134,10 @@ def _dat_rows(path: Path, fields: int, numbered: bool = False) -> list[Any]:
                 continue
             parts = line.split("::")
             if len(parts) != fields:
-                raise DataError(f"{path}:{number}: expected {fields} '::'-separated fields, "
-                                f"found {len(parts)}; is this the ML-1M file?")
+                raise DataError(
+                    f"{path}:{number}: expected {fields} '::'-separated fields, "
+                    f"found {len(parts)}; is this the ML-1M file?"
+                )
             rows.append((number, parts) if numbered else parts)
     return rows
 
@@ -116,8 +147,10 @@ def _require(folder: Path, *names: str) -> None:
         raise DataError(f"--data-dir {folder} is not a folder; point it at the dataset's files")
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise DataError(f"{', '.join(missing)} not found in {folder}; point --data-dir at the folder "
-                        "holding the dataset's files (the project never downloads data)")
+        raise DataError(
+            f"{', '.join(missing)} not found in {folder}; point --data-dir at the folder "
+            "holding the dataset's files (the project never downloads data)"
+        )
 
 
 def load_ml1m(folder: Path) -> Dataset:
@@ -126,8 +159,10 @@ def load_ml1m(folder: Path) -> Dataset:
     items: dict[str, Features] = {}
     for movie_id, title, genres in _dat_rows(folder / "movies.dat", 3):
         match = _TITLE_YEAR.match(title)
-        features: Features = {"title": match.group(1) if match else title,
-                              "genre": [g for g in genres.split("|") if g]}
+        features: Features = {
+            "title": match.group(1) if match else title,
+            "genre": [g for g in genres.split("|") if g],
+        }
         if match:
             features["year"] = int(match.group(2))
         items[movie_id] = features
@@ -142,12 +177,18 @@ def load_ml1m(folder: Path) -> Dataset:
     rows = [r for _, r in kept]
     times = _time_key([r[3] for r in rows], folder / "ratings.dat", lines=[n for n, _ in kept])
     inter = Interactions.from_columns([r[0] for r in rows], [r[1] for r in rows], times)
-    return Dataset("ml-1m", inter, items, users,
-                   {"diversity": {"attribute": "genre"}, "fairness": {"attribute": "year", "split_at": 1996}},
-                   ["every rating counts as a positive interaction (implicit feedback)"])
+    return Dataset(
+        "ml-1m",
+        inter,
+        items,
+        users,
+        {"diversity": {"attribute": "genre"}, "fairness": {"attribute": "year", "split_at": 1996}},
+        ["every rating counts as a positive interaction (implicit feedback)"],
+    )
 
 
 # ---------------------------------------------------------------- CSV helpers (pyarrow)
+
 
 def _read_csv(path: Path, multiline: bool = False, keep: set[str] | None = None) -> dict[str, list[Any]]:
     """A CSV as columns of Python values, every column read as text (ids keep leading zeros);
@@ -164,8 +205,10 @@ def _read_csv(path: Path, multiline: bool = False, keep: set[str] | None = None)
             path,
             parse_options=pacsv.ParseOptions(newlines_in_values=multiline),
             convert_options=pacsv.ConvertOptions(
-                column_types={h: pa.string() for h in header}, strings_can_be_null=True,
-                include_columns=[h for h in header if keep is None or h.strip().lower() in keep]),
+                column_types={h: pa.string() for h in header},
+                strings_can_be_null=True,
+                include_columns=[h for h in header if keep is None or h.strip().lower() in keep],
+            ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
@@ -186,13 +229,15 @@ def _column(table: dict[str, list[Any]], path: Path, *aliases: str, required: bo
     return None
 
 
-def _time_key(values: Sequence[Any], path: Path, rows: Sequence[int] | None = None,
-              lines: Sequence[int] | None = None) -> np.ndarray:
+def _time_key(
+    values: Sequence[Any], path: Path, rows: Sequence[int] | None = None, lines: Sequence[int] | None = None
+) -> np.ndarray:
     """Times as sortable numbers: a column of numbers, or a column of ISO dates ("2018-01-31" or
     "2018-01-31 12:00:00") as POSIX seconds. A blank time, text that is neither, or a column that
     mixes numbers and dates is an input error naming the file and line: sorting such a column would
     silently decide which interaction is held out. `rows` are the values' 0-based data rows in a CSV
     (line = row + 2, after the header); `lines` give the lines directly."""
+
     def where(j: int) -> str:
         if lines is not None:
             return f"{path}:{lines[j]}"
@@ -209,9 +254,11 @@ def _time_key(values: Sequence[Any], path: Path, rows: Sequence[int] | None = No
     for j, value in enumerate(values):
         text = "" if value is None else str(value).strip()
         if not text:
-            raise DataError(f"{where(j)}: blank or missing time (empty, or a null marker such as NA); "
-                            "every interaction needs a time (a number or an ISO date), or drop the time "
-                            "column to keep the file order")
+            raise DataError(
+                f"{where(j)}: blank or missing time (empty, or a null marker such as NA); "
+                "every interaction needs a time (a number or an ISO date), or drop the time "
+                "column to keep the file order"
+            )
         try:
             number, found = float(text), "number"
             if not math.isfinite(number):
@@ -220,16 +267,20 @@ def _time_key(values: Sequence[Any], path: Path, rows: Sequence[int] | None = No
             try:
                 stamp = datetime.fromisoformat(text)
             except ValueError:
-                raise DataError(f"{where(j)}: time {text!r} is neither a number nor an ISO date "
-                                "(e.g. 2018-01-31 12:00:00)") from None
+                raise DataError(
+                    f"{where(j)}: time {text!r} is neither a number nor an ISO date "
+                    "(e.g. 2018-01-31 12:00:00)"
+                ) from None
             if stamp.tzinfo is None:
                 stamp = stamp.replace(tzinfo=UTC)
             number, found = stamp.timestamp(), "date"
         if kind is None:
             kind = found
         elif found != kind:
-            raise DataError(f"{where(j)}: time {text!r} is a {found} but earlier rows hold {kind}s; "
-                            "one time column needs one format")
+            raise DataError(
+                f"{where(j)}: time {text!r} is a {found} but earlier rows hold {kind}s; "
+                "one time column needs one format"
+            )
         numbers[j] = number
     return numbers
 
@@ -250,12 +301,15 @@ def _number(value: Any) -> float | None:
 def _one(folder: Path, pattern: str, what: str, required: bool = True) -> list[Path]:
     found = sorted(folder.glob(pattern))
     if not found and required:
-        raise DataError(f"no {what} ({pattern}) in {folder}; point --data-dir at the folder holding "
-                        "the dataset's CSV files (the project never downloads data)")
+        raise DataError(
+            f"no {what} ({pattern}) in {folder}; point --data-dir at the folder holding "
+            "the dataset's CSV files (the project never downloads data)"
+        )
     return found
 
 
 # ---------------------------------------------------------------- KuaiRand (CSV)
+
 
 def load_kuairand(folder: Path) -> Dataset:
     """KuaiRand (Pure, 1K or 27K): log_standard_*.csv interactions (is_click = 1 is a positive),
@@ -264,7 +318,8 @@ def load_kuairand(folder: Path) -> Dataset:
     if not folder.is_dir():
         raise DataError(f"--data-dir {folder} is not a folder; point it at the KuaiRand data folder")
     logs = _one(folder, "log_standard*.csv", "interaction logs", required=False) or _one(
-        folder, "log_*.csv", "interaction logs")
+        folder, "log_*.csv", "interaction logs"
+    )
     video_files = _one(folder, "video_features_basic*.csv", "video features")
     log_users: list[str] = []
     log_items: list[str] = []
@@ -278,13 +333,17 @@ def load_kuairand(folder: Path) -> Dataset:
         keep = [i for i in range(len(table[u])) if c is None or str(table[c][i]).strip() in ("1", "1.0")]
         log_users += [table[u][i] for i in keep]
         log_items += [table[v][i] for i in keep]
-        times += (_time_key([table[t][i] for i in keep], log, keep).tolist() if t
-                  else [float(len(times) + j) for j in range(len(keep))])
+        times += (
+            _time_key([table[t][i] for i in keep], log, keep).tolist()
+            if t
+            else [float(len(times) + j) for j in range(len(keep))]
+        )
     clicked = {str(v) for v in log_items}
     items: dict[str, Features] = {}
     for path in video_files:
-        table = _read_csv(path, keep={"video_id", "upload_type", "video_duration", "duration_ms",
-                                      "video_type", "tag"})
+        table = _read_csv(
+            path, keep={"video_id", "upload_type", "video_duration", "duration_ms", "video_type", "tag"}
+        )
         vid = _column(table, path, "video_id")
         up = _column(table, path, "upload_type")
         dur = _column(table, path, "video_duration", "duration_ms")
@@ -303,26 +362,48 @@ def load_kuairand(folder: Path) -> Dataset:
                 features["tag"] = _split(table[tag][i], ",")
             items[str(video)] = features
     rows = [i for i, item in enumerate(log_items) if str(item) in items]
-    inter = Interactions.from_columns([log_users[i] for i in rows], [log_items[i] for i in rows],
-                                      np.asarray([times[i] for i in rows], dtype=np.float64))
+    inter = Interactions.from_columns(
+        [log_users[i] for i in rows],
+        [log_items[i] for i in rows],
+        np.asarray([times[i] for i in rows], dtype=np.float64),
+    )
     durations = [f["video_duration"] for f in items.values() if f.get("video_duration") is not None]
     split = float(np.median(np.asarray(durations, dtype=float))) if durations else 0.0
     users: dict[str, Features] = {}
     for path in _one(folder, "user_features*.csv", "user features", required=False):
         table = _read_csv(path)
         uid = _column(table, path, "user_id")
-        wanted = [c for c in ("user_active_degree", "is_video_author", "follow_user_num_range",
-                              "fans_user_num_range", "register_days_range") if c in table]
+        wanted = [
+            c
+            for c in (
+                "user_active_degree",
+                "is_video_author",
+                "follow_user_num_range",
+                "fans_user_num_range",
+                "register_days_range",
+            )
+            if c in table
+        ]
         for i, user in enumerate(table[uid]):
             users[str(user)] = {c: table[c][i] for c in wanted if table[c][i] not in (None, "")}
-    return Dataset("kuairand", inter, items, users,
-                   {"diversity": {"attribute": "upload_type"},
-                    "fairness": {"attribute": "video_duration", "split_at": split}},
-                   ["positives are is_click = 1 rows of the standard logs",
-                    f"fairness groups: video_duration below / at or above the item median {split:g} ms"])
+    return Dataset(
+        "kuairand",
+        inter,
+        items,
+        users,
+        {
+            "diversity": {"attribute": "upload_type"},
+            "fairness": {"attribute": "video_duration", "split_at": split},
+        },
+        [
+            "positives are is_click = 1 rows of the standard logs",
+            f"fairness groups: video_duration below / at or above the item median {split:g} ms",
+        ],
+    )
 
 
 # ---------------------------------------------------------------- Douban-Movie (CSV)
+
 
 def load_douban(folder: Path) -> Dataset:
     """Douban-Movie (the moviedata CSV export): ratings.csv (USER_ID or USER_MD5, MOVIE_ID, RATING,
@@ -360,16 +441,27 @@ def load_douban(folder: Path) -> Dataset:
     rid = _column(ratings, ratings_path, "MOVIE_ID", "movie_id", "item_id")
     tcol = _column(ratings, ratings_path, "RATING_TIME", "timestamp", "time", required=False)
     rows = [i for i, m in enumerate(ratings[rid]) if str(m) in items and ratings[uid][i]]
-    times = (_time_key([ratings[tcol][i] for i in rows], ratings_path, rows) if tcol
-             else np.arange(len(rows), dtype=float))
+    times = (
+        _time_key([ratings[tcol][i] for i in rows], ratings_path, rows)
+        if tcol
+        else np.arange(len(rows), dtype=float)
+    )
     inter = Interactions.from_columns([ratings[uid][i] for i in rows], [ratings[rid][i] for i in rows], times)
-    return Dataset("douban", inter, items, {},
-                   {"diversity": {"attribute": "category"}, "fairness": {"attribute": "language_group"}},
-                   ["every rating counts as a positive interaction (implicit feedback)",
-                    f"fairness groups: first language {top!r} against all other languages"])
+    return Dataset(
+        "douban",
+        inter,
+        items,
+        {},
+        {"diversity": {"attribute": "category"}, "fairness": {"attribute": "language_group"}},
+        [
+            "every rating counts as a positive interaction (implicit feedback)",
+            f"fairness groups: first language {top!r} against all other languages",
+        ],
+    )
 
 
 # ---------------------------------------------------------------- a user's own CSV
+
 
 def parse_columns(spec: str) -> dict[str, str]:
     """`user=uid,item=iid,time=ts,category=genre,group=year,label=clicked` to a role -> column map."""
@@ -381,8 +473,9 @@ def parse_columns(spec: str) -> dict[str, str]:
         out[role.strip()] = column.strip()
     unknown = set(out) - {"user", "item", "time", "label", "category", "group"}
     if unknown:
-        raise DataError(f"--columns: unknown role(s) {sorted(unknown)}; use user, item, time, label, "
-                        "category, group")
+        raise DataError(
+            f"--columns: unknown role(s) {sorted(unknown)}; use user, item, time, label, category, group"
+        )
     return out
 
 
@@ -403,8 +496,11 @@ def load_csv(path: Path, columns: dict[str, str], split_at: float | None = None)
     rows = list(range(n))
     if "label" in role:
         rows = [i for i in rows if (_number(table[role["label"]][i]) or 0.0) > 0]
-    times = _time_key([table[role["time"]][i] for i in rows], path, rows) if "time" in role else np.arange(
-        len(rows), dtype=float)
+    times = (
+        _time_key([table[role["time"]][i] for i in rows], path, rows)
+        if "time" in role
+        else np.arange(len(rows), dtype=float)
+    )
     items: dict[str, Features] = {}
     cat_name, group_name = columns["category"], columns["group"]
     for i in rows:
@@ -415,29 +511,52 @@ def load_csv(path: Path, columns: dict[str, str], split_at: float | None = None)
         if split_at is not None:
             group_value = _number(group_value)
         items[item] = {cat_name: _split(table[role["category"]][i]), group_name: group_value}
-    inter = Interactions.from_columns([table[role["user"]][i] for i in rows],
-                                      [table[role["item"]][i] for i in rows], times)
+    inter = Interactions.from_columns(
+        [table[role["user"]][i] for i in rows], [table[role["item"]][i] for i in rows], times
+    )
     fairness: dict[str, Any] = {"attribute": group_name}
     if split_at is not None:
         fairness["split_at"] = split_at
     else:
         values = {f[group_name] for f in items.values() if f[group_name] is not None}
         if len(values) != 2:
-            raise DataError(f"the group column {group_name!r} has {len(values)} distinct values; MAD "
-                            "compares two groups: pass --split-at for a numeric column")
-    return Dataset(f"csv:{path.name}", inter, items, {},
-                   {"diversity": {"attribute": cat_name}, "fairness": fairness},
-                   ["interactions and item attributes from one CSV"])
+            raise DataError(
+                f"the group column {group_name!r} has {len(values)} distinct values; MAD "
+                "compares two groups: pass --split-at for a numeric column"
+            )
+    return Dataset(
+        f"csv:{path.name}",
+        inter,
+        items,
+        {},
+        {"diversity": {"attribute": cat_name}, "fairness": fairness},
+        ["interactions and item attributes from one CSV"],
+    )
 
 
 # ---------------------------------------------------------------- synthetic
 
-SYNTH_GENRES = ["Action", "Adventure", "Animation", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-                "Horror", "Musical", "Romance", "Sci-Fi", "Thriller", "War"]
+SYNTH_GENRES = [
+    "Action",
+    "Adventure",
+    "Animation",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Horror",
+    "Musical",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+]
 
 
-def synthetic(n_users: int = 60, n_items: int = 300, seed: int = 0, mean_interactions: int = 30,
-              dim: int = 8) -> Dataset:
+def synthetic(
+    n_users: int = 60, n_items: int = 300, seed: int = 0, mean_interactions: int = 30, dim: int = 8
+) -> Dataset:
     """A seeded dataset with ML-1M's shape: users with features and a taste (latent vector built from
     favourite genres), items with genres and a year (fairness split at 1996), Zipf popularity that
     favours recent items (so the upstream order is unfair), interactions drawn from taste x popularity.
@@ -467,9 +586,11 @@ def synthetic(n_users: int = 60, n_items: int = 300, seed: int = 0, mean_interac
     for u in range(n_users):
         favourite = rng.choice(n_genres, size=2, replace=False, p=genre_share)
         taste = genre_vec[favourite].mean(axis=0) + 0.5 * rng.normal(size=dim)
-        users[f"u{u}"] = {"gender": str(rng.choice(["F", "M"])),
-                          "age": str(rng.choice(list(ML_AGES.values()))),
-                          "occupation": str(rng.choice(ML_OCCUPATIONS))}
+        users[f"u{u}"] = {
+            "gender": str(rng.choice(["F", "M"])),
+            "age": str(rng.choice(list(ML_AGES.values()))),
+            "occupation": str(rng.choice(ML_OCCUPATIONS)),
+        }
         count = int(np.clip(rng.poisson(mean_interactions), 5, n_items // 3))
         logits = 1.5 * latent @ taste / np.sqrt(dim) + np.log(popularity)
         chosen = np.argsort(-(logits + rng.gumbel(size=n_items)))[:count]
@@ -480,19 +601,34 @@ def synthetic(n_users: int = 60, n_items: int = 300, seed: int = 0, mean_interac
             its.append(f"i{item}")
             ts.append(clock)
     inter = Interactions.from_columns(us, its, np.array(ts))
-    return Dataset("synthetic", inter, items, users,
-                   {"diversity": {"attribute": "genre"}, "fairness": {"attribute": "year", "split_at": 1996}},
-                   [f"SYNTHETIC data: {n_users} users x {n_items} items, seed {seed}, generated, not real"])
+    return Dataset(
+        "synthetic",
+        inter,
+        items,
+        users,
+        {"diversity": {"attribute": "genre"}, "fairness": {"attribute": "year", "split_at": 1996}},
+        [f"SYNTHETIC data: {n_users} users x {n_items} items, seed {seed}, generated, not real"],
+    )
 
 
-def load(name: str, data_dir: Path | None, *, users: int = 60, items: int = 300, seed: int = 0,
-         columns: str = "", split_at: float | None = None) -> Dataset:
+def load(
+    name: str,
+    data_dir: Path | None,
+    *,
+    users: int = 60,
+    items: int = 300,
+    seed: int = 0,
+    columns: str = "",
+    split_at: float | None = None,
+) -> Dataset:
     """Dispatch `--dataset`; a missing --data-dir for a real dataset is a DataError naming the fix."""
     if name == "synthetic":
         return synthetic(n_users=users, n_items=items, seed=seed)
     if data_dir is None:
-        raise DataError(f"--dataset {name} reads files you already have: pass --data-dir "
-                        "(the project never downloads data), or use --dataset synthetic")
+        raise DataError(
+            f"--dataset {name} reads files you already have: pass --data-dir "
+            "(the project never downloads data), or use --dataset synthetic"
+        )
     if name == "ml-1m":
         return load_ml1m(data_dir)
     if name == "kuairand":

@@ -101,8 +101,9 @@ def _scatter(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _validation_split(user: np.ndarray, n_users: int, count: int, rng: np.random.Generator
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _validation_split(
+    user: np.ndarray, n_users: int, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """A mask of training rows and the validation row per sampled user: each user's last row (the
     latest interaction when the rows are in time order per user, as `leave_one_out` gives them),
     for users that keep at least one other row."""
@@ -127,8 +128,7 @@ def full_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _mask_seen(scores: np.ndarray, users: np.ndarray, pair_user: np.ndarray, pair_item: np.ndarray
-               ) -> None:
+def _mask_seen(scores: np.ndarray, users: np.ndarray, pair_user: np.ndarray, pair_item: np.ndarray) -> None:
     row_of = np.full(int(max(users.max(initial=0), pair_user.max(initial=0))) + 1, -1, dtype=np.int64)
     row_of[users] = np.arange(len(users))
     rows = row_of[pair_user]
@@ -136,8 +136,9 @@ def _mask_seen(scores: np.ndarray, users: np.ndarray, pair_user: np.ndarray, pai
     scores[rows[keep], pair_item[keep]] = -np.inf
 
 
-def train_gmf(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int,
-              config: GMFConfig | None = None) -> GMF:
+def train_gmf(
+    user: np.ndarray, item: np.ndarray, n_users: int, n_items: int, config: GMFConfig | None = None
+) -> GMF:
     """Fit GMF on positive (user, item) pairs (rows in time order per user); negatives are re-drawn
     every epoch, uniformly over items the user has no training interaction with. Keeps the epoch with
     the best validation HR@10 (full catalogue, ties against the item) and raises GMFCollapsed when the
@@ -175,7 +176,7 @@ def train_gmf(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int,
         order = rng.permutation(len(us))
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+            idx = order[start : start + cfg.batch_size]
             bu, bi, by = us[idx], it[idx], y[idx]
             pu, qi = P[bu], Q[bi]
             x = pu * qi
@@ -206,12 +207,19 @@ def train_gmf(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int,
     return model
 
 
-def validation_hit_rate(model: GMF, users: np.ndarray, items: np.ndarray, seen_user: np.ndarray,
-                        seen_item: np.ndarray, k: int = 10, chunk: int = 1024) -> float:
+def validation_hit_rate(
+    model: GMF,
+    users: np.ndarray,
+    items: np.ndarray,
+    seen_user: np.ndarray,
+    seen_item: np.ndarray,
+    k: int = 10,
+    chunk: int = 1024,
+) -> float:
     """HR@k of each (user, item) ranked among the user's unseen items, ties counted against it."""
     hits = 0
     for start in range(0, len(users), chunk):
-        u, i = users[start:start + chunk], items[start:start + chunk]
+        u, i = users[start : start + chunk], items[start : start + chunk]
         scores = model.score_matrix(u).astype(np.float64)
         _mask_seen(scores, u, seen_user, seen_item)
         scores[np.arange(len(u)), i] = model.score_pairs(u, i)  # the target itself is never masked
@@ -224,25 +232,38 @@ def check_learned(model: GMF, users: np.ndarray, margin: float = 0.95) -> None:
     item scores are tied for most users: the candidate lists would then be item-index order."""
     problems = []
     if model.losses and model.losses[-1] > margin * model.base_rate_loss:
-        problems.append(f"training loss {model.losses[-1]:.4f} is at the base-rate loss "
-                        f"{model.base_rate_loss:.4f} (what predicting the share of positives reaches)")
+        problems.append(
+            f"training loss {model.losses[-1]:.4f} is at the base-rate loss "
+            f"{model.base_rate_loss:.4f} (what predicting the share of positives reaches)"
+        )
     if len(users):
         scores = model.score_matrix(users[:500]).astype(np.float64)
         spread = scores.max(axis=1) - scores.min(axis=1)
         scale = max(1.0, float(np.abs(scores).max()))
         tied = int(np.sum(spread <= 1e-6 * scale))
         if tied > len(spread) // 2:
-            problems.append(f"every item has the same score for {tied} of {len(spread)} users "
-                            f"(largest spread {float(spread.max()):.2e})")
+            problems.append(
+                f"every item has the same score for {tied} of {len(spread)} users "
+                f"(largest spread {float(spread.max()):.2e})"
+            )
     if problems:
-        raise GMFCollapsed("GMF collapsed and did not learn: " + "; ".join(problems)
-                           + ". Its candidate lists would carry no information; check the data "
-                             "(enough interactions per user) or the GMF settings (lower l2)")
+        raise GMFCollapsed(
+            "GMF collapsed and did not learn: "
+            + "; ".join(problems)
+            + ". Its candidate lists would carry no information; check the data "
+            "(enough interactions per user) or the GMF settings (lower l2)"
+        )
 
 
-def hit_rate_full(model: GMF | None, seen: list[np.ndarray], held_out: np.ndarray, users: np.ndarray,
-                  k: int = 10, rng: np.random.Generator | None = None,
-                  popularity: np.ndarray | None = None) -> float:
+def hit_rate_full(
+    model: GMF | None,
+    seen: list[np.ndarray],
+    held_out: np.ndarray,
+    users: np.ndarray,
+    k: int = 10,
+    rng: np.random.Generator | None = None,
+    popularity: np.ndarray | None = None,
+) -> float:
     """HR@k of the held-out item ranked among every item the user has not seen in training, ties
     counted against it. With `rng` the scores are random (chance level); with `popularity` they are
     the items' training counts (the popularity baseline)."""

@@ -16,5 +16,15 @@ from ..engine.measures import (
     position_scores,
 )
 
-__all__ = ["alpha_ndcg", "categories_of", "group_of", "hit_rate", "item_categories", "item_groups", "mad",
-           "mad_top_k", "ndcg", "position_scores"]
+__all__ = [
+    "alpha_ndcg",
+    "categories_of",
+    "group_of",
+    "hit_rate",
+    "item_categories",
+    "item_groups",
+    "mad",
+    "mad_top_k",
+    "ndcg",
+    "position_scores",
+]

@@ -14,10 +14,10 @@ GOALS: dict[str, str] = {
 
 PROTOCOLS: dict[str, str] = {
     "paper": "the held-out item plus GMF's top n-1 unseen items, in GMF order (a held-out item GMF "
-             "ranks lower sits last)",
+    "ranks lower sits last)",
     "random-position": "the same candidates, the held-out item moved to a uniformly random position "
-                       "(the score column stays in list order, so neither position nor score gives it away)",
+    "(the score column stays in list order, so neither position nor score gives it away)",
     "retrieved": "only users whose held-out item is among GMF's top n unseen items; the candidates are "
-                 "GMF's top n, in GMF order",
+    "GMF's top n, in GMF order",
 }
 DEFAULT_PROTOCOL = "paper"

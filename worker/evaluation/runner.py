@@ -14,6 +14,7 @@ import orjson
 from tqdm import tqdm
 
 from ..service import Reranker
+from ..status import Status
 from .baselines import Baseline
 from .candidates import Case, with_goal
 
@@ -33,7 +34,7 @@ class Record:
     llm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    status: str = "ok"
+    status: str = Status.OK
     policy: str = ""
     capped: bool = False
     latency_ms: int = 0
@@ -68,10 +69,23 @@ class WalkMethod:
         result, outcome = await self.reranker.run(with_goal(case.request, goal))
         last = outcome.steps[-1] if outcome.steps else None
         capped = bool(last and any("step cap" in note for note in last.notes))
-        return Record(self.name, goal, case.request.request_id, result.ranking, result.path,
-                      result.llm_calls, result.usage.prompt_tokens, result.usage.completion_tokens,
-                      result.status, result.policy, capped, result.latency_ms, result.model,
-                      result.prompt_version, result.reason)
+        return Record(
+            self.name,
+            goal,
+            case.request.request_id,
+            result.ranking,
+            result.path,
+            result.llm_calls,
+            result.usage.prompt_tokens,
+            result.usage.completion_tokens,
+            result.status,
+            result.policy,
+            capped,
+            result.latency_ms,
+            result.model,
+            result.prompt_version,
+            result.reason,
+        )
 
 
 class BaselineMethod:
@@ -87,9 +101,17 @@ class BaselineMethod:
     async def run(self, case: Case, goal: str) -> Record:
         started = time.perf_counter()
         ranking = self.fn(case.request)
-        return Record(self.name, NO_GOAL, case.request.request_id, ranking, status="ok", policy=self.name,
-                      latency_ms=round((time.perf_counter() - started) * 1000), model=self.model,
-                      prompt_version=self.version)
+        return Record(
+            self.name,
+            NO_GOAL,
+            case.request.request_id,
+            ranking,
+            status=Status.OK,
+            policy=self.name,
+            latency_ms=round((time.perf_counter() - started) * 1000),
+            model=self.model,
+            prompt_version=self.version,
+        )
 
 
 class ResultCache:
@@ -124,16 +146,23 @@ class ResultCache:
 def reusable(record: Record, method: Method) -> bool:
     """A cached record counts as done when the same model and prompts (or baseline version)
     produced it and no fallback replaced the policy (those are retried on the next run)."""
-    return (record.model == method.model and record.prompt_version == method.version
-            and "+" not in record.policy)
+    return (
+        record.model == method.model and record.prompt_version == method.version and "+" not in record.policy
+    )
 
 
 def plan(methods: Iterable[Method], cases: list[Case], goals: list[str]) -> list[tuple[Method, str, Case]]:
     return [(m, g, c) for m in methods for g in (goals if m.uses_goal else [NO_GOAL]) for c in cases]
 
 
-async def run_all(methods: list[Method], cases: list[Case], goals: list[str], cache: ResultCache,
-                  concurrency: int = 8, progress: bool = True) -> tuple[list[Record], int]:
+async def run_all(
+    methods: list[Method],
+    cases: list[Case],
+    goals: list[str],
+    cache: ResultCache,
+    concurrency: int = 8,
+    progress: bool = True,
+) -> tuple[list[Record], int]:
     """Every (method, goal, case) once: cached results are reused, the rest run with at most
     `concurrency` in flight and are cached as they finish. Returns (records in plan order, how many
     ran now)."""
@@ -151,8 +180,15 @@ async def run_all(methods: list[Method], cases: list[Case], goals: list[str], ca
     queue: asyncio.Queue[tuple[Method, str, Case]] = asyncio.Queue()
     for job in todo:
         queue.put_nowait(job)
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="eval", unit="req",
-               disable=not progress, mininterval=0.5, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(jobs),
+        initial=len(jobs) - len(todo),
+        desc="eval",
+        unit="req",
+        disable=not progress,
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
 
     async def worker() -> None:
         while True:

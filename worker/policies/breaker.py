@@ -19,8 +19,13 @@ class EndpointDown(Exception):
 
 
 class Breaker:
-    def __init__(self, threshold: int, first_probe_s: float = 0.25, max_probe_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        threshold: int,
+        first_probe_s: float = 0.25,
+        max_probe_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.threshold = threshold
         self.first_probe_s, self.max_probe_s = first_probe_s, max_probe_s
         self.clock = clock
@@ -49,8 +54,7 @@ class Breaker:
                 self._probing = probe = True
                 break
             # wake for the next probe slot (or to check again while another caller probes)
-            wait = min(deadline - now,
-                       0.1 if self._probing else max(self.next_probe - now, 0.01))
+            wait = min(deadline - now, 0.1 if self._probing else max(self.next_probe - now, 0.01))
             try:
                 async with asyncio.timeout(wait):
                     await self._closed.wait()
@@ -64,8 +68,7 @@ class Breaker:
 
     def describe(self) -> str:
         now = self.clock()
-        return (f"endpoint down for {now - (self.opened_at or now):.1f}s; "
-                f"{self.failures} failures in a row")
+        return f"endpoint down for {now - (self.opened_at or now):.1f}s; {self.failures} failures in a row"
 
     def failed(self) -> None:
         self.failures += 1

@@ -31,13 +31,23 @@ LAST_ATTEMPT_S = 0.05
 
 class ChatTransport(Protocol):
     async def complete(
-        self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-        deadline: float, max_tokens: int | None = None,
+        self,
+        messages: list[dict[str, Any]],
+        response_format: dict[str, Any] | None,
+        deadline: float,
+        max_tokens: int | None = None,
     ) -> LLMCall: ...
 
 
-_VALIDATION = ("validation", "input should be", "invalid_request", "context_length",
-               "must be one of", "unsupported", "not supported")
+_VALIDATION = (
+    "validation",
+    "input should be",
+    "invalid_request",
+    "context_length",
+    "must be one of",
+    "unsupported",
+    "not supported",
+)
 
 
 def is_validation_error(exc: openai.APIStatusError) -> bool:
@@ -50,8 +60,7 @@ def is_validation_error(exc: openai.APIStatusError) -> bool:
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | openai.RateLimitError):
         return True
-    return (isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
-            and not is_validation_error(exc))
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500 and not is_validation_error(exc)
 
 
 class OpenAIChat:
@@ -65,9 +74,7 @@ class OpenAIChat:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not settings.llm_base_url:
-            raise ConfigError(
-                "no LLM endpoint: set LLM4RERANK_LLM_BASE_URL (e.g. http://127.0.0.1:8000/v1)"
-            )
+            raise ConfigError("no LLM endpoint: set LLM4RERANK_LLM_BASE_URL (e.g. http://127.0.0.1:8000/v1)")
         self.settings = settings
         self.model = settings.llm_model
         self.client = client or openai.AsyncOpenAI(
@@ -79,8 +86,9 @@ class OpenAIChat:
         self.limit = asyncio.Semaphore(settings.llm_max_inflight)
         self.clock = clock
         self.in_flight = 0
-        self.breaker = Breaker(settings.llm_breaker_failures,
-                               max_probe_s=settings.llm_retry_max_wait_s, clock=clock)
+        self.breaker = Breaker(
+            settings.llm_breaker_failures, max_probe_s=settings.llm_retry_max_wait_s, clock=clock
+        )
         self.context_tokens: int | None = settings.llm_context_tokens
 
     async def close(self) -> None:
@@ -128,8 +136,11 @@ class OpenAIChat:
             return
         try:
             await self.client.chat.completions.create(  # type: ignore[call-overload]
-                model=self.model, messages=[{"role": "user", "content": "Answer {\"next_node\": \"stop\"}"}],
-                max_tokens=16, temperature=0, response_format=response_format,
+                model=self.model,
+                messages=[{"role": "user", "content": 'Answer {"next_node": "stop"}'}],
+                max_tokens=16,
+                temperature=0,
+                response_format=response_format,
             )
         except openai.APIStatusError as exc:
             if exc.status_code < 500 or is_validation_error(exc):
@@ -142,8 +153,11 @@ class OpenAIChat:
             raise
 
     async def complete(
-        self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-        deadline: float, max_tokens: int | None = None,
+        self,
+        messages: list[dict[str, Any]],
+        response_format: dict[str, Any] | None,
+        deadline: float,
+        max_tokens: int | None = None,
     ) -> LLMCall:
         started = self.clock()
         attempts: list[HTTPAttempt] = []
@@ -151,8 +165,7 @@ class OpenAIChat:
         def left() -> float:
             return deadline - self.clock()
 
-        backoff = wait_exponential_jitter(multiplier=0.2, jitter=0.2,
-                                          max=self.settings.llm_retry_max_wait_s)
+        backoff = wait_exponential_jitter(multiplier=0.2, jitter=0.2, max=self.settings.llm_retry_max_wait_s)
 
         def wait(state: RetryCallState) -> float:
             return max(0.0, min(backoff(state), left() - LAST_ATTEMPT_S))
@@ -161,19 +174,24 @@ class OpenAIChat:
             return left() <= LAST_ATTEMPT_S
 
         def record(**update: Any) -> LLMCall:
-            return LLMCall(messages=messages, response_format=response_format,
-                           latency_ms=round((self.clock() - started) * 1000, 3),
-                           retries=max(len(attempts) - 1, 0), attempts=attempts, **update)
+            return LLMCall(
+                messages=messages,
+                response_format=response_format,
+                latency_ms=round((self.clock() - started) * 1000, 3),
+                retries=max(len(attempts) - 1, 0),
+                attempts=attempts,
+                **update,
+            )
 
         extra: dict[str, Any] = {}
         if response_format is not None:
             extra["response_format"] = response_format
         try:
-            async for attempt in AsyncRetrying(retry=retry_if_exception(is_retryable), wait=wait,
-                                               stop=stop, reraise=True):
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(is_retryable), wait=wait, stop=stop, reraise=True
+            ):
                 with attempt:
-                    response = await self._attempt(messages, extra, deadline, attempts,
-                                                  max_tokens)
+                    response = await self._attempt(messages, extra, deadline, attempts, max_tokens)
         except (DeadlineExceeded, EndpointDown) as exc:
             raise self._deadline(exc, record) from None
         except openai.APIStatusError as exc:
@@ -184,15 +202,23 @@ class OpenAIChat:
             raise self._deadline(exc, record) from exc
         usage = response.usage
         details = getattr(usage, "prompt_tokens_details", None) if usage else None
-        return record(raw=response.choices[0].message.content or "",
-                      prompt_tokens=usage.prompt_tokens if usage else 0,
-                      completion_tokens=usage.completion_tokens if usage else 0,
-                      finish_reason=response.choices[0].finish_reason, model=response.model,
-                      cached_tokens=getattr(details, "cached_tokens", None))
+        return record(
+            raw=response.choices[0].message.content or "",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=response.choices[0].finish_reason,
+            model=response.model,
+            cached_tokens=getattr(details, "cached_tokens", None),
+        )
 
-    async def _attempt(self, messages: list[dict[str, Any]], extra: dict[str, Any],
-                       deadline: float, attempts: list[HTTPAttempt],
-                       max_tokens: int | None = None) -> Any:
+    async def _attempt(
+        self,
+        messages: list[dict[str, Any]],
+        extra: dict[str, Any],
+        deadline: float,
+        attempts: list[HTTPAttempt],
+        max_tokens: int | None = None,
+    ) -> Any:
         """One HTTP request, recorded in `attempts` whatever its outcome; while the endpoint is
         known to be down, it waits for the breaker instead of sending."""
         async with self.breaker.admit(deadline):
@@ -202,23 +228,33 @@ class OpenAIChat:
             except DeadlineExceeded:
                 raise
             except openai.APIStatusError as exc:
-                attempts.append(HTTPAttempt(status=exc.status_code, error=_describe(exc),
-                                            latency_ms=round((self.clock() - started) * 1000, 3)))
+                attempts.append(
+                    HTTPAttempt(
+                        status=exc.status_code,
+                        error=_describe(exc),
+                        latency_ms=round((self.clock() - started) * 1000, 3),
+                    )
+                )
                 self.breaker.failed() if is_retryable(exc) else self.breaker.answered()
                 raise
             except Exception as exc:
-                attempts.append(HTTPAttempt(error=_describe(exc),
-                                            latency_ms=round((self.clock() - started) * 1000, 3)))
+                attempts.append(
+                    HTTPAttempt(error=_describe(exc), latency_ms=round((self.clock() - started) * 1000, 3))
+                )
                 if is_retryable(exc):
                     self.breaker.failed()
                 raise
             self.breaker.answered()
-            attempts.append(HTTPAttempt(status=200,
-                                        latency_ms=round((self.clock() - started) * 1000, 3)))
+            attempts.append(HTTPAttempt(status=200, latency_ms=round((self.clock() - started) * 1000, 3)))
             return response
 
-    async def _once(self, messages: list[dict[str, Any]], extra: dict[str, Any],
-                    deadline: float, max_tokens: int | None = None) -> Any:
+    async def _once(
+        self,
+        messages: list[dict[str, Any]],
+        extra: dict[str, Any],
+        deadline: float,
+        max_tokens: int | None = None,
+    ) -> Any:
         left = deadline - self.clock()
         if left <= 0:
             raise DeadlineExceeded("deadline passed before the LLM call")
@@ -234,8 +270,7 @@ class OpenAIChat:
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 temperature=self.settings.llm_temperature,
-                max_tokens=min(max_tokens or self.settings.llm_max_tokens,
-                               self.settings.llm_max_tokens),
+                max_tokens=min(max_tokens or self.settings.llm_max_tokens, self.settings.llm_max_tokens),
                 timeout=timeout,
                 **extra,
             )
@@ -248,17 +283,20 @@ class OpenAIChat:
         goes to the trace, and the message names the outage."""
         call = record(error=f"deadline passed: {exc}", deadline_passed=True)
         if isinstance(exc, EndpointDown):  # nothing sent: others' attempts showed it down
-            return DeadlineExceeded(f"LLM endpoint unavailable ({exc}; "
-                                    f"{len(call.attempts)} attempt(s) by this call)", [call])
+            return DeadlineExceeded(
+                f"LLM endpoint unavailable ({exc}; {len(call.attempts)} attempt(s) by this call)", [call]
+            )
         if not call.attempts:
             if self.breaker.open:
-                return DeadlineExceeded(f"LLM endpoint unavailable ({self.breaker.describe()}); "
-                                        f"{exc}", [call])
+                return DeadlineExceeded(
+                    f"LLM endpoint unavailable ({self.breaker.describe()}); {exc}", [call]
+                )
             return DeadlineExceeded(str(exc))
         last = call.attempts[-1]
         what = f"HTTP {last.status}" if last.status else (last.error or "no answer")
         return DeadlineExceeded(
-            f"LLM endpoint unavailable ({len(call.attempts)} attempt(s), last: {what})", [call])
+            f"LLM endpoint unavailable ({len(call.attempts)} attempt(s), last: {what})", [call]
+        )
 
 
 def _describe(exc: BaseException) -> str:
@@ -277,8 +315,11 @@ class RecordedChat:
         self.served = 0
 
     async def complete(
-        self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-        deadline: float, max_tokens: int | None = None,
+        self,
+        messages: list[dict[str, Any]],
+        response_format: dict[str, Any] | None,
+        deadline: float,
+        max_tokens: int | None = None,
     ) -> LLMCall:
         if self.served < len(self.calls):
             call = self.calls[self.served].model_copy(update={"messages": messages})

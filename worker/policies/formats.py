@@ -16,27 +16,37 @@ SETTING = "LLM4RERANK_LLM_STRUCTURED"
 MODES = ("json_schema", "tgi", "json_object", "none")
 
 
-def answer_schema(labels: list[str], offered: tuple[str, ...], *, ranking: bool, aliases: bool,
-                  shape: str = "list") -> dict[str, Any]:
+def answer_schema(
+    labels: list[str], offered: tuple[str, ...], *, ranking: bool, aliases: bool, shape: str = "list"
+) -> dict[str, Any]:
     """The object an aspect node (ranking=True) or Backward (ranking=False) answers."""
     properties: dict[str, Any] = {"next_node": {"type": "string", "enum": list(offered)}}
     required = ["next_node"]
     n = len(labels)
     if ranking and shape == "keys":
         position = {"type": "integer", "minimum": 1, "maximum": n}
-        properties = {"positions": {"type": "object",
-                                    "properties": {label: position for label in labels},
-                                    "required": list(labels), "additionalProperties": False},
-                      **properties}
+        properties = {
+            "positions": {
+                "type": "object",
+                "properties": {label: position for label in labels},
+                "required": list(labels),
+                "additionalProperties": False,
+            },
+            **properties,
+        }
         required = ["positions", "next_node"]
     elif ranking:
-        item: dict[str, Any] = ({"type": "integer", "minimum": 1, "maximum": n} if aliases
-                                else {"type": "string", "enum": list(labels)})
-        properties = {"ranking": {"type": "array", "items": item, "minItems": n, "maxItems": n,
-                                  "uniqueItems": True}, **properties}
+        item: dict[str, Any] = (
+            {"type": "integer", "minimum": 1, "maximum": n}
+            if aliases
+            else {"type": "string", "enum": list(labels)}
+        )
+        properties = {
+            "ranking": {"type": "array", "items": item, "minItems": n, "maxItems": n, "uniqueItems": True},
+            **properties,
+        }
         required = ["ranking", "next_node"]
-    return {"type": "object", "properties": properties, "required": required,
-            "additionalProperties": False}
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
 def response_format(schema: dict[str, Any], mode: str, name: str) -> dict[str, Any] | None:

@@ -56,7 +56,7 @@ def excerpt(raw: str, limit: int = EXCERPT_CHARS) -> str:
     if len(raw) <= limit:
         return raw
     head = limit * 2 // 3
-    return f"{raw[:head]} … {raw[-(limit - head):]}"
+    return f"{raw[:head]} … {raw[-(limit - head) :]}"
 
 
 def shorten(request: RerankRequest, chars: int | None) -> RerankRequest:
@@ -71,12 +71,17 @@ def shorten(request: RerankRequest, chars: int | None) -> RerankRequest:
             return [cut(v) for v in value[:3]]
         return value
 
-    candidates = [c.model_copy(update={"features": {k: cut(v) for k, v in c.features.items()}})
-                  for c in request.candidates]
-    history = [h.model_copy(update={"features": {k: cut(v) for k, v in h.features.items()}})
-               for h in request.user.history]
-    user = request.user.model_copy(update={
-        "features": {k: cut(v) for k, v in request.user.features.items()}, "history": history})
+    candidates = [
+        c.model_copy(update={"features": {k: cut(v) for k, v in c.features.items()}})
+        for c in request.candidates
+    ]
+    history = [
+        h.model_copy(update={"features": {k: cut(v) for k, v in h.features.items()}})
+        for h in request.user.history
+    ]
+    user = request.user.model_copy(
+        update={"features": {k: cut(v) for k, v in request.user.features.items()}, "history": history}
+    )
     return request.model_copy(update={"candidates": candidates, "user": user})
 
 
@@ -118,8 +123,7 @@ class LLMPolicy:
 
     # ------------------------------------------------------------------ sizing
 
-    def session(self, ask: NodeAsk, items: tuple[str, ...] | None = None,
-                level: int = 0) -> SessionPrompts:
+    def session(self, ask: NodeAsk, items: tuple[str, ...] | None = None, level: int = 0) -> SessionPrompts:
         """The prompts for the whole list (items=None) or for one window's items."""
         if self._request is not ask.request:
             self._sessions, self._plan, self._request = {}, None, ask.request
@@ -128,10 +132,17 @@ class LLMPolicy:
             request = shorten(ask.request, SHORTEN_LEVELS[level])
             if items is not None:
                 keep = set(items)
-                request = request.model_copy(update={
-                    "candidates": [c for c in request.candidates if c.item_id in keep]})
-            self._sessions[key] = SessionPrompts(self.prompts, request, ask.plan, self.structured,
-                                                 self.options.shape, self.options.field_max_chars)
+                request = request.model_copy(
+                    update={"candidates": [c for c in request.candidates if c.item_id in keep]}
+                )
+            self._sessions[key] = SessionPrompts(
+                self.prompts,
+                request,
+                ask.plan,
+                self.structured,
+                self.options.shape,
+                self.options.field_max_chars,
+            )
         return self._sessions[key]
 
     def _needed(self, ask: NodeAsk, items: tuple[str, ...] | None, level: int) -> int:
@@ -143,8 +154,9 @@ class LLMPolicy:
         pool = [("accuracy", labels)] * max(ask.plan.max_steps, 1)
         messages = session.messages("accuracy", pool, ask.offered)
         reask = 2 * (EXCERPT_CHARS + 200) // 3
-        return prompt_tokens(self.options.counter, messages) + reask + answer_tokens(
-            n, self.options.shape, True)
+        return (
+            prompt_tokens(self.options.counter, messages) + reask + answer_tokens(n, self.options.shape, True)
+        )
 
     def plan(self, ask: NodeAsk) -> _Plan:
         """Decided once per session so every step's prefix stays byte-identical (prefix cache)."""
@@ -155,18 +167,31 @@ class LLMPolicy:
             for level in range(len(SHORTEN_LEVELS)):
                 needed = self._needed(ask, None, level)
                 if needed <= context:
-                    note = "" if level == 0 else (
-                        f"feature text cut to {SHORTEN_LEVELS[level]} characters to fit the "
-                        f"context of {context} tokens")
+                    note = (
+                        ""
+                        if level == 0
+                        else (
+                            f"feature text cut to {SHORTEN_LEVELS[level]} characters to fit the "
+                            f"context of {context} tokens"
+                        )
+                    )
                     self._plan = _Plan(level, False, note)
                     return self._plan
         probe = tuple(c.item_id for c in ask.request.candidates[: self.options.window])
-        level = next((lv for lv in range(len(SHORTEN_LEVELS))
-                      if self._needed(ask, probe, lv) <= context), len(SHORTEN_LEVELS) - 1)
-        why = (f"{n} candidates, more than the window of {self.options.window}"
-               if n > self.options.window else f"the full list does not fit {context} tokens")
-        self._plan = _Plan(level, True, f"reranked in windows of {self.options.window} moving "
-                           f"{self.options.window_step} ({why})")
+        level = next(
+            (lv for lv in range(len(SHORTEN_LEVELS)) if self._needed(ask, probe, lv) <= context),
+            len(SHORTEN_LEVELS) - 1,
+        )
+        why = (
+            f"{n} candidates, more than the window of {self.options.window}"
+            if n > self.options.window
+            else f"the full list does not fit {context} tokens"
+        )
+        self._plan = _Plan(
+            level,
+            True,
+            f"reranked in windows of {self.options.window} moving {self.options.window_step} ({why})",
+        )
         return self._plan
 
     # ------------------------------------------------------------------ answering
@@ -202,8 +227,9 @@ class LLMPolicy:
             items = tuple(order[start:end])
             label = f"window {start + 1}-{end}: "
             try:
-                result = await self._ask(ask, items, plan.level, list(items), notes, label,
-                                         window=[start + 1, end])
+                result = await self._ask(
+                    ask, items, plan.level, list(items), notes, label, window=[start + 1, end]
+                )
             except DeadlineExceeded as exc:  # earlier windows' calls are kept too
                 exc.calls = [*calls, *exc.calls]
                 raise
@@ -216,17 +242,30 @@ class LLMPolicy:
             repair = repair.add(fix)
             if parsed.ranking is None:
                 notes.append(f"{label}unusable, the step is unusable")
-                return NodeAnswer(None, parsed.next_node, self.name, calls, notes,
-                                  problem=f"{label}{parsed.problem}", repair=repair)
+                return NodeAnswer(
+                    None,
+                    parsed.next_node,
+                    self.name,
+                    calls,
+                    notes,
+                    problem=f"{label}{parsed.problem}",
+                    repair=repair,
+                )
             order = [*order[:start], *parsed.ranking, *order[end:]]
         assert parsed is not None
         parsed.ranking = order
         return self._finish(ask, parsed, calls, notes, repair)
 
-    async def _ask(self, ask: NodeAsk, items: tuple[str, ...] | None, level: int,
-                   previous: list[str], notes: list[str], label: str,
-                   window: list[int] | None = None
-                   ) -> tuple[Parsed, list[LLMCall], RepairCount] | NodeAnswer:
+    async def _ask(
+        self,
+        ask: NodeAsk,
+        items: tuple[str, ...] | None,
+        level: int,
+        previous: list[str],
+        notes: list[str],
+        label: str,
+        window: list[int] | None = None,
+    ) -> tuple[Parsed, list[LLMCall], RepairCount] | NodeAnswer:
         """One prompt and its bounded re-asks; a NodeAnswer when the endpoint failed."""
         session = self.session(ask, items, level)
         expect_ranking = ask.node != BACKWARD
@@ -250,51 +289,85 @@ class LLMPolicy:
                 notes.append(f"{label}no re-ask: it would not fit the context")
                 break
             if max_tokens < 16:
-                return NodeAnswer(None, None, self.name, calls, notes, repair=repair, problem=(
-                    f"{label}the prompt leaves {room} of {self.options.context_tokens} context "
-                    "tokens for the answer"))
+                return NodeAnswer(
+                    None,
+                    None,
+                    self.name,
+                    calls,
+                    notes,
+                    repair=repair,
+                    problem=(
+                        f"{label}the prompt leaves {room} of {self.options.context_tokens} context "
+                        "tokens for the answer"
+                    ),
+                )
             try:
                 call = await self.chat.complete(conversation, fmt, ask.deadline, max_tokens)
             except DeadlineExceeded as exc:  # this node's finished calls are kept too
-                exc.calls = [*calls, *(c.model_copy(update={
-                    "window": window, "max_tokens": max_tokens, "counted_tokens": counted})
-                    for c in exc.calls)]
+                exc.calls = [
+                    *calls,
+                    *(
+                        c.model_copy(
+                            update={"window": window, "max_tokens": max_tokens, "counted_tokens": counted}
+                        )
+                        for c in exc.calls
+                    ),
+                ]
                 raise
-            call = call.model_copy(update={"window": window, "max_tokens": max_tokens,
-                                           "counted_tokens": counted})
+            call = call.model_copy(
+                update={"window": window, "max_tokens": max_tokens, "counted_tokens": counted}
+            )
             calls.append(call)
             if call.raw_replaced:
-                notes.append(f"{label}call {attempt + 1}: {len(call.raw_replaced)} character(s) the "
-                             "store cannot hold (U+0000, lone surrogates) kept as U+FFFD "
-                             "(raw_replaced)")
+                notes.append(
+                    f"{label}call {attempt + 1}: {len(call.raw_replaced)} character(s) the "
+                    "store cannot hold (U+0000, lone surrogates) kept as U+FFFD "
+                    "(raw_replaced)"
+                )
             if call.raw is None:
-                return NodeAnswer(None, None, self.name, calls, notes, repair=repair,
-                                  problem=f"LLM error: {call.error}")
+                return NodeAnswer(
+                    None, None, self.name, calls, notes, repair=repair, problem=f"LLM error: {call.error}"
+                )
             parsed = parse_answer(
-                call.raw, candidates=candidates, previous=previous, offered=ask.offered,
-                expect_ranking=expect_ranking, aliases=self.prompts.uses_aliases,
+                call.raw,
+                candidates=candidates,
+                previous=previous,
+                offered=ask.offered,
+                expect_ranking=expect_ranking,
+                aliases=self.prompts.uses_aliases,
                 max_repair_share=self.options.max_repair_share,
             )
             if call.finish_reason == "length":
                 notes.append(f"{label}call {attempt + 1}: cut at max_tokens={max_tokens}")
             if parsed.repair is not None:
                 fix = parsed.repair
-                repair = repair.add(RepairCount(
-                    answers=1, permutations=int(fix.was_permutation), appended=fix.appended,
-                    duplicates=fix.duplicates, unknown=fix.unknown, ties=fix.ties))
+                repair = repair.add(
+                    RepairCount(
+                        answers=1,
+                        permutations=int(fix.was_permutation),
+                        appended=fix.appended,
+                        duplicates=fix.duplicates,
+                        unknown=fix.unknown,
+                        ties=fix.ties,
+                    )
+                )
             elif expect_ranking:
                 repair = repair.add(RepairCount(answers=1))  # no list at all: not a permutation
             notes += [f"{label}call {attempt + 1}: {note}" for note in parsed.notes]
             if parsed.problem is None:
                 break
             notes.append(f"{label}call {attempt + 1} unusable: {parsed.problem}")
-            conversation = [*base, {"role": "assistant", "content": excerpt(call.raw)},
-                            session.reask(parsed.problem, ask.node, ask.offered)]
+            conversation = [
+                *base,
+                {"role": "assistant", "content": excerpt(call.raw)},
+                session.reask(parsed.problem, ask.node, ask.offered),
+            ]
         assert parsed is not None
         return parsed, calls, repair
 
-    def _finish(self, ask: NodeAsk, parsed: Parsed, calls: list[LLMCall], notes: list[str],
-                repair: RepairCount) -> NodeAnswer:
+    def _finish(
+        self, ask: NodeAsk, parsed: Parsed, calls: list[LLMCall], notes: list[str], repair: RepairCount
+    ) -> NodeAnswer:
         expect_ranking = ask.node != BACKWARD
         next_node = parsed.next_node
         if next_node is None:
@@ -303,8 +376,9 @@ class LLMPolicy:
             notes.append(f"no usable next node; chose {next_node!r} from the goal")
         summary = repair if expect_ranking else None
         if expect_ranking and parsed.ranking is None:
-            return NodeAnswer(None, next_node, self.name, calls, notes, problem=parsed.problem,
-                              repair=summary)
+            return NodeAnswer(
+                None, next_node, self.name, calls, notes, problem=parsed.problem, repair=summary
+            )
         return NodeAnswer(parsed.ranking, next_node, self.name, calls, notes, repair=summary)
 
     def response_format(self, ask: NodeAsk, session: SessionPrompts) -> dict[str, Any] | None:
@@ -312,6 +386,11 @@ class LLMPolicy:
         if not self.structured:
             return None
         labels = [session.label(c.item_id) for c in session.request.candidates]
-        schema = answer_schema(labels, ask.offered, ranking=ask.node != BACKWARD,
-                               aliases=self.prompts.uses_aliases, shape=self.options.shape)
+        schema = answer_schema(
+            labels,
+            ask.offered,
+            ranking=ask.node != BACKWARD,
+            aliases=self.prompts.uses_aliases,
+            shape=self.options.shape,
+        )
         return response_format(schema, self.options.mode, f"{ask.node}_step")

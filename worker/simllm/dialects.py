@@ -25,24 +25,43 @@ def check_format(dialect: str, fmt: dict[str, Any] | None) -> tuple[int, dict[st
     if dialect == "tgi":
         if kind in ("json", "json_object", "regex") and "value" in fmt:
             return None
-        return 422, {"error": "Failed to deserialize the JSON body into the target type: "
-                              "response_format: missing field `value`", "error_type": "validation"}
+        return 422, {
+            "error": "Failed to deserialize the JSON body into the target type: "
+            "response_format: missing field `value`",
+            "error_type": "validation",
+        }
     if dialect == "llama-cpp-python":
         if kind == "json_object":
             return None
-        return 500, {"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"],
-                                 "msg": "Input should be 'text' or 'json_object'", "input": kind}]}
+        return 500, {
+            "detail": [
+                {
+                    "type": "literal_error",
+                    "loc": ["body", "response_format", "type"],
+                    "msg": "Input should be 'text' or 'json_object'",
+                    "input": kind,
+                }
+            ]
+        }
     if dialect == "llama.cpp":
         if kind in ("json_schema", "json_object"):
             return None
-        return 400, {"error": {"code": 400, "type": "invalid_request_error", "message":
-                               f'response_format type must be one of "text" or "json_object", '
-                               f"but got: {kind}"}}
+        return 400, {
+            "error": {
+                "code": 400,
+                "type": "invalid_request_error",
+                "message": f'response_format type must be one of "text" or "json_object", but got: {kind}',
+            }
+        }
     if kind in ("json_schema", "json_object"):  # vllm
         return None
-    return 400, {"object": "error", "type": "BadRequestError", "code": 400,
-                 "message": f"1 validation error: response_format.type: Input should be 'text', "
-                            f"'json_object', 'json_schema' or 'structural_tag' (got {kind!r})"}
+    return 400, {
+        "object": "error",
+        "type": "BadRequestError",
+        "code": 400,
+        "message": f"1 validation error: response_format.type: Input should be 'text', "
+        f"'json_object', 'json_schema' or 'structural_tag' (got {kind!r})",
+    }
 
 
 def enforced_schema(dialect: str, fmt: dict[str, Any] | None) -> dict[str, Any] | None:

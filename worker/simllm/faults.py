@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ..engine.nodes import node_names
+
 
 class Faults(BaseModel):
     latency_ms: float = Field(0.0, ge=0)
@@ -24,11 +26,16 @@ class Faults(BaseModel):
     timeout_rate: float = Field(0.0, ge=0, le=1)
     malformed_rate: float = Field(0.0, ge=0, le=1)
     timeout_s: float = Field(120.0, gt=0)
-    backward_rate: float = Field(0.0, ge=0, le=1, description="how often an aspect step names "
-                                 "Backward when it is on offer (seeded per prompt)")
+    backward_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="how often an aspect step names Backward when it is on offer (seeded per prompt)",
+    )
     inject_rate: float = Field(0.0, ge=0, le=1, description="share of answers given hostile text")
-    inject_texts: list[str] = Field(default_factory=lambda: ["\u0000"],
-                                    description="one is chosen per injected answer")
+    inject_texts: list[str] = Field(
+        default_factory=lambda: ["\u0000"], description="one is chosen per injected answer"
+    )
     inject_at: Literal["start", "end", "random"] = "end"
 
 
@@ -57,8 +64,7 @@ class Dice:
 def malform(answer: str, rng: random.Random) -> str:
     """One of the ways real models break the format."""
     numbers = re.findall(r"\d+", answer)
-    kind = rng.choice(["prose", "think", "fullwidth", "dupes", "unknown", "case", "garbage",
-                       "truncated"])
+    kind = rng.choice(["prose", "think", "fullwidth", "dupes", "unknown", "case", "garbage", "truncated"])
     if kind == "prose":
         return f"Sure! Here is the reranked list based on the goal:\n{answer}\nHope this helps."
     if kind == "think":
@@ -70,8 +76,9 @@ def malform(answer: str, rng: random.Random) -> str:
     if kind == "unknown":
         return answer.replace(numbers[0], "999", 1) if numbers else answer
     if kind == "case":
-        return re.sub(r"(accuracy|diversity|fairness|novelty|backward|stop)",
-                      lambda m: m.group(1).upper() + ".", answer)
+        return re.sub(
+            "(" + "|".join(map(re.escape, node_names())) + ")", lambda m: m.group(1).upper() + ".", answer
+        )
     if kind == "truncated":
         return answer[: max(1, len(answer) // 3)]
     return "I am sorry, but I cannot rank these items without more information."

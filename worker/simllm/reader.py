@@ -66,8 +66,12 @@ class PromptReader:
             raise UnreadablePrompt(f"unknown node {node!r}")
         goal = self._one(main, "goal")
         offered = tuple(n.strip() for n in self._one(main, "offered").rstrip(".").split(","))
-        enabled = tuple(n.strip() for n in (self.value(main, "system", "nodes")
-                                            or self.value(main, "step", "nodes") or "").split(","))
+        enabled = tuple(
+            n.strip()
+            for n in (self.value(main, "system", "nodes") or self.value(main, "step", "nodes") or "").split(
+                ","
+            )
+        )
         items, labels = self._candidates(main)
         aspects: dict[str, AspectConfig | None] = {}
         for name in enabled:
@@ -76,12 +80,20 @@ class PromptReader:
             elif name in ASPECT_NODES:
                 aspects[name] = None
         seen = self._seen(main, node)
-        history = [HistoryItem(item_id=f"h{i}", features={a.attribute: v})
-                   for i, v in enumerate(seen) for a in aspects.values() if a is not None][:200]
+        history = [
+            HistoryItem(item_id=f"h{i}", features={a.attribute: v})
+            for i, v in enumerate(seen)
+            for a in aspects.values()
+            if a is not None
+        ][:200]
         request = RerankRequest.model_construct(
-            request_id="sim", goal=goal, user=User.model_construct(user_id="sim", features={},
-                                                                    history=history),
-            candidates=items, aspects={}, options=Options())
+            request_id="sim",
+            goal=goal,
+            user=User.model_construct(user_id="sim", features={}, history=history),
+            candidates=items,
+            aspects={},
+            options=Options(),
+        )
         pool = self._pool(main, labels)
         plan = WalkPlan(aspects=aspects, max_steps=99, deadline_ms=1)
         visited = tuple(n for n, _ in pool)
@@ -106,8 +118,7 @@ class PromptReader:
             label = cast(str, groups.get("alias") or groups.get("item_id"))  # the template has one of them
             features = parse_features(groups.get("features", ""), columns)
             score = features.pop("score", None)
-            items.append(Item.model_construct(item_id=label, score=_number(score),
-                                              features=features))
+            items.append(Item.model_construct(item_id=label, score=_number(score), features=features))
             labels[label] = label
         if len(items) < 2:
             raise UnreadablePrompt("fewer than 2 candidates in the prompt")
@@ -122,8 +133,9 @@ class PromptReader:
             return AspectConfig.model_construct(attribute="?", split_at=None)
         groups = self.value(text, key, "groups") or ""
         split = re.match(r"below (-?[\d.eE+]+)", groups)
-        return AspectConfig.model_construct(attribute=attribute.strip('"'),
-                                            split_at=float(split.group(1)) if split else None)
+        return AspectConfig.model_construct(
+            attribute=attribute.strip('"'), split_at=float(split.group(1)) if split else None
+        )
 
     def _seen(self, text: str, node: str) -> list[str]:
         seen = self.value(text, f"nodes/{node}", "seen")
@@ -148,8 +160,11 @@ def parse_features(text: str, columns: list[str] | None = None) -> dict[str, Any
     text = text.strip()
     if columns is not None:
         values = text.split(" | ")
-        return {c: (v.split(",") if "," in v else _number(v, keep=True))
-                for c, v in zip(columns, values, strict=False) if v != ""}
+        return {
+            c: (v.split(",") if "," in v else _number(v, keep=True))
+            for c, v in zip(columns, values, strict=False)
+            if v != ""
+        }
     if text.startswith("{"):
         try:
             return dict(orjson.loads(text))
@@ -171,6 +186,8 @@ def _number(value: Any, keep: bool = False) -> Any:
 
 
 def load_readers(root: Path) -> list[PromptReader]:
-    return [PromptReader(PromptSet.load(root, p.name)) for p in sorted(root.iterdir())
-            if (p / "manifest.json").exists()]
-
+    return [
+        PromptReader(PromptSet.load(root, p.name))
+        for p in sorted(root.iterdir())
+        if (p / "manifest.json").exists()
+    ]

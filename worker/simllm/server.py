@@ -36,9 +36,16 @@ def count_tokens(text: str) -> int:
 
 
 class SimState:
-    def __init__(self, prompts_dir: Path, faults: Faults, seed: int, max_concurrent: int,
-                 model: str = SIMULATED_MODEL, call_log: Path | None = None,
-                 dialect: str = "vllm") -> None:
+    def __init__(
+        self,
+        prompts_dir: Path,
+        faults: Faults,
+        seed: int,
+        max_concurrent: int,
+        model: str = SIMULATED_MODEL,
+        call_log: Path | None = None,
+        dialect: str = "vllm",
+    ) -> None:
         self.dialect = dialect
         self.readers = load_readers(prompts_dir)
         self.faults = faults
@@ -74,14 +81,19 @@ def _ascii_json(body: dict[str, Any]) -> Response:
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"object": "error", "message": message, "type": kind, "code": status},
-                        status_code=status)
+    return JSONResponse(
+        {"object": "error", "message": message, "type": kind, "code": status}, status_code=status
+    )
 
 
 def create_app(state: SimState) -> Starlette:
     async def models(_: Request) -> Response:
-        model: dict[str, Any] = {"id": state.model, "object": "model", "created": 0,
-                                 "owned_by": "sim-llm (simulated)"}
+        model: dict[str, Any] = {
+            "id": state.model,
+            "object": "model",
+            "created": 0,
+            "owned_by": "sim-llm (simulated)",
+        }
         if state.dialect == "vllm":
             model["max_model_len"] = SIM_MAX_MODEL_LEN  # as vLLM reports its context length
         return JSONResponse({"object": "list", "data": [model]})
@@ -93,8 +105,12 @@ def create_app(state: SimState) -> Starlette:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return _error(400, "body must be JSON with messages", "BadRequestError")
         if body.get("model") != state.model:
-            return _error(404, f"The model `{body.get('model')}` does not exist; this simulated "
-                          f"server serves `{state.model}`.", "NotFoundError")
+            return _error(
+                404,
+                f"The model `{body.get('model')}` does not exist; this simulated "
+                f"server serves `{state.model}`.",
+                "NotFoundError",
+            )
         fmt = body.get("response_format")
         refused = check_format(state.dialect, fmt)
         if refused is not None:
@@ -123,20 +139,22 @@ def create_app(state: SimState) -> Starlette:
                     ask, reader = state.read(messages)
                 except UnreadablePrompt as exc:
                     if not wants_json(fmt):
-                        return _error(400, f"sim-llm could not read this prompt: {exc}",
-                                      "BadRequestError")
+                        return _error(400, f"sim-llm could not read this prompt: {exc}", "BadRequestError")
                     ask, reader = None, None  # e.g. a startup probe: answer the schema minimally
                 if ask is None or reader is None:
                     content = orjson.dumps(minimal_instance(schema or {"type": "object"})).decode()
                 else:
                     answer = state.policy.answer_now(ask)
                     next_node = answer.next_node
-                    if (answer.ranking is not None and BACKWARD in ask.offered
-                            and f.backward_rate > 0 and rng.random() < f.backward_rate):
+                    if (
+                        answer.ranking is not None
+                        and BACKWARD in ask.offered
+                        and f.backward_rate > 0
+                        and rng.random() < f.backward_rate
+                    ):
                         next_node = BACKWARD
                     keys = bool(schema) and "positions" in (schema or {}).get("properties", {})
-                    content = render_answer(answer.ranking, next_node, wants_json(fmt), reader,
-                                            keys=keys)
+                    content = render_answer(answer.ranking, next_node, wants_json(fmt), reader, keys=keys)
                 if rng.random() < f.malformed_rate:
                     content = malform(content, rng)
                 if f.inject_rate and rng.random() < f.inject_rate:
@@ -145,40 +163,59 @@ def create_app(state: SimState) -> Starlette:
             finally:
                 state.in_flight -= 1
         prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages)
-        return _ascii_json({
-            "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": state.model,
-            "system_fingerprint": "sim-llm-simulated",
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": count_tokens(content),
-                      "total_tokens": prompt_tokens + count_tokens(content),
-                      "prompt_tokens_details": {"cached_tokens": 0}},
-        })
+        return _ascii_json(
+            {
+                "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": state.model,
+                "system_fingerprint": "sim-llm-simulated",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": count_tokens(content),
+                    "total_tokens": prompt_tokens + count_tokens(content),
+                    "prompt_tokens_details": {"cached_tokens": 0},
+                },
+            }
+        )
 
     async def faults(request: Request) -> Response:
         """Change faults at run time (tests make the endpoint fail, then recover)."""
         if request.method == "POST":
             update = json.loads(await request.body())  # inject_texts may hold lone surrogates
             state.faults = Faults.model_validate({**state.faults.model_dump(), **update})
-        return _ascii_json({**state.faults.model_dump(), "served": state.served,
-                            "peak_in_flight": state.peak_in_flight})
+        return _ascii_json(
+            {**state.faults.model_dump(), "served": state.served, "peak_in_flight": state.peak_in_flight}
+        )
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok", "simulated": True})
 
-    return Starlette(routes=[
-        Route("/v1/models", models),
-        Route("/v1/chat/completions", completions, methods=["POST"]),
-        Route("/sim/faults", faults, methods=["GET", "POST"]),
-        Route("/health", health),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/sim/faults", faults, methods=["GET", "POST"]),
+            Route("/health", health),
+        ]
+    )
 
 
-def render_answer(ranking: list[str] | None, next_node: str | None, structured: bool,
-                  reader: PromptReader, keys: bool = False) -> str:
+def render_answer(
+    ranking: list[str] | None,
+    next_node: str | None,
+    structured: bool,
+    reader: PromptReader,
+    keys: bool = False,
+) -> str:
     aliases = reader.prompts.uses_aliases
     if structured:
         body: dict[str, Any] = {}

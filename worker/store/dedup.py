@@ -32,10 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import sessions
 
-_keys = (func.unnest(bindparam("keys", type_=ARRAY(BigInteger)))
-         .table_valued("key", with_ordinality="n").render_derived())
-LOCK_REQUEST_IDS = (select(func.pg_advisory_xact_lock(_keys.c.key))
-                    .select_from(_keys).order_by(_keys.c.n))
+_keys = (
+    func.unnest(bindparam("keys", type_=ARRAY(BigInteger)))
+    .table_valued("key", with_ordinality="n")
+    .render_derived()
+)
+LOCK_REQUEST_IDS = select(func.pg_advisory_xact_lock(_keys.c.key)).select_from(_keys).order_by(_keys.c.n)
 
 
 def lock_key(request_id: str) -> int:
@@ -44,8 +46,7 @@ def lock_key(request_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-async def insert_sessions_once(conn: AsyncConnection, statement: Insert,
-                               rows: list[dict[str, Any]]) -> None:
+async def insert_sessions_once(conn: AsyncConnection, statement: Insert, rows: list[dict[str, Any]]) -> None:
     """Insert the rows whose request_id is not stored yet (the first of a batch's duplicates),
     in the caller's transaction. `statement` is the dialect's insert of `sessions`."""
     if conn.dialect.name != "postgresql":
@@ -55,8 +56,11 @@ async def insert_sessions_once(conn: AsyncConnection, statement: Insert,
     for row in rows:
         first.setdefault(row["request_id"], row)
     await conn.execute(LOCK_REQUEST_IDS, {"keys": sorted({lock_key(rid) for rid in first})})
-    stored = set((await conn.execute(
-        select(sessions.c.request_id).where(sessions.c.request_id.in_(list(first))))).scalars())
+    stored = set(
+        (
+            await conn.execute(select(sessions.c.request_id).where(sessions.c.request_id.in_(list(first))))
+        ).scalars()
+    )
     new = [row for rid, row in first.items() if rid not in stored]
     if new:
         await conn.execute(statement, new)

@@ -47,5 +47,12 @@ def is_db_down(exc: BaseException) -> bool:
     code = sqlstate(exc)
     if code is not None and code[:2] in DOWN_CLASSES:  # also asyncpg's own, unwrapped at connect
         return True
-    return isinstance(exc, OSError | ConnectionError | OperationalError | DBAPIError
-                      | asyncio.TimeoutError | asyncpg.InterfaceError)
+    return isinstance(
+        exc,
+        OSError
+        | ConnectionError
+        | OperationalError
+        | DBAPIError
+        | asyncio.TimeoutError
+        | asyncpg.InterfaceError,
+    )

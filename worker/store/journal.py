@@ -112,11 +112,17 @@ class GroupCommitWriter:
         except Exception as exc:
             if not is_data_error(exc):
                 raise
-            log.warning("step %d of session %d refused by the database (%s); storing it escaped",
-                        step.step, sid, sqlstate(exc) or type(exc).__name__)
+            log.warning(
+                "step %d of session %d refused by the database (%s); storing it escaped",
+                step.step,
+                sid,
+                sqlstate(exc) or type(exc).__name__,
+            )
             escaped = StepRecord.model_validate(_escaped(step.model_dump(mode="json")))
-            escaped.notes.append(f"stored with unstorable characters escaped as \\uXXXX text "
-                                 f"(the database refused it: {sqlstate(exc) or type(exc).__name__})")
+            escaped.notes.append(
+                f"stored with unstorable characters escaped as \\uXXXX text "
+                f"(the database refused it: {sqlstate(exc) or type(exc).__name__})"
+            )
             await self.store.add_steps([(sid, escaped)])
 
 

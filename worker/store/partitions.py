@@ -72,9 +72,12 @@ def partitions(conn: Connection) -> list[Partition]:
     if not is_partitioned(conn):
         return []
     conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
-    rows = conn.execute(text(
-        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'sessions'::regclass"))
+    rows = conn.execute(
+        text(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'sessions'::regclass"
+        )
+    )
     found = []
     for name, bound in rows:
         match = _BOUND.search(bound or "")
@@ -86,14 +89,20 @@ def partitions(conn: Connection) -> list[Partition]:
 
 def occupied(conn: Connection, table: str, column: str, interval: Interval) -> list[datetime]:
     """The starts of the intervals that hold rows of `table` (UTC)."""
-    rows = conn.execute(text(
-        f"SELECT DISTINCT date_trunc(:unit, {column} AT TIME ZONE 'UTC') FROM {table}"),
-        {"unit": interval})
+    rows = conn.execute(
+        text(f"SELECT DISTINCT date_trunc(:unit, {column} AT TIME ZONE 'UTC') FROM {table}"),
+        {"unit": interval},
+    )
     return [value.replace(tzinfo=UTC) for (value,) in rows if value is not None]
 
 
-def ensure_partitions(conn: Connection, interval: Interval = "day", ahead: int = 7,
-                      now: datetime | None = None, extra: Iterable[datetime] = ()) -> list[str]:
+def ensure_partitions(
+    conn: Connection,
+    interval: Interval = "day",
+    ahead: int = 7,
+    now: datetime | None = None,
+    extra: Iterable[datetime] = (),
+) -> list[str]:
     """Create the partitions from now to `ahead` intervals after it, one for each interval the
     default partitions hold rows of (moved into it) and for each time in `extra` (the migration's
     existing rows). Ranges overlapping an existing partition are skipped, so changing the interval
@@ -125,9 +134,10 @@ def _create_pair(conn: Connection, suffix: str, lower: datetime, upper: datetime
     bounds = f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
     moving = {}
     for table, key in PAIRS:
-        moving[table] = conn.execute(text(
-            f"SELECT count(*) FROM {table}{DEFAULT_SUFFIX} WHERE {key} >= :lo AND {key} < :hi"),
-            {"lo": lower, "hi": upper}).scalar_one()
+        moving[table] = conn.execute(
+            text(f"SELECT count(*) FROM {table}{DEFAULT_SUFFIX} WHERE {key} >= :lo AND {key} < :hi"),
+            {"lo": lower, "hi": upper},
+        ).scalar_one()
     if not any(moving.values()):
         for table, _ in PAIRS:  # sessions first: steps' foreign key needs its twin attached
             conn.execute(text(f"CREATE TABLE {table}{suffix} PARTITION OF {table} {bounds}"))
@@ -136,10 +146,11 @@ def _create_pair(conn: Connection, suffix: str, lower: datetime, upper: datetime
     for table, key in reversed(PAIRS):
         where = f"{key} >= :lo AND {key} < :hi"
         conn.execute(text(f"CREATE TABLE {table}{suffix} (LIKE {table} INCLUDING DEFAULTS)"))
-        conn.execute(text(f"INSERT INTO {table}{suffix} SELECT * FROM {table}{DEFAULT_SUFFIX} "
-                          f"WHERE {where}"), {"lo": lower, "hi": upper})
-        conn.execute(text(f"DELETE FROM {table}{DEFAULT_SUFFIX} WHERE {where}"),
-                     {"lo": lower, "hi": upper})
+        conn.execute(
+            text(f"INSERT INTO {table}{suffix} SELECT * FROM {table}{DEFAULT_SUFFIX} WHERE {where}"),
+            {"lo": lower, "hi": upper},
+        )
+        conn.execute(text(f"DELETE FROM {table}{DEFAULT_SUFFIX} WHERE {where}"), {"lo": lower, "hi": upper})
     for table, _ in PAIRS:
         conn.execute(text(f"ALTER TABLE {table} ATTACH PARTITION {table}{suffix} {bounds}"))
 

@@ -98,15 +98,15 @@ def _cell(column: Any, value: Any) -> Any:
     return value
 
 
-async def export_partition(conn: AsyncConnection, table: Table, key: str, part: Partition,
-                           name: str, folder: Path) -> tuple[Path, int]:
+async def export_partition(
+    conn: AsyncConnection, table: Table, key: str, part: Partition, name: str, folder: Path
+) -> tuple[Path, int]:
     """Write one partition's rows to folder/name.parquet atomically; returns (path, rows)."""
     pa, pq = _pyarrow()
     final, temp = _prepare(folder, name)
     schema = arrow_schema(table)
     columns = list(table.columns)
-    query = (select(table).where(table.c[key] >= part.lower, table.c[key] < part.upper)
-             .order_by(table.c.id))
+    query = select(table).where(table.c[key] >= part.lower, table.c[key] < part.upper).order_by(table.c.id)
     rows = 0
     try:
         with pq.ParquetWriter(temp, schema) as writer:
@@ -162,18 +162,27 @@ def drop_pair(conn: Connection, part: Partition, expected: dict[str, int] | None
         for name in names.values():
             held = _count(conn, name)
             if held != expected[name]:
-                raise RuntimeError(f"{name} holds {held} rows, {expected[name]} were exported; "
-                                   "kept (run retention again)")
+                raise RuntimeError(
+                    f"{name} holds {held} rows, {expected[name]} were exported; kept (run retention again)"
+                )
     for table in ("steps", "sessions"):
         conn.execute(text(f"ALTER TABLE {table} DETACH PARTITION {names[table]}"))
         conn.execute(text(f"DROP TABLE {names[table]}"))
     return True
 
 
-async def retain(url: str, older_than: timedelta, export: Path | None = None, *,
-                 interval: Interval = "day", ahead: int = 7, dry_run: bool = False,
-                 now: datetime | None = None, engine: AsyncEngine | None = None,
-                 after_export: Any = None) -> RetentionReport:
+async def retain(
+    url: str,
+    older_than: timedelta,
+    export: Path | None = None,
+    *,
+    interval: Interval = "day",
+    ahead: int = 7,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    engine: AsyncEngine | None = None,
+    after_export: Any = None,
+) -> RetentionReport:
     """Create partitions ahead, then export (optional) and drop every pair older than the cutoff.
     `after_export(partition)` runs between export and drop (tests simulate a crash there)."""
     if not url.startswith("postgresql"):

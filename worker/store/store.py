@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ..engine.steps import StepRecord
 from ..schemas import RerankRequest, RerankResult, Source, canonical_hash, utcnow
 from .dedup import insert_sessions_once
+from .parts import joined, split_calls, store_parts
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
 
 
@@ -56,8 +57,9 @@ def stored_request(text: str | None, data: Any) -> RerankRequest:
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
         return create_async_engine(url, **kwargs)
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True,
-                               pool_recycle=300, **kwargs)
+    return create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_recycle=300, **kwargs
+    )
 
 
 class Store:
@@ -68,10 +70,12 @@ class Store:
         # one statement each, compiled once and executed with many parameter sets
         # PostgreSQL: sessions partitioned by time, request_id kept unique by worker/store/dedup.py
         pg = self.engine.dialect.name == "postgresql"
-        self._insert_session = insert(sessions) if pg else insert(sessions).on_conflict_do_nothing(
-            index_elements=["request_id"])
+        self._insert_session = (
+            insert(sessions) if pg else insert(sessions).on_conflict_do_nothing(index_elements=["request_id"])
+        )
         self._insert_step = insert(steps).on_conflict_do_nothing(
-            index_elements=["session_id", "session_received_at", "step"] if pg else ["session_id", "step"])
+            index_elements=["session_id", "session_received_at", "step"] if pg else ["session_id", "step"]
+        )
         self._session_times: dict[int, datetime] = {}  # session id -> received_at (steps' partition)
 
     async def close(self) -> None:
@@ -82,8 +86,9 @@ class Store:
             await conn.execute(select(1))
 
     # inbox -----------------------------------------------------------------------------------
-    async def receive(self, batch: Sequence[tuple[RerankRequest, Source | None]],
-                      **options: Any) -> list[str]:
+    async def receive(
+        self, batch: Sequence[tuple[RerankRequest, Source | None]], **options: Any
+    ) -> list[str]:
         """`receive_checked` (same options) for callers that only need the request_ids seen again."""
         return (await self.receive_checked(batch, **options)).seen
 
@@ -121,33 +126,57 @@ class Store:
         hashes = {req.request_id: canonical_hash(req) for req, _ in batch}
         async with self.engine.begin() as conn:
             notes = None
-            if replay_of is not None and (await conn.execute(
-                    select(sessions.c.id).where(sessions.c.request_id == replay_of))).first() is None:
-                note = (f"replay-of {replay_of!r} names no session in this store; "
-                        "processed as an original request")
+            if (
+                replay_of is not None
+                and (
+                    await conn.execute(select(sessions.c.id).where(sessions.c.request_id == replay_of))
+                ).first()
+                is None
+            ):
+                note = (
+                    f"replay-of {replay_of!r} names no session in this store; "
+                    "processed as an original request"
+                )
                 receipt.notes.append(note)
                 notes, replay_of, replay_mode = [note], None, None
-            rows = [{
-                "request_id": req.request_id, "user_id": req.user.user_id, "goal": req.goal,
-                "request": req.model_dump(mode="json", exclude_none=True), "status": PENDING,
-                "received_at": now, "attempts": 0, "replay_of": replay_of,
-                "replay_mode": replay_mode, "request_hash": hashes[req.request_id],
-                "request_text": text if text is not None else orjson.dumps(
-                    req.model_dump(mode="json", exclude_none=True)).decode(),
-                "notes": notes,
-                "source_topic": src.topic if src else None,
-                "source_partition": src.partition if src else None,
-                "source_offset": src.offset if src else None,
-                "receipt_at": min(start, now) if start is not None else now,
-                "run_config": run_config(req) if run_config is not None else None,
-                "deployment": deployment, "result_topic": result_topic, "crashes": 0,
-            } for (req, src), text, start in zip(batch, texts, starts, strict=True)]
+            rows = [
+                {
+                    "request_id": req.request_id,
+                    "user_id": req.user.user_id,
+                    "goal": req.goal,
+                    "request": req.model_dump(mode="json", exclude_none=True),
+                    "status": PENDING,
+                    "received_at": now,
+                    "attempts": 0,
+                    "replay_of": replay_of,
+                    "replay_mode": replay_mode,
+                    "request_hash": hashes[req.request_id],
+                    "request_text": text
+                    if text is not None
+                    else orjson.dumps(req.model_dump(mode="json", exclude_none=True)).decode(),
+                    "notes": notes,
+                    "source_topic": src.topic if src else None,
+                    "source_partition": src.partition if src else None,
+                    "source_offset": src.offset if src else None,
+                    "receipt_at": min(start, now) if start is not None else now,
+                    "run_config": run_config(req) if run_config is not None else None,
+                    "deployment": deployment,
+                    "result_topic": result_topic,
+                    "crashes": 0,
+                }
+                for (req, src), text, start in zip(batch, texts, starts, strict=True)
+            ]
             await insert_sessions_once(conn, self._insert_session, rows)
-            stored = (await conn.execute(
-                select(sessions.c.request_id, sessions.c.request_hash, sessions.c.request,
-                       sessions.c.received_at)
-                .where(sessions.c.request_id.in_(list(hashes)), sessions.c.received_at < now)
-            )).all()
+            stored = (
+                await conn.execute(
+                    select(
+                        sessions.c.request_id,
+                        sessions.c.request_hash,
+                        sessions.c.request,
+                        sessions.c.received_at,
+                    ).where(sessions.c.request_id.in_(list(hashes)), sessions.c.received_at < now)
+                )
+            ).all()
             for row in stored:
                 first = row.request_hash or canonical_hash(RerankRequest.model_validate(row.request))
                 if first != hashes[row.request_id]:
@@ -158,18 +187,29 @@ class Store:
                 if src is not None and req.request_id in ids:
                     by_topic.setdefault(src.topic, []).append(req.request_id)
             for topic, arrived in by_topic.items():  # stored before without a source: now it has one
-                await conn.execute(update(sessions)
-                                   .where(sessions.c.request_id.in_(arrived),
-                                          sessions.c.source_topic.is_(None))
-                                   .values(source_topic=topic))
-            if ids:
-                receipt.seen = list((await conn.execute(
+                await conn.execute(
                     update(sessions)
-                    .where(sessions.c.request_id.in_(ids), sessions.c.status.in_(FINISHED),
-                           sessions.c.received_at < now, sessions.c.source_topic.is_not(None))
-                    .values(published_at=None)
-                    .returning(sessions.c.request_id)
-                )).scalars().all())
+                    .where(sessions.c.request_id.in_(arrived), sessions.c.source_topic.is_(None))
+                    .values(source_topic=topic)
+                )
+            if ids:
+                receipt.seen = list(
+                    (
+                        await conn.execute(
+                            update(sessions)
+                            .where(
+                                sessions.c.request_id.in_(ids),
+                                sessions.c.status.in_(FINISHED),
+                                sessions.c.received_at < now,
+                                sessions.c.source_topic.is_not(None),
+                            )
+                            .values(published_at=None)
+                            .returning(sessions.c.request_id)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
         return receipt
 
     # leases ----------------------------------------------------------------------------------
@@ -177,28 +217,55 @@ class Store:
         """Take the session unless another live worker holds it (its lease not yet expired)."""
         now = utcnow()
         async with self.engine.begin() as conn:
-            row = (await conn.execute(
-                update(sessions)
-                .where(sessions.c.request_id == request_id,
-                       sessions.c.status.in_((PENDING, RUNNING)),
-                       or_(sessions.c.lease_owner.is_(None), sessions.c.lease_owner == owner,
-                           sessions.c.lease_until < now))
-                .values(status=RUNNING, lease_owner=owner,
+            row = (
+                await conn.execute(
+                    update(sessions)
+                    .where(
+                        sessions.c.request_id == request_id,
+                        sessions.c.status.in_((PENDING, RUNNING)),
+                        or_(
+                            sessions.c.lease_owner.is_(None),
+                            sessions.c.lease_owner == owner,
+                            sessions.c.lease_until < now,
+                        ),
+                    )
+                    .values(
+                        status=RUNNING,
+                        lease_owner=owner,
                         lease_until=now + timedelta(seconds=lease_s),
-                        attempts=sessions.c.attempts + 1, claimed_at=now,
-                        started_at=func.coalesce(sessions.c.started_at, now))
-                .returning(sessions.c.id, sessions.c.request, sessions.c.request_text,
-                           sessions.c.attempts, sessions.c.replay_of, sessions.c.run_config,
-                           sessions.c.receipt_at, sessions.c.received_at, sessions.c.crashes,
-                           sessions.c.last_error)
-            )).first()
+                        attempts=sessions.c.attempts + 1,
+                        claimed_at=now,
+                        started_at=func.coalesce(sessions.c.started_at, now),
+                    )
+                    .returning(
+                        sessions.c.id,
+                        sessions.c.request,
+                        sessions.c.request_text,
+                        sessions.c.attempts,
+                        sessions.c.replay_of,
+                        sessions.c.run_config,
+                        sessions.c.receipt_at,
+                        sessions.c.received_at,
+                        sessions.c.crashes,
+                        sessions.c.last_error,
+                    )
+                )
+            ).first()
             if row is None:
                 return None
             self._remember(row.id, row.received_at)
             stored = await self._steps(conn, row.id, row.received_at)
-        return Claim(row.id, stored_request(row.request_text, row.request), row.attempts, stored,
-                     row.replay_of, row.run_config, _utc(row.receipt_at or row.received_at),
-                     row.crashes or 0, row.last_error)
+        return Claim(
+            row.id,
+            stored_request(row.request_text, row.request),
+            row.attempts,
+            stored,
+            row.replay_of,
+            row.run_config,
+            _utc(row.receipt_at or row.received_at),
+            row.crashes or 0,
+            row.last_error,
+        )
 
     async def orphans(self, deployment: str | None, limit: int = 500) -> list[str]:
         """Unfinished sessions of this deployment nobody holds (a crashed or stopped worker's):
@@ -207,29 +274,46 @@ class Store:
         legacy = and_(sessions.c.deployment.is_(None), sessions.c.source_topic.is_not(None))
         owned = legacy if deployment is None else or_(sessions.c.deployment == deployment, legacy)
         async with self.engine.connect() as conn:
-            return list((await conn.execute(
-                select(sessions.c.request_id)
-                .where(owned, sessions.c.status.in_((PENDING, RUNNING)),
-                       or_(sessions.c.lease_owner.is_(None), sessions.c.lease_until < now))
-                .order_by(sessions.c.received_at).limit(limit)
-            )).scalars())
+            return list(
+                (
+                    await conn.execute(
+                        select(sessions.c.request_id)
+                        .where(
+                            owned,
+                            sessions.c.status.in_((PENDING, RUNNING)),
+                            or_(sessions.c.lease_owner.is_(None), sessions.c.lease_until < now),
+                        )
+                        .order_by(sessions.c.received_at)
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
 
     async def crashed(self, request_id: str, owner: str, error: str) -> None:
         """A walk raised: count it, keep the reason and give the lease back at once."""
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(sessions)
-                .where(sessions.c.request_id == request_id, sessions.c.lease_owner == owner,
-                       sessions.c.status == RUNNING)
-                .values(crashes=sessions.c.crashes + 1, last_error=error[:2000],
-                        lease_owner=None, lease_until=None))
+                .where(
+                    sessions.c.request_id == request_id,
+                    sessions.c.lease_owner == owner,
+                    sessions.c.status == RUNNING,
+                )
+                .values(
+                    crashes=sessions.c.crashes + 1,
+                    last_error=error[:2000],
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
 
     async def renew(self, owner: str, lease_s: float) -> int:
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(sessions)
                 .where(sessions.c.lease_owner == owner, sessions.c.status == RUNNING)
-                .values(lease_until=utcnow() + timedelta(seconds=lease_s)))
+                .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+            )
         return result.rowcount
 
     async def release(self, owner: str, request_ids: Iterable[str] | None = None) -> None:
@@ -238,8 +322,7 @@ class Store:
         if request_ids is not None:
             cond.append(sessions.c.request_id.in_(list(request_ids)))
         async with self.engine.begin() as conn:
-            await conn.execute(update(sessions).where(*cond)
-                               .values(lease_owner=None, lease_until=None))
+            await conn.execute(update(sessions).where(*cond).values(lease_owner=None, lease_until=None))
 
     # steps -----------------------------------------------------------------------------------
     async def add_steps(self, batch: Sequence[tuple[int, StepRecord]]) -> None:
@@ -247,10 +330,14 @@ class Store:
         if not batch:
             return
         now = utcnow()
+        parts: dict[str, Any] = {}
         async with self.engine.begin() as conn:
             times = await self._received_at(conn, {sid for sid, _ in batch})
-            rows = [{**step.model_dump(mode="json"), "session_id": sid, "created_at": now,
-                     "session_received_at": times.get(sid)} for sid, step in batch]
+            rows = [
+                {**step_row(sid, step, now, parts), "session_received_at": times.get(sid)}
+                for sid, step in batch
+            ]
+            await store_parts(conn, parts)
             await conn.execute(self._insert_step, rows)
 
     def _remember(self, session_id: int, received_at: datetime) -> None:
@@ -262,44 +349,59 @@ class Store:
         """Each session's received_at, the partition key its steps carry (claim remembers it)."""
         missing = [sid for sid in ids if sid not in self._session_times]
         if missing:
-            for sid, received_at in (await conn.execute(
-                    select(sessions.c.id, sessions.c.received_at)
-                    .where(sessions.c.id.in_(missing)))).all():
+            found = await conn.execute(
+                select(sessions.c.id, sessions.c.received_at).where(sessions.c.id.in_(missing))
+            )
+            for sid, received_at in found.all():
                 self._remember(sid, received_at)
         return {sid: self._session_times[sid] for sid in ids if sid in self._session_times}
 
-    async def _steps(self, conn: AsyncConnection, session_id: int,
-                     received_at: datetime | None = None) -> list[StepRecord]:
+    async def _steps(
+        self, conn: AsyncConnection, session_id: int, received_at: datetime | None = None
+    ) -> list[StepRecord]:
         query = select(steps).where(steps.c.session_id == session_id)
         if received_at is not None and conn.dialect.name == "postgresql":  # one partition
             query = query.where(steps.c.session_received_at == received_at)
         rows = (await conn.execute(query.order_by(steps.c.step))).mappings().all()
-        fields = StepRecord.model_fields
-        return [StepRecord.model_validate({k: v for k, v in r.items() if k in fields})
-                for r in rows]
+        return await read_steps(conn, rows)
 
     # results and the outbox ------------------------------------------------------------------
-    async def complete(self, session_id: int, owner: str, result: RerankResult,
-                       run_config: dict[str, Any] | None = None) -> bool:
+    async def complete(
+        self, session_id: int, owner: str, result: RerankResult, run_config: dict[str, Any] | None = None
+    ) -> bool:
         """Store the result and mark the session done in one transaction (the outbox entry)."""
         async with self.engine.begin() as conn:
             done = await conn.execute(
                 update(sessions)
-                .where(sessions.c.id == session_id, sessions.c.lease_owner == owner,
-                       sessions.c.status == RUNNING)
-                .values(status=result.status, result=result.model_dump(mode="json"),
-                        final_ranking=result.ranking, path=result.path, reason=result.reason,
-                        model=result.model, prompt_version=result.prompt_version,
-                        policy=result.policy, llm_calls=result.llm_calls,
-                        prompt_tokens=result.usage.prompt_tokens,
-                        completion_tokens=result.usage.completion_tokens,
-                        latency_ms=result.latency_ms, completed_at=result.completed_at,
-                        lease_owner=None, lease_until=None, published_at=None,
-                        **({"run_config": run_config} if run_config is not None else {})))
+                .where(
+                    sessions.c.id == session_id, sessions.c.lease_owner == owner, sessions.c.status == RUNNING
+                )
+                .values(
+                    status=result.status,
+                    result=result.model_dump(mode="json"),
+                    final_ranking=result.ranking,
+                    path=result.path,
+                    reason=result.reason,
+                    model=result.model,
+                    prompt_version=result.prompt_version,
+                    policy=result.policy,
+                    llm_calls=result.llm_calls,
+                    prompt_tokens=result.usage.prompt_tokens,
+                    completion_tokens=result.usage.completion_tokens,
+                    latency_ms=result.latency_ms,
+                    completed_at=result.completed_at,
+                    lease_owner=None,
+                    lease_until=None,
+                    published_at=None,
+                    **({"run_config": run_config} if run_config is not None else {}),
+                )
+            )
         return done.rowcount == 1
 
     async def publish_batch(
-        self, send: Callable[[list[dict[str, Any]]], Awaitable[None]], limit: int = 500,
+        self,
+        send: Callable[[list[dict[str, Any]]], Awaitable[None]],
+        limit: int = 500,
         deployment: str | None = None,
     ) -> int:
         """Outbox: lock a batch of unpublished results (skipping rows another worker has locked),
@@ -313,9 +415,11 @@ class Store:
             if not rows:
                 return 0
             await send(rows)
-            await conn.execute(update(sessions)
-                               .where(sessions.c.request_id.in_([r["request_id"] for r in rows]))
-                               .values(published_at=utcnow()))
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.request_id.in_([r["request_id"] for r in rows]))
+                .values(published_at=utcnow())
+            )
         return len(rows)
 
     async def unpublished(self, limit: int = 500) -> list[dict[str, Any]]:
@@ -325,19 +429,42 @@ class Store:
 
     async def result_of(self, request_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
-            return (await conn.execute(select(sessions.c.result).where(
-                sessions.c.request_id == request_id, sessions.c.status.in_(FINISHED)))).scalar()
+            return (
+                await conn.execute(
+                    select(sessions.c.result).where(
+                        sessions.c.request_id == request_id, sessions.c.status.in_(FINISHED)
+                    )
+                )
+            ).scalar()
+
+
+def step_row(session_id: int, step: StepRecord, now: datetime, parts: dict[str, Any]) -> dict[str, Any]:
+    """A step's row with its calls' shared parts moved into `parts` (stored once, by hash)."""
+    row = step.model_dump(mode="json")
+    row["calls"] = split_calls(row["calls"], parts)
+    return {**row, "session_id": session_id, "created_at": now}
+
+
+async def read_steps(conn: AsyncConnection, rows: Sequence[Any]) -> list[StepRecord]:
+    """StepRecords from step rows of either form (calls in full, or referring to prompt parts)."""
+    fields = StepRecord.model_fields
+    calls = await joined(conn, [r["calls"] for r in rows])
+    return [
+        StepRecord.model_validate({**{k: v for k, v in r.items() if k in fields}, "calls": c or []})
+        for r, c in zip(rows, calls, strict=True)
+    ]
 
 
 def _outbox(limit: int, deployment: str | None = None) -> Select[Any]:
     """Finished sessions that came through Kafka and whose result Kafka has not acknowledged;
     with `deployment`, only that deployment's (each publishes its own, to its recorded topic)."""
-    query = (select(sessions.c.request_id, sessions.c.result, sessions.c.result_topic)
-             .where(sessions.c.status.in_(FINISHED), sessions.c.published_at.is_(None),
-                    sessions.c.source_topic.is_not(None)))
+    query = select(sessions.c.request_id, sessions.c.result, sessions.c.result_topic).where(
+        sessions.c.status.in_(FINISHED),
+        sessions.c.published_at.is_(None),
+        sessions.c.source_topic.is_not(None),
+    )
     if deployment is not None:  # rows stored before sessions named their deployment: anyone's
-        query = query.where(or_(sessions.c.deployment == deployment,
-                                sessions.c.deployment.is_(None)))
+        query = query.where(or_(sessions.c.deployment == deployment, sessions.c.deployment.is_(None)))
     return query.order_by(sessions.c.completed_at).limit(limit)
 
 
@@ -346,4 +473,3 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
-

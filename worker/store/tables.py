@@ -22,14 +22,17 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+
+from ..status import Status
 
 metadata = MetaData()
 Json = JSON().with_variant(JSONB(), "postgresql")
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
-PENDING, RUNNING, OK, DEGRADED, FAILED = "pending", "running", "ok", "degraded", "failed"
+PENDING, RUNNING, OK, DEGRADED, FAILED = Status  # the typed values, unchanged in the database
 FINISHED = (OK, DEGRADED, FAILED)
 
 sessions = Table(
@@ -74,10 +77,26 @@ sessions = Table(
     Column("request_hash", String(64)),
     Column("request_text", Text),
     Column("notes", Json),
-    Index("ix_sessions_user_time", "user_id", "received_at"),
-    Index("ix_sessions_time", "received_at"),
-    Index("ix_sessions_status_time", "status", "received_at"),
-    Index("ix_sessions_model_prompt", "model", "prompt_version"),
+    Index("ix_sessions_user_time_id", "user_id", "received_at", "id"),
+    Index("ix_sessions_time_id", "received_at", "id"),
+    Index("ix_sessions_status_time_id", "status", "received_at", "id"),
+    Index("ix_sessions_model_prompt_time", "model", "prompt_version", "received_at", "id"),
+    Index("ix_sessions_model_time", "model", "received_at", "id"),
+    Index("ix_sessions_prompt_time", "prompt_version", "received_at", "id"),
+    Index(
+        "ix_sessions_replays_time",
+        "received_at",
+        "id",
+        postgresql_where=text("replay_of IS NOT NULL"),
+        sqlite_where=text("replay_of IS NOT NULL"),
+    ),
+    Index(
+        "ix_sessions_final_ranking",
+        "final_ranking",
+        postgresql_using="gin",
+        postgresql_ops={"final_ranking": "jsonb_path_ops"},
+    ),
+    Index("ix_sessions_goal_trgm", "goal", postgresql_using="gin", postgresql_ops={"goal": "gin_trgm_ops"}),
     Index("ix_sessions_replay_of", "replay_of"),
     Index("ix_sessions_unpublished", "completed_at", "published_at"),
     Index("ix_sessions_deployment_status", "deployment", "status"),
@@ -109,7 +128,16 @@ steps = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("session_received_at", DateTime(timezone=True)),  # the partition key (PostgreSQL)
     UniqueConstraint("session_id", "session_received_at", "step", name="uq_steps_session_step"),
-    ForeignKeyConstraint(["session_id", "session_received_at"], ["sessions.id", "sessions.received_at"],
-                         ondelete="CASCADE"),
+    ForeignKeyConstraint(
+        ["session_id", "session_received_at"], ["sessions.id", "sessions.received_at"], ondelete="CASCADE"
+    ),
     Index("ix_steps_node_session", "node", "session_id"),
+)
+
+# Parts of prompts stored once and referenced from steps.calls by their SHA-256 (see parts.py).
+prompt_parts = Table(
+    "prompt_parts",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("body", Json, nullable=False),
 )

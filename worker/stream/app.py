@@ -63,8 +63,9 @@ def create_app(settings: Settings, datadir: Path) -> faust.App:
         # memory: one fetch holds about one large message per partition, and the stream buffer
         # holds no more requests than the byte budget admits at the largest request size
         consumer_max_fetch_size=settings.kafka_max_message_bytes,
-        stream_buffer_maxsize=max(4, min(settings.concurrency, 64,
-                                         settings.inflight_bytes // settings.max_payload_bytes)),
+        stream_buffer_maxsize=max(
+            4, min(settings.concurrency, 64, settings.inflight_bytes // settings.max_payload_bytes)
+        ),
         broker_max_poll_records=200,
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=max(settings.kafka_session_timeout_s / 5, 0.5),
@@ -86,18 +87,33 @@ class WorkerService(Service):
         self.reranker = Reranker(settings, self.chat)
         self.done = asyncio.Event()
         self.rescan = asyncio.Event()
-        self.runner = Runner(self.store, self.writer, self.reranker, self.owner,
-                             settings.concurrency, settings.lease_s, self.done,
-                             settings.crash_limit)
+        self.runner = Runner(
+            self.store,
+            self.writer,
+            self.reranker,
+            self.owner,
+            settings.concurrency,
+            settings.lease_s,
+            self.done,
+            settings.crash_limit,
+        )
         self.runner.budget = ByteBudget(settings.inflight_bytes)
         self.runner.orphan_bytes = settings.max_payload_bytes
-        self.inbox = Inbox(self.store, self.runner, self.reranker, limits_of(settings),
-                           self._send_and_wait, settings.dlq_topic,
-                           deployment=settings.deployment, result_topic=settings.result_topic,
-                           dlq_payload_max_bytes=settings.dlq_payload_max_bytes,
-                           max_message_bytes=settings.kafka_max_message_bytes)
-        self.publisher = Publisher(self.store, self._send, settings.result_topic, self.done,
-                                   settings.deployment)
+        self.inbox = Inbox(
+            self.store,
+            self.runner,
+            self.reranker,
+            limits_of(settings),
+            self._send_and_wait,
+            settings.dlq_topic,
+            deployment=settings.deployment,
+            result_topic=settings.result_topic,
+            dlq_payload_max_bytes=settings.dlq_payload_max_bytes,
+            max_message_bytes=settings.kafka_max_message_bytes,
+        )
+        self.publisher = Publisher(
+            self.store, self._send, settings.result_topic, self.done, settings.deployment
+        )
         self._loops: list[asyncio.Task[None]] = []
         self.stopped_cleanly = False
 
@@ -117,22 +133,31 @@ class WorkerService(Service):
         except ConfigError as exc:
             if "unreachable" not in str(exc):
                 raise
-            log.warning("%s; until it answers, requests get the heuristic's list at their "
-                        "deadline", exc)
+            log.warning("%s; until it answers, requests get the heuristic's list at their deadline", exc)
         except openai.OpenAIError as exc:  # failing (5xx, 429, timeouts): an outage, not a mistake
             if not is_retryable(exc):
                 raise
-            log.warning("LLM endpoint failing at start (%s), answer format not probed; until it "
-                        "answers, requests get the heuristic's list at their deadline", exc)
+            log.warning(
+                "LLM endpoint failing at start (%s), answer format not probed; until it "
+                "answers, requests get the heuristic's list at their deadline",
+                exc,
+            )
         self.runner.start()
         self.writer.start()
-        self._loops = [asyncio.create_task(self.publisher.run(), name="outbox"),
-                       asyncio.create_task(self._leases(), name="leases"),
-                       asyncio.create_task(self._orphans(), name="orphans"),
-                       asyncio.create_task(self._partitions(), name="partitions")]
-        log.info("worker %s: %d walks at once, metrics on :%d, LLM %s (%s)", self.owner,
-                 self.settings.concurrency, self.settings.metrics_port, self.settings.llm_base_url,
-                 self.settings.llm_model)
+        self._loops = [
+            asyncio.create_task(self.publisher.run(), name="outbox"),
+            asyncio.create_task(self._leases(), name="leases"),
+            asyncio.create_task(self._orphans(), name="orphans"),
+            asyncio.create_task(self._partitions(), name="partitions"),
+        ]
+        log.info(
+            "worker %s: %d walks at once, metrics on :%d, LLM %s (%s)",
+            self.owner,
+            self.settings.concurrency,
+            self.settings.metrics_port,
+            self.settings.llm_base_url,
+            self.settings.llm_model,
+        )
 
     async def on_stop(self) -> None:
         """Bounded in every state: walks get the grace period, everything after it a few seconds;
@@ -169,8 +194,9 @@ class WorkerService(Service):
 
         while True:
             with suppress(*DB_DOWN):
-                created = await ensure_ahead(self.store.engine, self.settings.partition_interval,
-                                             self.settings.partitions_ahead)
+                created = await ensure_ahead(
+                    self.store.engine, self.settings.partition_interval, self.settings.partitions_ahead
+                )
                 if created:
                     log.info("created partitions %s", ", ".join(created))
             await asyncio.sleep(3600)
@@ -254,8 +280,12 @@ class BoundedWorker(faust.Worker):
 
     def _exit_now(self, why: str) -> None:
         code = 0 if self.service.stopped_cleanly else 1
-        log.warning("shutdown did not finish (%s); exiting now with %d (leases not released "
-                    "expire within LLM4RERANK_LEASE_S)", why, code)
+        log.warning(
+            "shutdown did not finish (%s); exiting now with %d (leases not released "
+            "expire within LLM4RERANK_LEASE_S)",
+            why,
+            code,
+        )
         with suppress(Exception):
             logging.shutdown()
             sys.stdout.flush()

@@ -25,11 +25,20 @@ UNKNOWN_ERROR_ATTEMPTS = 5
 
 
 class Inbox:
-    def __init__(self, store: Store, runner: Runner, reranker: Reranker, limits: Limits,
-                 send_and_wait: Callable[[str, bytes | None, bytes], Awaitable[Any]],
-                 dlq_topic: str, *, deployment: str | None = None,
-                 result_topic: str | None = None, dlq_payload_max_bytes: int = DLQ_PAYLOAD_MAX_BYTES,
-                 max_message_bytes: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        runner: Runner,
+        reranker: Reranker,
+        limits: Limits,
+        send_and_wait: Callable[[str, bytes | None, bytes], Awaitable[Any]],
+        dlq_topic: str,
+        *,
+        deployment: str | None = None,
+        result_topic: str | None = None,
+        dlq_payload_max_bytes: int = DLQ_PAYLOAD_MAX_BYTES,
+        max_message_bytes: int = 1_000_000,
+    ) -> None:
         self.store, self.runner, self.reranker, self.limits = store, runner, reranker, limits
         self.send_and_wait = send_and_wait
         self.dlq_topic = dlq_topic
@@ -37,9 +46,13 @@ class Inbox:
         self.dlq_payload_max_bytes = dlq_payload_max_bytes
         self.max_message_bytes = max_message_bytes
 
-    async def accept(self, value: bytes | None, source: Source,
-                     headers: list[tuple[str, bytes]] | None = None,
-                     timestamp: float | None = None) -> None:
+    async def accept(
+        self,
+        value: bytes | None,
+        source: Source,
+        headers: list[tuple[str, bytes]] | None = None,
+        timestamp: float | None = None,
+    ) -> None:
         """Never raises: every message ends recorded, queued for a walk, or in the DLQ.
 
         `timestamp` (the Kafka message's, in seconds) starts the request's clock; receipt when
@@ -51,18 +64,22 @@ class Inbox:
         except RequestError as exc:
             await self._dead_letter(raw, exc, source)
             return
-        replay_of = next((v.decode("utf-8", "replace") for k, v in headers or []
-                          if k == REPLAY_HEADER), None)
+        replay_of = next((v.decode("utf-8", "replace") for k, v in headers or [] if k == REPLAY_HEADER), None)
         receipt = await self._record(raw, request, source, replay_of, timestamp)
         if receipt is None:
             return
         if request.request_id in receipt.conflicts:
             first = receipt.conflicts[request.request_id]
-            await self._dead_letter(raw, RequestError(
-                "conflict",
-                f"request_id {request.request_id!r} was first received at {first.isoformat()} with "
-                "different content; this message was not processed",
-                {"request_id": request.request_id, "first_received_at": first.isoformat()}), source)
+            await self._dead_letter(
+                raw,
+                RequestError(
+                    "conflict",
+                    f"request_id {request.request_id!r} was first received at {first.isoformat()} with "
+                    "different content; this message was not processed",
+                    {"request_id": request.request_id, "first_received_at": first.isoformat()},
+                ),
+                source,
+            )
             return
         for note in receipt.notes:
             log.warning("%s: %s", request.request_id, note)
@@ -72,8 +89,14 @@ class Inbox:
             return
         await self.runner.submit(request.request_id, len(raw))
 
-    async def _record(self, raw: bytes, request: RerankRequest, source: Source,
-                      replay_of: str | None, timestamp: float | None) -> Receipt | None:
+    async def _record(
+        self,
+        raw: bytes,
+        request: RerankRequest,
+        source: Source,
+        replay_of: str | None,
+        timestamp: float | None,
+    ) -> Receipt | None:
         """Store the request; None when the database refused it (it went to the DLQ). Waits while
         the database is unreachable: only that is backpressure."""
         unknown = 0
@@ -84,24 +107,38 @@ class Inbox:
                 return False
             if not is_db_down(exc):
                 unknown += 1
-                log.error("recording %s failed (%d of %d): %s", request.request_id, unknown,
-                          UNKNOWN_ERROR_ATTEMPTS, exc)
+                log.error(
+                    "recording %s failed (%d of %d): %s",
+                    request.request_id,
+                    unknown,
+                    UNKNOWN_ERROR_ATTEMPTS,
+                    exc,
+                )
                 return unknown < UNKNOWN_ERROR_ATTEMPTS
             return True
 
         async def store() -> Receipt:
             return await self.store.receive_checked(
-                [(request, source)], replay_of=replay_of,
-                replay_mode="kafka" if replay_of else None, texts=[raw.decode("utf-8")],
-                receipts=[receipt_time(timestamp)], run_config=self.reranker.stored_config,
-                deployment=self.deployment, result_topic=self.result_topic)
+                [(request, source)],
+                replay_of=replay_of,
+                replay_mode="kafka" if replay_of else None,
+                texts=[raw.decode("utf-8")],
+                receipts=[receipt_time(timestamp)],
+                run_config=self.reranker.stored_config,
+                deployment=self.deployment,
+                result_topic=self.result_topic,
+            )
 
         try:
-            return await until_done(store, "PostgreSQL (the inbox)", retry_on=waits,
-                                    flag=metrics.BACKPRESSURE.labels("postgres"))
+            return await until_done(
+                store, "PostgreSQL (the inbox)", retry_on=waits, flag=metrics.BACKPRESSURE.labels("postgres")
+            )
         except Exception as exc:
-            error = (unstorable(request, exc) if is_data_error(exc) else RequestError(
-                "store_error", f"the store failed {unknown} times: {exc}"[:2000]))
+            error = (
+                unstorable(request, exc)
+                if is_data_error(exc)
+                else RequestError("store_error", f"the store failed {unknown} times: {exc}"[:2000])
+            )
             await self._dead_letter(raw, error, source)
             return None
 
@@ -116,6 +153,7 @@ class Inbox:
         # the broker unavailable: the message must not be lost, so this waits as long as it takes
         await until_done(lambda: self.send_and_wait(self.dlq_topic, key, body), "Kafka (the DLQ publish)")
 
+
 def receipt_time(timestamp: float | None) -> datetime | None:
     """A Kafka timestamp as a datetime; None (receipt) when the message carries none."""
     if timestamp is None or timestamp <= 0:
@@ -126,12 +164,18 @@ def receipt_time(timestamp: float | None) -> datetime | None:
 def unstorable(request: RerankRequest, exc: BaseException) -> RequestError:
     """A dead letter for a value the database refused, naming the field that holds it."""
     code = sqlstate(exc)
-    fields = [where for where, text in _strings(request.model_dump(mode="json"))
-              if "\x00" in text or any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)]
+    fields = [
+        where
+        for where, text in _strings(request.model_dump(mode="json"))
+        if "\x00" in text or any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+    ]
     where = fields[0] if fields else "request"
     reason = str(getattr(exc, "orig", exc)).splitlines()[0][:500]
-    return RequestError("unstorable", f"{where}: the database refused the value ({reason})",
-                        {"field": where, "sqlstate": code})
+    return RequestError(
+        "unstorable",
+        f"{where}: the database refused the value ({reason})",
+        {"field": where, "sqlstate": code},
+    )
 
 
 def _strings(value: object, where: str = "") -> list[tuple[str, str]]:

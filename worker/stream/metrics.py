@@ -10,30 +10,38 @@ from ..schemas import RerankResult
 REQUESTS = Counter("llm4rerank_requests_total", "Finished requests by status", ["status"])
 INVALID = Counter("llm4rerank_invalid_requests_total", "Requests sent to the DLQ", ["code"])
 DUPLICATES = Counter("llm4rerank_duplicate_requests_total", "request_ids seen again")
-WALK_SECONDS = Histogram("llm4rerank_walk_seconds", "Walk latency",
-                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120))
+WALK_SECONDS = Histogram(
+    "llm4rerank_walk_seconds", "Walk latency", buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+)
 STEPS = Histogram("llm4rerank_walk_steps", "Node steps per walk", buckets=(1, 2, 3, 4, 5, 6, 8, 10, 20))
 NODE_VISITS = Counter("llm4rerank_node_visits_total", "Node visits", ["node"])
 REPAIRS = Counter("llm4rerank_repairs_total", "Answers that needed a repair or a re-ask")
 FALLBACKS = Counter("llm4rerank_fallbacks_total", "Walks finished by the heuristic policy")
 LLM_CALLS = Counter("llm4rerank_llm_calls_total", "LLM calls", ["outcome"])
-LLM_SECONDS = Histogram("llm4rerank_llm_call_seconds", "LLM call latency (retries included)",
-                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+LLM_SECONDS = Histogram(
+    "llm4rerank_llm_call_seconds",
+    "LLM call latency (retries included)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 TOKENS = Counter("llm4rerank_tokens_total", "Tokens used", ["kind"])
 IN_FLIGHT = Gauge("llm4rerank_sessions_in_flight", "Walks running in this process")
 CONSUMER_LAG = Gauge("llm4rerank_consumer_lag", "Messages behind the high watermark", ["partition"])
 RESUMED = Counter("llm4rerank_sessions_resumed_total", "Sessions resumed from stored steps")
 PUBLISHED = Counter("llm4rerank_results_published_total", "Results acknowledged by Kafka")
-CRASHES = Counter("llm4rerank_walk_crashes_total", "Walks that raised (not outages); each "
-                  "releases its session's lease and is retried")
-CRASH_FAILED = Counter("llm4rerank_sessions_failed_by_crashes_total",
-                       "Sessions failed after crashing the walk LLM4RERANK_CRASH_LIMIT times")
+CRASHES = Counter(
+    "llm4rerank_walk_crashes_total",
+    "Walks that raised (not outages); each releases its session's lease and is retried",
+)
+CRASH_FAILED = Counter(
+    "llm4rerank_sessions_failed_by_crashes_total",
+    "Sessions failed after crashing the walk LLM4RERANK_CRASH_LIMIT times",
+)
 BACKPRESSURE = Gauge("llm4rerank_backpressure", "1 while a dependency is down", ["dependency"])
 
 
 def observe(result: RerankResult, outcome: WalkOutcome, replayed_calls: int) -> None:
     """Count one finished walk (steps served from a recording are not counted as new calls)."""
-    REQUESTS.labels(result.status).inc()
+    REQUESTS.labels(str(result.status)).inc()
     WALK_SECONDS.observe(result.latency_ms / 1000)
     STEPS.observe(len(outcome.steps))
     if "+" in outcome.policy:

@@ -20,23 +20,27 @@ Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 
 
 class Publisher:
-    def __init__(self, store: Store, send: Send, topic: str, wake: asyncio.Event,
-                 deployment: str | None = None) -> None:
+    def __init__(
+        self, store: Store, send: Send, topic: str, wake: asyncio.Event, deployment: str | None = None
+    ) -> None:
         self.store, self.send, self.topic, self.wake = store, send, topic, wake
         self.deployment = deployment
 
     async def _send_batch(self, rows: list[dict[str, Any]]) -> None:
         """Each result goes to the topic recorded with its session (this one's for older rows)."""
-        acks = [await self.send(
-                    row.get("result_topic") or self.topic, row["request_id"].encode(),
-                    orjson.dumps(RerankResult.model_validate(row["result"]).model_dump(mode="json")))
-                for row in rows]
+        acks = [
+            await self.send(
+                row.get("result_topic") or self.topic,
+                row["request_id"].encode(),
+                orjson.dumps(RerankResult.model_validate(row["result"]).model_dump(mode="json")),
+            )
+            for row in rows
+        ]
         await asyncio.gather(*acks)
 
     async def publish_once(self) -> int:
         sent = 0
-        while (n := await self.store.publish_batch(self._send_batch,
-                                                   deployment=self.deployment)) > 0:
+        while (n := await self.store.publish_batch(self._send_batch, deployment=self.deployment)) > 0:
             sent += n
             metrics.PUBLISHED.inc(n)
         return sent

@@ -28,8 +28,15 @@ from .budget import ByteBudget
 
 log = logging.getLogger(__name__)
 # for cleanup that may meet the database gone; whether to wait is decided by `is_db_down`
-DB_DOWN = (OSError, ConnectionError, OperationalError, DBAPIError, asyncio.TimeoutError,
-           asyncpg.PostgresError, asyncpg.InterfaceError)
+DB_DOWN = (
+    OSError,
+    ConnectionError,
+    OperationalError,
+    DBAPIError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 class WalkCrashed(RuntimeError):
@@ -37,9 +44,17 @@ class WalkCrashed(RuntimeError):
 
 
 class Runner:
-    def __init__(self, store: Store, writer: GroupCommitWriter, reranker: Reranker, owner: str,
-                 concurrency: int, lease_s: float, on_done: asyncio.Event,
-                 crash_limit: int = CRASH_LIMIT) -> None:
+    def __init__(
+        self,
+        store: Store,
+        writer: GroupCommitWriter,
+        reranker: Reranker,
+        owner: str,
+        concurrency: int,
+        lease_s: float,
+        on_done: asyncio.Event,
+        crash_limit: int = CRASH_LIMIT,
+    ) -> None:
         self.store, self.writer, self.reranker = store, writer, reranker
         self.owner, self.lease_s = owner, lease_s
         self.concurrency = concurrency
@@ -56,8 +71,7 @@ class Runner:
         self.orphan_bytes = 1_000_000  # what a resumed session counts for: its size is not read
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work(), name=f"walk-{i}")
-                       for i in range(self.concurrency)]
+        self._tasks = [asyncio.create_task(self._work(), name=f"walk-{i}") for i in range(self.concurrency)]
 
     async def submit(self, request_id: str, size: int | None = None) -> bool:
         """Queue a session unless this process already has it; waits while the queue is full or
@@ -82,8 +96,7 @@ class Runner:
 
     async def _enqueue(self, request_id: str, size: int | None) -> None:
         if self.budget is not None:
-            self.held[request_id] = await self.budget.acquire(
-                self.orphan_bytes if size is None else size)
+            self.held[request_id] = await self.budget.acquire(self.orphan_bytes if size is None else size)
         await self.queue.put(request_id)
 
     def close(self) -> None:
@@ -119,8 +132,15 @@ class Runner:
         ):
             with attempt:
                 try:
-                    done = await run_session(self.store, self.writer, self.reranker, request_id,
-                                             self.owner, self.lease_s, self.crash_limit)
+                    done = await run_session(
+                        self.store,
+                        self.writer,
+                        self.reranker,
+                        request_id,
+                        self.owner,
+                        self.lease_s,
+                        self.crash_limit,
+                    )
                 except Exception as exc:
                     if is_db_down(exc):  # a value the database refused is no outage: a crash
                         raise

@@ -37,13 +37,16 @@ async def submit(
     partitions = await ensure_topics(settings)
     consumer = None
     if wait:
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                    enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+        )
         await consumer.start()
-        await _end_positions(consumer, {t: partitions[t] for t in (settings.result_topic,
-                                                                   settings.dlq_topic)})
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                enable_idempotence=True, linger_ms=5)
+        await _end_positions(
+            consumer, {t: partitions[t] for t in (settings.result_topic, settings.dlq_topic)}
+        )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
     await producer.start()
     pending: set[str] = set()
     sent = unnamed = 0
@@ -58,9 +61,14 @@ async def submit(
                 pending.add(request_id)
             else:
                 unnamed += 1
-            acks.append(await producer.send(
-                settings.request_topic, raw, key=request_id.encode() if request_id else None,
-                headers=(headers or {}).get(request_id or "", None)))
+            acks.append(
+                await producer.send(
+                    settings.request_topic,
+                    raw,
+                    key=request_id.encode() if request_id else None,
+                    headers=(headers or {}).get(request_id or "", None),
+                )
+            )
             sent += 1
         await asyncio.gather(*acks)
     finally:
@@ -89,8 +97,10 @@ async def submit(
                         out.write(orjson.dumps(value) + b"\n")
                         out.flush()
     except TimeoutError:
-        print(f"timed out after {timeout_s:.0f}s with {len(pending) + unnamed} without an answer",
-              file=sys.stderr)
+        print(
+            f"timed out after {timeout_s:.0f}s with {len(pending) + unnamed} without an answer",
+            file=sys.stderr,
+        )
     finally:
         await consumer.stop()
     return sent, answered

@@ -10,12 +10,11 @@ from ..config import Settings
 PARTITIONS = 4
 
 
-async def ensure_topics(
-    settings: Settings, *extra: str, partitions: int = PARTITIONS
-) -> dict[str, int]:
+async def ensure_topics(settings: Settings, *extra: str, partitions: int = PARTITIONS) -> dict[str, int]:
     """Create missing topics; returns each topic's partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
-                                client_id="llm4rerank-admin", request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, client_id="llm4rerank-admin", request_timeout_ms=15000
+    )
     await admin.start()
     try:
         wanted = {settings.request_topic, settings.result_topic, settings.dlq_topic, *extra}

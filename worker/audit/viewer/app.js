@@ -4,11 +4,9 @@
 
 const TOKEN_KEY = "llm4rerank.audit.token";
 const SVG_NS = "http://www.w3.org/2000/svg";
-const NODE_COLORS = {
-  accuracy: "#2563eb", diversity: "#16a34a", fairness: "#9333ea", novelty: "#ea580c",
-  backward: "#6b7280", stop: "#111827",
-};
-const SHORT = { accuracy: "A", diversity: "D", fairness: "F", novelty: "N", backward: "B", stop: "S" };
+// Node names, short labels and colours come from the server's node registry (/api/nodes).
+let NODE_COLORS = {};
+let SHORT = {};
 
 const $ = (id) => document.getElementById(id);
 let nextCursor = null;
@@ -59,8 +57,18 @@ async function start() {
   $("app").hidden = false;
   $("forget").hidden = false;
   const wanted = new URLSearchParams(location.hash.slice(1)).get("session");
+  try { await loadNodes(); } catch (error) { handle(error, $("search-message")); return; }
   await search(false);
   if (wanted) await openSession(wanted);
+}
+
+async function loadNodes() {
+  const { nodes } = await api("/api/nodes");
+  NODE_COLORS = Object.fromEntries(nodes.map((n) => [n.name, n.colour]));
+  SHORT = Object.fromEntries(nodes.map((n) => [n.name, n.short]));
+  const select = $("node-select");
+  select.replaceChildren(el("option", { value: "", text: "any" }),
+                         ...nodes.map((n) => el("option", { value: n.name, text: n.name })));
 }
 
 function handle(error, where) {

@@ -60,8 +60,7 @@ def upgrade() -> None:
     op.create_table(
         "steps",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
-        sa.Column("session_id", Id, sa.ForeignKey("sessions.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column("session_id", Id, sa.ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
         sa.Column("step", sa.Integer, nullable=False),
         sa.Column("node", sa.String(32), nullable=False),
         sa.Column("policy", sa.String(32), nullable=False),

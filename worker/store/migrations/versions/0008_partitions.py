@@ -9,7 +9,7 @@ into the partitioned tables (one pass; plan for the store's size). SQLite stays 
 only gains steps.session_received_at.
 
 Revision ID: 0008_partitions
-Revises: 0003
+Revises: 0007_audit_indexes
 """
 
 import sqlalchemy as sa
@@ -18,21 +18,25 @@ from alembic import op
 from worker.store.partitions import DEFAULT_SUFFIX, ensure_partitions, occupied
 
 revision = "0008_partitions"
-down_revision = "0003"
+down_revision = "0007_audit_indexes"
 branch_labels = None
 depends_on = None
 
 OLD = "_unpartitioned"
 # unique keys rebuilt with the partition key (or, for request_id, as a plain index)
 UNIQUE = {
-    "sessions": ["ALTER TABLE sessions ADD CONSTRAINT sessions_pkey PRIMARY KEY (id, received_at)",
-                 "CREATE INDEX ix_sessions_request_id ON sessions (request_id)"],
-    "steps": ["ALTER TABLE steps ADD CONSTRAINT steps_pkey PRIMARY KEY (id, session_received_at)",
-              "ALTER TABLE steps ADD CONSTRAINT uq_steps_session_step "
-              "UNIQUE (session_id, session_received_at, step)",
-              "ALTER TABLE steps ADD CONSTRAINT steps_session_id_fkey "
-              "FOREIGN KEY (session_id, session_received_at) "
-              "REFERENCES sessions (id, received_at) ON DELETE CASCADE"],
+    "sessions": [
+        "ALTER TABLE sessions ADD CONSTRAINT sessions_pkey PRIMARY KEY (id, received_at)",
+        "CREATE INDEX ix_sessions_request_id ON sessions (request_id)",
+    ],
+    "steps": [
+        "ALTER TABLE steps ADD CONSTRAINT steps_pkey PRIMARY KEY (id, session_received_at)",
+        "ALTER TABLE steps ADD CONSTRAINT uq_steps_session_step "
+        "UNIQUE (session_id, session_received_at, step)",
+        "ALTER TABLE steps ADD CONSTRAINT steps_session_id_fkey "
+        "FOREIGN KEY (session_id, session_received_at) "
+        "REFERENCES sessions (id, received_at) ON DELETE CASCADE",
+    ],
 }
 
 
@@ -51,30 +55,42 @@ def upgrade() -> None:
     if conn.dialect.name != "postgresql":
         with op.batch_alter_table("steps") as batch:
             batch.add_column(sa.Column("session_received_at", sa.DateTime(timezone=True)))
-        op.execute("UPDATE steps SET session_received_at = "
-                   "(SELECT received_at FROM sessions WHERE sessions.id = steps.session_id)")
+        op.execute(
+            "UPDATE steps SET session_received_at = "
+            "(SELECT received_at FROM sessions WHERE sessions.id = steps.session_id)"
+        )
         return
     indexes = {t: _plain_indexes_for(conn, t) for t in ("sessions", "steps")}
     sequences = {}
     for table in ("steps", "sessions"):
         op.execute(f"ALTER TABLE {table} RENAME TO {table}{OLD}")
-        sequences[table] = conn.execute(sa.text(
-            "SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table + OLD}).scalar()
+        sequences[table] = conn.execute(
+            sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table + OLD}
+        ).scalar()
         if sequences[table]:  # kept when the old table is dropped
             op.execute(f"ALTER SEQUENCE {sequences[table]} OWNED BY NONE")
-    op.execute(f"CREATE TABLE sessions (LIKE sessions{OLD} INCLUDING DEFAULTS) "
-               "PARTITION BY RANGE (received_at)")
-    op.execute(f"CREATE TABLE steps (LIKE steps{OLD} INCLUDING DEFAULTS, "
-               "session_received_at TIMESTAMP WITH TIME ZONE NOT NULL) "
-               "PARTITION BY RANGE (session_received_at)")
+    op.execute(
+        f"CREATE TABLE sessions (LIKE sessions{OLD} INCLUDING DEFAULTS) PARTITION BY RANGE (received_at)"
+    )
+    op.execute(
+        f"CREATE TABLE steps (LIKE steps{OLD} INCLUDING DEFAULTS, "
+        "session_received_at TIMESTAMP WITH TIME ZONE NOT NULL) "
+        "PARTITION BY RANGE (session_received_at)"
+    )
     for table in ("sessions", "steps"):
         op.execute(f"CREATE TABLE {table}{DEFAULT_SUFFIX} PARTITION OF {table} DEFAULT")
     interval, ahead = _settings()
-    ensure_partitions(conn, interval, ahead,  # type: ignore[arg-type]
-                      extra=occupied(conn, f"sessions{OLD}", "received_at", interval))  # type: ignore[arg-type]
+    ensure_partitions(
+        conn,
+        interval,
+        ahead,  # type: ignore[arg-type]
+        extra=occupied(conn, f"sessions{OLD}", "received_at", interval),
+    )  # type: ignore[arg-type]
     op.execute(f"INSERT INTO sessions SELECT * FROM sessions{OLD}")
-    op.execute(f"INSERT INTO steps SELECT st.*, s.received_at FROM steps{OLD} st "
-               f"JOIN sessions{OLD} s ON s.id = st.session_id")
+    op.execute(
+        f"INSERT INTO steps SELECT st.*, s.received_at FROM steps{OLD} st "
+        f"JOIN sessions{OLD} s ON s.id = st.session_id"
+    )
     op.execute(f"DROP TABLE steps{OLD}")
     op.execute(f"DROP TABLE sessions{OLD}")
     for table in ("sessions", "steps"):
@@ -87,17 +103,23 @@ def upgrade() -> None:
 def _plain_indexes_for(conn: sa.Connection, table: str) -> list[str]:
     """CREATE INDEX statements of the table's non-unique indexes, read before its rename (they
     name the table, which is the new one when they run)."""
-    rows = conn.execute(sa.text(
-        "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), i.indisunique "
-        "FROM pg_index i WHERE i.indrelid = CAST(:t AS regclass)"), {"t": table}).all()
+    rows = conn.execute(
+        sa.text(
+            "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), i.indisunique "
+            "FROM pg_index i WHERE i.indrelid = CAST(:t AS regclass)"
+        ),
+        {"t": table},
+    ).all()
     known = {f"{table}_pkey", "sessions_request_id_key", "uq_steps_session_step"}
     statements = []
     for name, definition, unique in rows:
         if name in known:
             continue
         if unique:
-            raise RuntimeError(f"unique index {name} on {table} needs the partition key; "
-                               "extend migration 0008_partitions for it")
+            raise RuntimeError(
+                f"unique index {name} on {table} needs the partition key; "
+                "extend migration 0008_partitions for it"
+            )
         statements.append(definition.replace(" ON ONLY ", " ON "))
     return statements
 
@@ -110,13 +132,16 @@ def downgrade() -> None:
         with op.batch_alter_table("steps") as batch:
             batch.drop_column("session_received_at")
         return
-    indexes = {t: [s for s in _plain_indexes_for(conn, t) if "ix_sessions_request_id" not in s]
-               for t in ("sessions", "steps")}
+    indexes = {
+        t: [s for s in _plain_indexes_for(conn, t) if "ix_sessions_request_id" not in s]
+        for t in ("sessions", "steps")
+    }
     sequences = {}
     for table in ("steps", "sessions"):
         op.execute(f"ALTER TABLE {table} RENAME TO {table}{OLD}")
-        sequences[table] = conn.execute(sa.text(
-            "SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table + OLD}).scalar()
+        sequences[table] = conn.execute(
+            sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table + OLD}
+        ).scalar()
         if sequences[table]:
             op.execute(f"ALTER SEQUENCE {sequences[table]} OWNED BY NONE")
     op.execute(f"CREATE TABLE sessions (LIKE sessions{OLD} INCLUDING DEFAULTS)")
@@ -133,8 +158,10 @@ def downgrade() -> None:
     op.execute("ALTER TABLE sessions ADD CONSTRAINT sessions_request_id_key UNIQUE (request_id)")
     op.execute("ALTER TABLE steps ADD PRIMARY KEY (id)")
     op.execute("ALTER TABLE steps ADD CONSTRAINT uq_steps_session_step UNIQUE (session_id, step)")
-    op.execute("ALTER TABLE steps ADD CONSTRAINT steps_session_id_fkey FOREIGN KEY (session_id) "
-               "REFERENCES sessions (id) ON DELETE CASCADE")
+    op.execute(
+        "ALTER TABLE steps ADD CONSTRAINT steps_session_id_fkey FOREIGN KEY (session_id) "
+        "REFERENCES sessions (id) ON DELETE CASCADE"
+    )
     for table in ("sessions", "steps"):
         for statement in indexes[table]:
             op.execute(statement)

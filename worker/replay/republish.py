@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
+from ..audit.db import read_only_engine
+from ..audit.filters import TraceFilters
+from ..audit.queries import TraceQueries
 from ..config import Settings
-from .db import read_only_engine
-from .filters import TraceFilters
-from .queries import TraceQueries
 
 REPLAY_OF_HEADER = "replay-of"
 REPLAY_MODE = "kafka"
@@ -45,22 +45,28 @@ async def republish_from_store(
         filters = filters.model_copy(update={"replays": "exclude"})
     engine = read_only_engine(database_url or settings.database_url)
     queries = TraceQueries(engine)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
     sent: list[tuple[str, str]] = []
     try:
         await producer.start()
         ids: list[str] = [s["request_id"] async for s in queries.iterate(filters, order="asc", limit=limit)]
         for start in range(0, len(ids), 200):
             futures = []
-            for stored in await queries.load(ids[start:start + 200]):
+            for stored in await queries.load(ids[start : start + 200]):
                 new_id = f"{stored.request_id}{suffix}"
                 if len(new_id) > 256:
                     raise ValueError(f"{new_id[:40]}...: request_id would exceed 256 characters")
                 body = orjson.dumps(new_request(stored.row["request"], new_id))
-                futures.append(await producer.send(
-                    settings.request_topic, value=body, key=new_id.encode(),
-                    headers=[(REPLAY_OF_HEADER, stored.request_id.encode())]))
+                futures.append(
+                    await producer.send(
+                        settings.request_topic,
+                        value=body,
+                        key=new_id.encode(),
+                        headers=[(REPLAY_OF_HEADER, stored.request_id.encode())],
+                    )
+                )
                 sent.append((new_id, stored.request_id))
             for future in futures:
                 await future

@@ -16,11 +16,11 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from ..audit.queries import StoredSession, select_sessions
 from ..config import Settings
 from ..engine.nodes import STOP
 from ..engine.prompts import PromptSet
@@ -29,13 +29,20 @@ from ..errors import ConfigError, DeadlineExceeded, ReplayExhausted, RequestErro
 from ..runconfig import RunConfig
 from ..schemas import RerankRequest, RerankResult
 from ..service import Reranker, limits_of
-from .filters import TraceFilters
-from .queries import StoredSession, TraceQueries
+from ..status import Status
 
 CAP_NOTE = re.compile(r"step cap of (\d+) LLM calls reached")
 CRASHED = re.compile(r"^the walk (crashed|failed) \d+ time")
 OWNER = f"replay-{os.getpid()}"
-LOAD_BATCH = 100
+__all__ = [
+    "Comparison",
+    "Outcome",
+    "RecordedReplayer",
+    "StepDiff",
+    "replay_live",
+    "replay_recorded",
+    "select_sessions",
+]
 
 
 @dataclass
@@ -58,16 +65,31 @@ class Outcome:
 
     @classmethod
     def of_row(cls, row: dict[str, Any]) -> Outcome:
-        return cls(str(row["request_id"]), row.get("status"), list(row.get("path") or []),
-                   list(row.get("final_ranking") or []), row.get("llm_calls") or 0,
-                   row.get("prompt_tokens") or 0, row.get("completion_tokens") or 0,
-                   row.get("latency_ms"), row.get("reason"))
+        return cls(
+            str(row["request_id"]),
+            row.get("status"),
+            list(row.get("path") or []),
+            list(row.get("final_ranking") or []),
+            row.get("llm_calls") or 0,
+            row.get("prompt_tokens") or 0,
+            row.get("completion_tokens") or 0,
+            row.get("latency_ms"),
+            row.get("reason"),
+        )
 
     @classmethod
     def of_result(cls, result: RerankResult) -> Outcome:
-        return cls(result.request_id, result.status, list(result.path), list(result.ranking),
-                   result.llm_calls, result.usage.prompt_tokens, result.usage.completion_tokens,
-                   result.latency_ms, result.reason)
+        return cls(
+            result.request_id,
+            result.status,
+            list(result.path),
+            list(result.ranking),
+            result.llm_calls,
+            result.usage.prompt_tokens,
+            result.usage.completion_tokens,
+            result.latency_ms,
+            result.reason,
+        )
 
 
 @dataclass
@@ -94,24 +116,14 @@ class Comparison:
     @property
     def reproduced(self) -> bool:
         r, o = self.replay, self.original
-        return (self.error is None and not self.diffs and r is not None and r.status == o.status
-                and r.path == o.path and r.ranking == o.ranking)
-
-
-# selection -------------------------------------------------------------------------------------
-async def select_sessions(
-    queries: TraceQueries, filters: TraceFilters, limit: int | None = None
-) -> AsyncIterator[StoredSession]:
-    """Matching sessions with their steps, oldest first, loaded a batch at a time."""
-    ids: list[str] = []
-    async for item in queries.iterate(filters, order="asc", limit=limit):
-        ids.append(item["request_id"])
-        if len(ids) >= LOAD_BATCH:
-            for stored in await queries.load(ids):
-                yield stored
-            ids = []
-    for stored in await queries.load(ids):
-        yield stored
+        return (
+            self.error is None
+            and not self.diffs
+            and r is not None
+            and r.status == o.status
+            and r.path == o.path
+            and r.ranking == o.ranking
+        )
 
 
 # recorded --------------------------------------------------------------------------------------
@@ -122,8 +134,13 @@ class _AfterRecording:
     def __init__(self, deadline: bool) -> None:
         self.deadline = deadline
 
-    async def complete(self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None,
-                       deadline: float, max_tokens: int | None = None) -> LLMCall:
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        response_format: dict[str, Any] | None,
+        deadline: float,
+        max_tokens: int | None = None,
+    ) -> LLMCall:
         if self.deadline:
             raise DeadlineExceeded("the stored session ran out of time here")
         raise ReplayExhausted("the walk asked for more LLM answers than the session stored")
@@ -173,8 +190,9 @@ class RecordedReplayer:
         reranker, notes = self._inferred(stored)
         return reranker, notes, None
 
-    def _from_run_config(self, stored: StoredSession, config: RunConfig
-                         ) -> tuple[Reranker, list[str], RunConfig]:
+    def _from_run_config(
+        self, stored: StoredSession, config: RunConfig
+    ) -> tuple[Reranker, list[str], RunConfig]:
         """Sessions stored with their RunConfig: replay exactly what they ran with."""
         row, notes = stored.row, []
         heuristic = config.policy == "heuristic"
@@ -183,17 +201,15 @@ class RecordedReplayer:
         version = row.get("prompt_version") or ""
         if not heuristic and version and prompts.version != version:
             notes.append(f"prompt templates changed since the session ran ({version} -> {prompts.version})")
-        update: dict[str, Any] = {"prompts": name,
-                                  "llm_model": row.get("model") or self.settings.llm_model}
-        raw = row["run_config"]
-        for key in ("llm_answer_shape", "llm_max_repair_share", "llm_window", "llm_window_step",
-                    "llm_context_tokens", "llm_tokenizer"):  # sizing, stored since 0005
-            if raw.get(key) is not None:
-                update[key] = Path(raw[key]) if key == "llm_tokenizer" else raw[key]
+        config = config.model_copy(update={"prompts": name})
         deadline = "deadline of" in (row.get("reason") or "")
-        reranker = Reranker(self.settings.model_copy(update=update), _AfterRecording(deadline),
-                            policy=config.policy, prompts=prompts)
-        return reranker, notes, config.model_copy(update={"prompts": name})
+        reranker = Reranker(
+            config.settings_for(self.settings, model=row.get("model")),
+            _AfterRecording(deadline),
+            policy=config.policy,
+            prompts=prompts,
+        )
+        return reranker, notes, config
 
     def _inferred(self, stored: StoredSession) -> tuple[Reranker, list[str]]:
         """Older sessions (no `run_config`): infer prompt set, output mode and step cap."""
@@ -213,12 +229,19 @@ class RecordedReplayer:
         if calls:
             structured = "json_schema" if any(c.response_format for c in calls) else "none"
         default = self.max_steps or self.settings.max_steps
-        update = {"max_steps": infer_max_steps(stored, default, self.settings.llm_reasks),
-                  "llm_structured": structured, "prompts": name,
-                  "llm_model": row.get("model") or self.settings.llm_model}
+        update = {
+            "max_steps": infer_max_steps(stored, default, self.settings.llm_reasks),
+            "llm_structured": structured,
+            "prompts": name,
+            "llm_model": row.get("model") or self.settings.llm_model,
+        }
         deadline = "deadline of" in (row.get("reason") or "")
-        reranker = Reranker(self.settings.model_copy(update=update), _AfterRecording(deadline),
-                            policy="heuristic" if heuristic else "llm", prompts=prompts)
+        reranker = Reranker(
+            self.settings.with_overrides(**update),
+            _AfterRecording(deadline),
+            policy="heuristic" if heuristic else "llm",
+            prompts=prompts,
+        )
         return reranker, notes
 
     async def replay(self, stored: StoredSession) -> Comparison:
@@ -232,17 +255,19 @@ class RecordedReplayer:
         journal = ListJournal()
         recorded = [c for s in stored.steps for c in s.calls]
         comparison = Comparison(request, original, None, replay_id=stored.request_id, notes=notes)
-        crashed = original.status == "failed" and bool(CRASHED.search(original.reason or ""))
+        crashed = original.status == Status.FAILED and bool(CRASHED.search(original.reason or ""))
         try:
-            result, _ = await reranker.run(parsed, config=config, journal=journal,
-                                           recorded=recorded, live=True)
+            result, _ = await reranker.run(
+                parsed, config=config, journal=journal, recorded=recorded, live=True
+            )
             comparison.replay = Outcome.of_result(result)
             if crashed:
                 comparison.notes.append("the session failed after crashes; the replay finished")
         except Exception as exc:  # the engine under test may be broken: report, do not stop
             if crashed:  # like the original, the walk cannot finish from what was stored
-                comparison.replay = Outcome(original.request_id, "failed", [],
-                                            [c.item_id for c in parsed.candidates])
+                comparison.replay = Outcome(
+                    original.request_id, Status.FAILED, [], [c.item_id for c in parsed.candidates]
+                )
                 comparison.notes.append(f"the walk stops as stored: {type(exc).__name__}: {exc}")
             elif isinstance(exc, ReplayExhausted):
                 comparison.error = str(exc)
@@ -261,8 +286,9 @@ def diff_steps(stored: list[StepRecord], replayed: list[StepRecord]) -> list[Ste
         if a is None or b is None:
             only = a or b
             assert only is not None
-            diffs.append(StepDiff(only.step, only.node, "step", only.node if a else None,
-                                  only.node if b else None))
+            diffs.append(
+                StepDiff(only.step, only.node, "step", only.node if a else None, only.node if b else None)
+            )
             continue
         for name in ("node", "ranking", "removed", "next_node", "offered"):
             x, y = getattr(a, name), getattr(b, name)
@@ -337,10 +363,15 @@ async def replay_live(
             try:
                 request = RerankRequest.model_validate(
                     replay_request(stored.row["request"], new_id, max_steps),
-                    context={"limits": limits_of(settings)})
+                    context={"limits": limits_of(settings)},
+                )
                 async with limit:
-                    await store.receive([(request, None)], replay_of=stored.request_id,
-                                        replay_mode="live", run_config=reranker.stored_config)
+                    await store.receive(
+                        [(request, None)],
+                        replay_of=stored.request_id,
+                        replay_mode="live",
+                        run_config=reranker.stored_config,
+                    )
                     done = await run_session(store, writer, reranker, new_id, OWNER, settings.lease_s)
                 if done is not None:
                     comparison.replay = Outcome.of_result(done[0])

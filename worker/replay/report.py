@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
+from ..audit.trace import ARROW
 from ..engine.measures import alpha_ndcg, hit_rate, item_categories, item_groups, mad, ndcg
-from .replay import Comparison
-from .trace import ARROW
+from .replayer import Comparison
 
 K = 10
 
@@ -37,8 +37,12 @@ def kendall_tau(a: Sequence[str], b: Sequence[str]) -> float | None:
     return 1.0 - 2.0 * discordant / pairs
 
 
-def session_metrics(request: dict[str, Any], ranking: Sequence[str], positives: Sequence[str],
-                    default_aspects: Mapping[str, Any] | None = None) -> dict[str, float]:
+def session_metrics(
+    request: dict[str, Any],
+    ranking: Sequence[str],
+    positives: Sequence[str],
+    default_aspects: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
     """The paper's metrics this session supports, at k = 10 (MAD over the whole list, as the paper
     defines it), with the same definitions and group membership as the evaluation and the walk."""
     out: dict[str, float] = {}
@@ -62,8 +66,7 @@ def session_metrics(request: dict[str, Any], ranking: Sequence[str], positives: 
     return out
 
 
-def _groups(features: Mapping[str, Mapping[str, Any]], fairness: Mapping[str, Any]
-            ) -> dict[str, str | None]:
+def _groups(features: Mapping[str, Mapping[str, Any]], fairness: Mapping[str, Any]) -> dict[str, str | None]:
     """Each candidate's fairness group, as `engine.measures.group_of` defines it."""
     return item_groups(features, {k: v for k, v in fairness.items() if k in ("attribute", "split_at")})
 
@@ -94,36 +97,45 @@ def load_labels(path: Path) -> dict[str, list[str]]:
                 items = row.get("positives") or [row["positive"]]
                 labels[str(row["request_id"])] = [str(i) for i in items]
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                raise ValueError(f"{path}:{n}: expected {{\"request_id\": ..., \"positive\": ...}}") from None
+                raise ValueError(f'{path}:{n}: expected {{"request_id": ..., "positive": ...}}') from None
     return labels
 
 
-def _pair(c: Comparison, labels: Mapping[str, Sequence[str]],
-          default_aspects: Mapping[str, Any] | None) -> dict[str, Any]:
+def _pair(
+    c: Comparison, labels: Mapping[str, Sequence[str]], default_aspects: Mapping[str, Any] | None
+) -> dict[str, Any]:
     o, r = c.original, c.replay
     entry: dict[str, Any] = {
-        "request_id": o.request_id, "replay_id": c.replay_id, "error": c.error, "notes": c.notes,
-        "status": [o.status, r.status if r else None], "path": [o.path, r.path if r else None],
+        "request_id": o.request_id,
+        "replay_id": c.replay_id,
+        "error": c.error,
+        "notes": c.notes,
+        "status": [o.status, r.status if r else None],
+        "path": [o.path, r.path if r else None],
     }
     if r is None:
         return entry
     positives = positives_from(c.request, labels)
     m_o = session_metrics(c.request, o.ranking, positives, default_aspects)
     m_r = session_metrics(c.request, r.ranking, positives, default_aspects)
-    entry.update({
-        "identical_ranking": o.ranking == r.ranking,
-        "identical_path": o.path == r.path,
-        "kendall_tau": kendall_tau(o.ranking, r.ranking),
-        "llm_calls": [o.llm_calls, r.llm_calls],
-        "tokens": [o.tokens, r.tokens], "tokens_delta": r.tokens - o.tokens,
-        "latency_ms": [o.latency_ms, r.latency_ms],
-        "latency_delta_ms": (r.latency_ms - o.latency_ms) if o.latency_ms is not None and r.latency_ms
-        is not None else None,
-        "metrics": {k: [m_o[k], m_r[k]] for k in m_o if k in m_r},
-        "ranking": [o.ranking, r.ranking] if o.ranking != r.ranking else None,
-        "reproduced": c.reproduced,
-        "diffs": [d.__dict__ for d in c.diffs],
-    })
+    entry.update(
+        {
+            "identical_ranking": o.ranking == r.ranking,
+            "identical_path": o.path == r.path,
+            "kendall_tau": kendall_tau(o.ranking, r.ranking),
+            "llm_calls": [o.llm_calls, r.llm_calls],
+            "tokens": [o.tokens, r.tokens],
+            "tokens_delta": r.tokens - o.tokens,
+            "latency_ms": [o.latency_ms, r.latency_ms],
+            "latency_delta_ms": (r.latency_ms - o.latency_ms)
+            if o.latency_ms is not None and r.latency_ms is not None
+            else None,
+            "metrics": {k: [m_o[k], m_r[k]] for k in m_o if k in m_r},
+            "ranking": [o.ranking, r.ranking] if o.ranking != r.ranking else None,
+            "reproduced": c.reproduced,
+            "diffs": [d.__dict__ for d in c.diffs],
+        }
+    )
     return entry
 
 
@@ -131,21 +143,31 @@ def _mean(values: Sequence[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def build_report(mode: str, comparisons: Sequence[Comparison], *, labels: Mapping[str, Sequence[str]]
-                 | None = None, default_aspects: Mapping[str, Any] | None = None,
-                 config: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_report(
+    mode: str,
+    comparisons: Sequence[Comparison],
+    *,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    default_aspects: Mapping[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The aggregate and per-session comparison, JSON-ready."""
     per = [_pair(c, labels or {}, default_aspects) for c in comparisons]
     done = [p for p in per if p.get("identical_ranking") is not None]
     taus = [p["kendall_tau"] for p in done if p["kendall_tau"] is not None]
-    status_changes = Counter(f"{p['status'][0]}->{p['status'][1]}" for p in done
-                             if p["status"][0] != p["status"][1])
+    status_changes = Counter(
+        f"{p['status'][0]}->{p['status'][1]}" for p in done if p["status"][0] != p["status"][1]
+    )
     metrics: dict[str, dict[str, Any]] = {}
     for name in sorted({k for p in done for k in p["metrics"]}):
         pairs = [p["metrics"][name] for p in done if name in p["metrics"]]
         before, after = _mean([a for a, _ in pairs]), _mean([b for _, b in pairs])
-        metrics[name] = {"sessions": len(pairs), "original": before, "replay": after,
-                         "delta": (after - before) if before is not None and after is not None else None}
+        metrics[name] = {
+            "sessions": len(pairs),
+            "original": before,
+            "replay": after,
+            "delta": (after - before) if before is not None and after is not None else None,
+        }
     latency = [p for p in done if p["latency_delta_ms"] is not None]
     report: dict[str, Any] = {
         "mode": mode,
@@ -158,14 +180,21 @@ def build_report(mode: str, comparisons: Sequence[Comparison], *, labels: Mappin
         "identical_share": (sum(1 for p in done if p["identical_ranking"]) / len(per)) if per else None,
         "path_changes": sum(1 for p in done if not p["identical_path"]),
         "status_changes": dict(status_changes),
-        "kendall_tau": {"mean": _mean(taus), "median": statistics.median(taus) if taus else None,
-                        "min": min(taus) if taus else None},
-        "tokens": {"original_mean": _mean([p["tokens"][0] for p in done]),
-                   "replay_mean": _mean([p["tokens"][1] for p in done]),
-                   "delta_mean": _mean([p["tokens_delta"] for p in done])},
-        "latency_ms": {"original_mean": _mean([p["latency_ms"][0] for p in latency]),
-                       "replay_mean": _mean([p["latency_ms"][1] for p in latency]),
-                       "delta_mean": _mean([p["latency_delta_ms"] for p in latency])},
+        "kendall_tau": {
+            "mean": _mean(taus),
+            "median": statistics.median(taus) if taus else None,
+            "min": min(taus) if taus else None,
+        },
+        "tokens": {
+            "original_mean": _mean([p["tokens"][0] for p in done]),
+            "replay_mean": _mean([p["tokens"][1] for p in done]),
+            "delta_mean": _mean([p["tokens_delta"] for p in done]),
+        },
+        "latency_ms": {
+            "original_mean": _mean([p["latency_ms"][0] for p in latency]),
+            "replay_mean": _mean([p["latency_ms"][1] for p in latency]),
+            "delta_mean": _mean([p["latency_delta_ms"] for p in latency]),
+        },
         "metrics": metrics,
         "per_session": per,
     }
@@ -180,7 +209,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 def _num(value: float | None, digits: int = 3, sign: bool = False) -> str:
     if value is None:
         return "-"
-    if abs(value) < 0.5 * 10 ** -digits:
+    if abs(value) < 0.5 * 10**-digits:
         value = 0.0  # no "-0.000"
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
@@ -194,14 +223,22 @@ def render_report(report: dict[str, Any], max_rows: int = 20) -> str:
         ("identical final rankings", f"{same}/{n} ({100.0 * same / n:.1f}%)" if n else "-"),
         ("path changes", str(report["path_changes"])),
         ("status changes", ", ".join(f"{k} {v}" for k, v in report["status_changes"].items()) or "none"),
-        ("Kendall tau mean/median/min", " / ".join(_num(report["kendall_tau"][k])
-                                                   for k in ("mean", "median", "min"))),
-        ("tokens per session", f"{_num(report['tokens']['original_mean'], 1)} -> "
-                               f"{_num(report['tokens']['replay_mean'], 1)} "
-                               f"({_num(report['tokens']['delta_mean'], 1, True)})"),
-        ("latency ms per session", f"{_num(report['latency_ms']['original_mean'], 1)} -> "
-                                   f"{_num(report['latency_ms']['replay_mean'], 1)} "
-                                   f"({_num(report['latency_ms']['delta_mean'], 1, True)})"),
+        (
+            "Kendall tau mean/median/min",
+            " / ".join(_num(report["kendall_tau"][k]) for k in ("mean", "median", "min")),
+        ),
+        (
+            "tokens per session",
+            f"{_num(report['tokens']['original_mean'], 1)} -> "
+            f"{_num(report['tokens']['replay_mean'], 1)} "
+            f"({_num(report['tokens']['delta_mean'], 1, True)})",
+        ),
+        (
+            "latency ms per session",
+            f"{_num(report['latency_ms']['original_mean'], 1)} -> "
+            f"{_num(report['latency_ms']['replay_mean'], 1)} "
+            f"({_num(report['latency_ms']['delta_mean'], 1, True)})",
+        ),
     ]
     if report.get("reproduced") is not None:
         rows.insert(1, ("reproduced (recorded)", f"{report['reproduced']}/{n}"))
@@ -212,11 +249,19 @@ def render_report(report: dict[str, Any], max_rows: int = 20) -> str:
         lines.append("")
         lines.append(f"  {'metric'.ljust(14)} {'sessions':>8} {'original':>9} {'replay':>9} {'delta':>9}")
         for name, m in report["metrics"].items():
-            lines.append(f"  {name.ljust(14)} {m['sessions']:>8} {_num(m['original']):>9} "
-                         f"{_num(m['replay']):>9} {_num(m['delta'], sign=True):>9}")
+            lines.append(
+                f"  {name.ljust(14)} {m['sessions']:>8} {_num(m['original']):>9} "
+                f"{_num(m['replay']):>9} {_num(m['delta'], sign=True):>9}"
+            )
     recorded = report["mode"] == "recorded"
-    changed = [p for p in report["per_session"] if p["error"] or not p.get("identical_ranking")
-               or not p.get("identical_path") or (recorded and not p.get("reproduced"))]
+    changed = [
+        p
+        for p in report["per_session"]
+        if p["error"]
+        or not p.get("identical_ranking")
+        or not p.get("identical_path")
+        or (recorded and not p.get("reproduced"))
+    ]
     if changed:
         lines.append("")
         lines.append(f"  changed sessions ({len(changed)}; first {min(len(changed), max_rows)}):")
@@ -251,12 +296,15 @@ def _first_difference(a: Sequence[str] | None, b: Sequence[str] | None) -> str:
 
 def render_diff(c: Comparison) -> str:
     """A recorded replay that differs, step by step: what was stored and what the code did now."""
-    lines = [f"DIFFERS {c.original.request_id}: {len(c.diffs)} step difference(s)"
-             + (f"; {c.error}" if c.error else "")]
+    lines = [
+        f"DIFFERS {c.original.request_id}: {len(c.diffs)} step difference(s)"
+        + (f"; {c.error}" if c.error else "")
+    ]
     for d in c.diffs:
         if d.field == "step":
-            lines.append(f"  step {d.step}: stored {d.stored or '(no step)'}, "
-                         f"replayed {d.replayed or '(no step)'}")
+            lines.append(
+                f"  step {d.step}: stored {d.stored or '(no step)'}, replayed {d.replayed or '(no step)'}"
+            )
         elif d.field in ("ranking", "removed", "offered"):
             lines.append(f"  step {d.step} {d.node}: {d.field}{_first_difference(d.stored, d.replayed)}")
             lines.append(f"    stored:   {_items(d.stored)}")
