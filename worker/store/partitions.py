@@ -25,6 +25,11 @@ PAIRS = (("sessions", "received_at"), ("steps", "session_received_at"))
 DEFAULT_SUFFIX = "_default"
 _ENSURE_LOCK = 0x6C6C6D34_72657400  # one creator at a time across workers (an advisory lock key)
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
+# Statements run on every partition of each table when it is created (range, default, or filled
+# from the default): settings a partitioned parent cannot hold, such as storage parameters
+# ("ALTER TABLE {partition} SET (toast_tuple_target = 256)"). {partition} is the partition's name.
+# A migration changing them runs setup_existing() for the partitions already there.
+PARTITION_SETUP: dict[str, tuple[str, ...]] = {"sessions": (), "steps": ()}
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,38 @@ def ensure_partitions(
     return created
 
 
+def setup_partition(conn: Connection, table: str, partition: str) -> None:
+    """Run PARTITION_SETUP for one new partition of `table`."""
+    for statement in PARTITION_SETUP.get(table, ()):
+        conn.execute(text(statement.format(partition=partition)))
+
+
+def setup_existing(conn: Connection) -> list[str]:
+    """Run PARTITION_SETUP on every partition (default included) of sessions and steps; returns
+    their names."""
+    if not is_partitioned(conn):
+        return []
+    done = []
+    for table, _ in PAIRS:
+        names = conn.execute(
+            text(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = CAST(:t AS regclass) ORDER BY c.relname"
+            ),
+            {"t": table},
+        ).scalars()
+        for name in list(names):
+            setup_partition(conn, table, name)
+            done.append(name)
+    return done
+
+
+def create_default(conn: Connection, table: str) -> None:
+    """The DEFAULT partition of `table` (created by migration 0008)."""
+    conn.execute(text(f"CREATE TABLE {table}{DEFAULT_SUFFIX} PARTITION OF {table} DEFAULT"))
+    setup_partition(conn, table, table + DEFAULT_SUFFIX)
+
+
 def _create_pair(conn: Connection, suffix: str, lower: datetime, upper: datetime) -> None:
     bounds = f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
     moving = {}
@@ -141,11 +178,13 @@ def _create_pair(conn: Connection, suffix: str, lower: datetime, upper: datetime
     if not any(moving.values()):
         for table, _ in PAIRS:  # sessions first: steps' foreign key needs its twin attached
             conn.execute(text(f"CREATE TABLE {table}{suffix} PARTITION OF {table} {bounds}"))
+            setup_partition(conn, table, table + suffix)
         return
     # rows waited in the default partitions: move them into a standalone twin, then attach it
     for table, key in reversed(PAIRS):
         where = f"{key} >= :lo AND {key} < :hi"
         conn.execute(text(f"CREATE TABLE {table}{suffix} (LIKE {table} INCLUDING DEFAULTS)"))
+        setup_partition(conn, table, table + suffix)
         conn.execute(
             text(f"INSERT INTO {table}{suffix} SELECT * FROM {table}{DEFAULT_SUFFIX} WHERE {where}"),
             {"lo": lower, "hi": upper},

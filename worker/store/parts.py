@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..engine.steps import HTTPAttempt, LLMCall
 from .tables import prompt_parts
@@ -153,10 +154,47 @@ async def joined(conn: AsyncConnection, calls_by_step: Sequence[Any]) -> list[An
     return [join_calls(calls, parts) for calls in calls_by_step]
 
 
-async def store_parts(conn: AsyncConnection, parts: Mapping[str, Any]) -> None:
-    """Insert parts not stored yet (a part already there is the same bytes: same hash)."""
+def _upsert(dialect: str) -> Any:
+    """The one statement writing parts: insert a new part; for one already stored (same hash, same
+    bytes) move last_used forward, which writes the row at most once a day."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(prompt_parts)
+    return statement.on_conflict_do_update(
+        index_elements=["hash"],
+        set_={"last_used": statement.excluded.last_used},
+        where=prompt_parts.c.last_used < statement.excluded.last_used,
+    )
+
+
+async def store_parts(conn: AsyncConnection, parts: Mapping[str, Any], used: date | None = None) -> None:
+    """Insert parts not stored yet and mark every one used on `used` (default today, UTC): in the
+    transaction that writes the steps referring to them, so retention never deletes a part a
+    committed step refers to (see prune_parts)."""
     if not parts:
         return
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(prompt_parts).on_conflict_do_nothing(index_elements=["hash"])
-    await conn.execute(statement, [{"hash": h, "body": b} for h, b in sorted(parts.items())])
+    day = used or datetime.now(UTC).date()
+    await conn.execute(
+        _upsert(conn.dialect.name),
+        [{"hash": h, "body": b, "last_used": day} for h, b in sorted(parts.items())],
+    )
+
+
+async def prune_parts(engine: AsyncEngine, before: date, batch: int = 10_000) -> int:
+    """Delete parts last used before `before`, in short transactions of `batch` rows; returns how
+    many. Safe while steps are written: a part being marked used is locked by that writer and
+    skipped here, and a part deleted first is inserted again by the writer's upsert. The caller
+    picks `before` no later than the day of the oldest session it keeps (a step is written on or
+    after its session's day)."""
+    pick = (
+        select(prompt_parts.c.hash)
+        .where(prompt_parts.c.last_used < before)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            gone = (await conn.execute(delete(prompt_parts).where(prompt_parts.c.hash.in_(pick)))).rowcount
+        total += gone
+        if gone < batch:
+            return total

@@ -6,10 +6,15 @@ before now minus `--older-than`; one that straddles the cutoff waits for the nex
 old pair, oldest first:
 1. with `--export DIR`: each table's rows go to DIR/<partition>.parquet through a temporary file,
    fsynced and renamed into place, so a crash never leaves a partial file under the final name;
+   the prompt parts the steps refer to ("sha256:..." in their calls) go beside them to
+   DIR/prompt_parts_pX.parquet, so the export reads back in full without the store;
 2. one transaction checks the partitions still hold exactly the rows exported, then detaches and
    drops steps_pX and sessions_pX together.
 A crash between 1 and 2 leaves the partitions in place; the next run exports them again (the
 same rows, replacing the files atomically) and drops them. A re-run after success finds nothing.
+3. after the drops, prompt parts last used before the oldest session kept (and before the cutoff)
+   are deleted in short batches (parts.prune_parts): a step is written on or after its session's
+   day and marks its parts used that day, so no kept step loses a part.
 
 Rows in the default partitions (times no range covered when they arrived) are first moved into
 range partitions by `ensure_partitions`, so they age out like the others. Deduplication after
@@ -39,6 +44,7 @@ from .partitions import (
     is_partitioned,
     partitions,
 )
+from .parts import load_parts, prune_parts, refs_of
 from .tables import sessions, steps
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -61,6 +67,7 @@ class RetentionReport:
     files: list[Path] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)  # partition name -> rows exported/dropped
     created: list[str] = field(default_factory=list)
+    parts_deleted: int = 0
 
 
 def _pyarrow() -> Any:
@@ -99,9 +106,16 @@ def _cell(column: Any, value: Any) -> Any:
 
 
 async def export_partition(
-    conn: AsyncConnection, table: Table, key: str, part: Partition, name: str, folder: Path
+    conn: AsyncConnection,
+    table: Table,
+    key: str,
+    part: Partition,
+    name: str,
+    folder: Path,
+    refs: set[str] | None = None,
 ) -> tuple[Path, int]:
-    """Write one partition's rows to folder/name.parquet atomically; returns (path, rows)."""
+    """Write one partition's rows to folder/name.parquet atomically; returns (path, rows). With
+    `refs`, the prompt parts its rows' calls refer to are added to it."""
     pa, pq = _pyarrow()
     final, temp = _prepare(folder, name)
     schema = arrow_schema(table)
@@ -113,12 +127,34 @@ async def export_partition(
             result = await conn.stream(query)
             async for batch in result.partitions(BATCH_ROWS):
                 data = {c.name: [_cell(c, row[i]) for row in batch] for i, c in enumerate(columns)}
+                if refs is not None:
+                    for row in batch:
+                        refs |= refs_of(row.calls or ())
                 writer.write_table(pa.Table.from_pydict(data, schema=schema))
                 rows += len(batch)
         _publish(temp, final)
     finally:
         temp.unlink(missing_ok=True)
     return final, rows
+
+
+async def export_parts(conn: AsyncConnection, hashes: set[str], name: str, folder: Path) -> Path:
+    """The prompt parts with these hashes to folder/name.parquet (hash, body as JSON text)."""
+    pa, pq = _pyarrow()
+    final, temp = _prepare(folder, name)
+    found = await load_parts(conn, hashes)
+    missing = hashes - set(found)
+    if missing:
+        raise RuntimeError(f"{name}: {len(missing)} prompt part(s) referred to are not stored")
+    schema = pa.schema([pa.field("hash", pa.string()), pa.field("body", pa.string())])
+    keys = sorted(found)
+    data = {"hash": keys, "body": [orjson.dumps(found[k]).decode() for k in keys]}
+    try:
+        pq.write_table(pa.Table.from_pydict(data, schema=schema), temp)
+        _publish(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+    return final
 
 
 def _prepare(folder: Path, name: str) -> tuple[Path, Path]:
@@ -205,11 +241,15 @@ async def retain(
             expected = None
             if export is not None:
                 expected = {}
+                refs: set[str] = set()
                 async with engine.connect() as conn:
                     for table, key, name in _pair(part):
-                        path, rows = await export_partition(conn, table, key, part, name, export)
+                        path, rows = await export_partition(
+                            conn, table, key, part, name, export, refs if table is steps else None
+                        )
                         report.files.append(path)
                         expected[name] = rows
+                    report.files.append(await export_parts(conn, refs, "prompt_parts" + part.suffix, export))
             if after_export is not None:
                 after_export(part)
             async with engine.begin() as conn:
@@ -218,10 +258,21 @@ async def retain(
                 report.dropped.append(part.name)
                 if expected is not None:
                     report.rows.update(expected)
+        if not dry_run:
+            report.parts_deleted = await prune_unused_parts(engine, report.cutoff)
     finally:
         if own:
             await engine.dispose()
     return report
+
+
+async def prune_unused_parts(engine: AsyncEngine, cutoff: datetime) -> int:
+    """Delete the prompt parts no kept step can refer to: last used before the day of the oldest
+    session kept (or of the cutoff, if earlier or when no session is left)."""
+    async with engine.connect() as conn:
+        oldest = (await conn.execute(select(func.min(sessions.c.received_at)))).scalar()
+    keep_from = cutoff if oldest is None else min(cutoff, oldest)
+    return await prune_parts(engine, keep_from.astimezone(UTC).date())
 
 
 def _pair(part: Partition) -> Iterable[tuple[Table, str, str]]:

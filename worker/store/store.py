@@ -337,7 +337,7 @@ class Store:
                 {**step_row(sid, step, now, parts), "session_received_at": times.get(sid)}
                 for sid, step in batch
             ]
-            await store_parts(conn, parts)
+            await store_parts(conn, parts, now.date())
             await conn.execute(self._insert_step, rows)
 
     def _remember(self, session_id: int, received_at: datetime) -> None:

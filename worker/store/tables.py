@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKeyConstraint,
@@ -135,9 +136,13 @@ steps = Table(
 )
 
 # Parts of prompts stored once and referenced from steps.calls by their SHA-256 (see parts.py).
+# last_used: the latest day (UTC) a step referring to the part was written; retention deletes parts
+# unused since before the oldest session it keeps (migration 0008).
 prompt_parts = Table(
     "prompt_parts",
     metadata,
     Column("hash", String(64), primary_key=True),
     Column("body", Json, nullable=False),
+    Column("last_used", Date, nullable=False, server_default=text("CURRENT_DATE")),
+    Index("ix_prompt_parts_last_used", "last_used"),
 )

@@ -8,6 +8,12 @@ transaction-scoped advisory lock per request_id (worker/store/store.py). Existin
 into the partitioned tables (one pass; plan for the store's size). SQLite stays unpartitioned and
 only gains steps.session_received_at.
 
+prompt_parts (0006) stays one table, shared by hash across sessions; it gains last_used (the day a
+step referring to the part was last written; today for the parts already there), which retention
+uses to delete parts no kept step refers to. Every index of sessions and steps (0007's keyset,
+partial, GIN and trigram ones included) is recreated on the partitioned tables, from which
+PostgreSQL builds it on each partition.
+
 Revision ID: 0008_partitions
 Revises: 0007_audit_indexes
 """
@@ -15,7 +21,7 @@ Revises: 0007_audit_indexes
 import sqlalchemy as sa
 from alembic import op
 
-from worker.store.partitions import DEFAULT_SUFFIX, ensure_partitions, occupied
+from worker.store.partitions import Interval, create_default, ensure_partitions, occupied
 
 revision = "0008_partitions"
 down_revision = "0007_audit_indexes"
@@ -40,7 +46,7 @@ UNIQUE = {
 }
 
 
-def _settings() -> tuple[str, int]:
+def _settings() -> tuple[Interval, int]:
     try:
         from worker.config import Settings
 
@@ -52,6 +58,11 @@ def _settings() -> tuple[str, int]:
 
 def upgrade() -> None:
     conn = op.get_bind()
+    op.add_column(
+        "prompt_parts",
+        sa.Column("last_used", sa.Date(), nullable=False, server_default=sa.text("CURRENT_DATE")),
+    )
+    op.create_index("ix_prompt_parts_last_used", "prompt_parts", ["last_used"])
     if conn.dialect.name != "postgresql":
         with op.batch_alter_table("steps") as batch:
             batch.add_column(sa.Column("session_received_at", sa.DateTime(timezone=True)))
@@ -78,14 +89,14 @@ def upgrade() -> None:
         "PARTITION BY RANGE (session_received_at)"
     )
     for table in ("sessions", "steps"):
-        op.execute(f"CREATE TABLE {table}{DEFAULT_SUFFIX} PARTITION OF {table} DEFAULT")
+        create_default(conn, table)
     interval, ahead = _settings()
     ensure_partitions(
         conn,
         interval,
-        ahead,  # type: ignore[arg-type]
+        ahead,
         extra=occupied(conn, f"sessions{OLD}", "received_at", interval),
-    )  # type: ignore[arg-type]
+    )
     op.execute(f"INSERT INTO sessions SELECT * FROM sessions{OLD}")
     op.execute(
         f"INSERT INTO steps SELECT st.*, s.received_at FROM steps{OLD} st "
@@ -128,6 +139,9 @@ def downgrade() -> None:
     """Back to plain tables (rows kept; request_id unique again: fails if duplicates arrived
     after their first session was dropped by retention)."""
     conn = op.get_bind()
+    op.drop_index("ix_prompt_parts_last_used", table_name="prompt_parts")
+    with op.batch_alter_table("prompt_parts") as batch:
+        batch.drop_column("last_used")
     if conn.dialect.name != "postgresql":
         with op.batch_alter_table("steps") as batch:
             batch.drop_column("session_received_at")
