@@ -1,7 +1,8 @@
 """Time partitions and retention on real PostgreSQL: partitions created ahead, rows of the default
 partition moved out, old partitions exported to Parquet and dropped whole (newer sessions intact
 through the audit queries), a re-run after a crash between export and drop, one session per
-request_id with two workers receiving at once, and a duplicate arriving after retention."""
+request_id with two workers receiving at once, a duplicate arriving after retention, and prompt
+parts: exported with their steps, deleted once no kept step can refer to them, kept otherwise."""
 
 from __future__ import annotations
 
@@ -17,15 +18,17 @@ from stream_helpers import make_requests
 
 import worker.store.store as store_module
 from worker.audit.queries import TraceQueries
-from worker.engine.steps import StepRecord
+from worker.engine.steps import LLMCall, StepRecord
 from worker.schemas import RerankRequest, RerankResult, Usage
-from worker.store.partitions import ensure_ahead, ensure_partitions, partitions
+from worker.store.partitions import ensure_ahead, ensure_partitions, floor, partitions
+from worker.store.parts import join_calls, part_hash, store_parts
 from worker.store.retention import parse_age, retain
 from worker.store.store import Store
-from worker.store.tables import sessions, steps
+from worker.store.tables import prompt_parts, sessions, steps
 
 pytestmark = pytest.mark.integration
 OLD_DAYS = 40
+FORMAT = {"type": "json_schema", "json_schema": {"name": "ranking"}}  # shared by every session
 
 
 @pytest.fixture
@@ -45,8 +48,18 @@ def _requests(n: int, prefix: str, seed: int = 7) -> list[RerankRequest]:
     return [RerankRequest.model_validate(r) for r in make_requests(n, seed=seed, prefix=prefix)]
 
 
+def _system(request: RerankRequest) -> dict[str, str]:
+    return {"role": "system", "content": f"Rerank for {request.user.user_id}: {request.goal}"}
+
+
+def _calls(request: RerankRequest, step: int) -> list[LLMCall]:
+    """A call as the walk records it: the session's own system message, the shared format."""
+    messages = [_system(request), {"role": "user", "content": f"step {step}"}]
+    return [LLMCall(messages=messages, response_format=FORMAT, raw="{}", prompt_tokens=9)]
+
+
 async def _walk(store: Store, request: RerankRequest, n_steps: int = 2) -> None:
-    """What a worker stores for one request: the session, its steps, its result."""
+    """What a worker stores for one request: the session, its steps (with calls), its result."""
     await store.receive([(request, None)])
     claim = await store.claim(request.request_id, "w1", 30)
     assert claim is not None
@@ -55,7 +68,14 @@ async def _walk(store: Store, request: RerankRequest, n_steps: int = 2) -> None:
         [
             (
                 claim.session_id,
-                StepRecord(step=i + 1, node="accuracy", policy="llm", ranking=ranking, next_node="stop"),
+                StepRecord(
+                    step=i + 1,
+                    node="accuracy",
+                    policy="llm",
+                    ranking=ranking,
+                    next_node="stop",
+                    calls=_calls(request, i + 1),
+                ),
             )
             for i in range(n_steps)
         ]
@@ -187,7 +207,9 @@ async def test_retention_exports_old_partitions_and_drops_only_them(
 
     name = old_time.strftime("sessions_p%Y%m%d")
     assert report.dropped == [name]
+    parts_file = name.replace("sessions", "prompt_parts") + ".parquet"
     assert sorted(p.name for p in report.files) == [
+        parts_file,
         f"{name}.parquet",
         f"{name.replace('sessions', 'steps')}.parquet",
     ]
@@ -197,6 +219,24 @@ async def test_retention_exports_old_partitions_and_drops_only_them(
         pq.read_table(tmp_path / "export" / f"{name.replace('sessions', 'steps')}.parquet").to_pylist(),
     )
     assert not list((tmp_path / "export").glob(".*")), "no temporary file left"
+    # the export reads back in full without the store: steps' calls joined with the parts file
+    exported_parts = {
+        r["hash"]: orjson.loads(r["body"])
+        for r in pq.read_table(tmp_path / "export" / parts_file).to_pylist()
+    }
+    assert set(exported_parts) == {part_hash(_system(r)) for r in old} | {part_hash(FORMAT)}
+    by_id = {s["id"]: r for s, r in zip(old_sessions, old, strict=True)}
+    for row in pq.read_table(
+        tmp_path / "export" / f"{name.replace('sessions', 'steps')}.parquet"
+    ).to_pylist():
+        recorded = [c.model_dump(mode="json") for c in _calls(by_id[row["session_id"]], row["step"])]
+        assert join_calls(orjson.loads(row["calls"]), exported_parts) == recorded
+    # the old sessions' own system messages are gone from the store; the shared format and the
+    # new sessions' parts stay (the new steps below read back joined)
+    assert report.parts_deleted == len(old)
+    async with store.engine.connect() as conn:
+        left = set((await conn.execute(select(prompt_parts.c.hash))).scalars())
+    assert left == {part_hash(_system(r)) for r in new} | {part_hash(FORMAT)}
 
     after = await _partition_names(store)
     assert set(before) - set(after) == {name}
@@ -208,9 +248,12 @@ async def test_retention_exports_old_partitions_and_drops_only_them(
     for request in old:
         assert await queries.session(request.request_id) is None
     for request in new:
-        stored = await queries.session(request.request_id)
+        stored = await queries.session(request.request_id, with_calls=True)
         assert stored is not None and stored["status"] == "ok"
         assert [s["step"] for s in stored["steps"]] == [1, 2]
+        assert [s["calls"] for s in stored["steps"]] == [
+            [c.model_dump(mode="json") for c in _calls(request, n)] for n in (1, 2)
+        ]
     assert len(await queries.load([r.request_id for r in new])) == 2
 
     again = await retain(db, timedelta(days=30), tmp_path / "export")
@@ -242,6 +285,7 @@ async def test_a_crash_between_export_and_drop_is_repaired_by_running_again(
     report = await retain(db, timedelta(days=30), tmp_path)
     assert report.dropped == [name]
     assert report.rows == {name: 2, name.replace("sessions", "steps"): 4}
+    assert (tmp_path / f"{name.replace('sessions', 'prompt_parts')}.parquet").exists()
     _same(old_sessions, pq.read_table(tmp_path / f"{name}.parquet").to_pylist())
     _same(old_steps, pq.read_table(tmp_path / f"{name.replace('sessions', 'steps')}.parquet").to_pylist())
     assert not list(tmp_path.glob(".*"))
@@ -330,3 +374,71 @@ def test_export_without_pyarrow_names_the_extra(monkeypatch) -> None:
     monkeypatch.setattr(extras, "_importable", lambda module: module != "pyarrow")
     with pytest.raises(extras.MissingExtra, match=r"llm4rerank\[eval\]"):
         _pyarrow()
+
+
+async def test_parts_of_kept_sessions_older_than_the_cutoff_stay(store: Store, db: str, monkeypatch) -> None:
+    """Monthly partitions: a partition straddling the cutoff is kept with sessions older than the
+    cutoff; their parts stay although last used before it, while the parts only a dropped
+    partition's steps used are deleted, and a part both used is kept."""
+    month = floor(datetime.now(UTC) - timedelta(days=120), "month")
+    kept_time = month + timedelta(days=2, hours=1)  # day 3 of that month
+    dropped_time = kept_time - timedelta(days=35)  # the month before
+    now = kept_time + timedelta(days=47)  # the cutoff (30 days) falls on day 20 of the same month
+    dropped, kept = _requests(2, "gone", seed=11), _requests(2, "kept", seed=12)
+    await _walk_at(monkeypatch, store, dropped, dropped_time)
+    await _walk_at(monkeypatch, store, kept, kept_time)
+
+    report = await retain(db, timedelta(days=30), interval="month", now=now)
+
+    assert report.dropped == [floor(dropped_time, "month").strftime("sessions_p%Y%m")]
+    assert report.parts_deleted == len(dropped)
+    async with store.engine.connect() as conn:
+        left = dict((await conn.execute(select(prompt_parts.c.hash, prompt_parts.c.last_used))).all())
+    assert set(left) == {part_hash(_system(r)) for r in kept} | {part_hash(FORMAT)}
+    assert all(day == kept_time.date() for day in left.values()), "the shared part moved forward"
+    assert all(day < (now - timedelta(days=30)).date() for day in left.values())
+    queries = TraceQueries(store.engine)
+    for request in kept:
+        stored = await queries.session(request.request_id, with_calls=True)
+        assert stored is not None
+        assert [s["calls"] for s in stored["steps"]] == [
+            [c.model_dump(mode="json") for c in _calls(request, n)] for n in (1, 2)
+        ]
+    for request in dropped:
+        assert await queries.session(request.request_id) is None
+
+
+async def test_a_part_is_written_at_most_once_a_day_and_last_used_never_moves_back(store: Store) -> None:
+    body = {"role": "system", "content": "once a day"}
+    key = part_hash(body)
+    day = datetime.now(UTC).date()
+
+    async def state() -> tuple[int, object]:
+        async with store.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(text("xmin::text::bigint"), prompt_parts.c.last_used).where(
+                        prompt_parts.c.hash == key
+                    )
+                )
+            ).one()
+        return int(row[0]), row[1]
+
+    async def mark(used: object) -> None:
+        async with store.engine.begin() as conn:
+            await store_parts(conn, {key: body}, used)  # type: ignore[arg-type]
+
+    await mark(day - timedelta(days=2))
+    first = await state()
+    assert first[1] == day - timedelta(days=2)
+    await mark(day - timedelta(days=2))
+    assert await state() == first, "same day: the row is not written again"
+    await mark(day - timedelta(days=5))
+    assert await state() == first, "an earlier day does not move last_used back"
+    await mark(day)
+    later = await state()
+    assert later[1] == day and later[0] != first[0]
+    async with store.engine.connect() as conn:
+        assert (
+            await conn.execute(select(prompt_parts.c.body).where(prompt_parts.c.hash == key))
+        ).scalar() == body
