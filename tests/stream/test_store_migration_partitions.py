@@ -1,12 +1,16 @@
-"""Migration 0008_partitions on a store with rows: created at revision 0003 (unpartitioned),
-upgraded, then read back through the Store and the audit queries, deduplicated, retained; and
-downgraded back with the rows kept."""
+"""Migration 0008_partitions on a store with rows: created at revision 0007_audit_indexes
+(unpartitioned, steps' calls lean with their prompt parts), upgraded, then read back through the
+Store and the audit queries, deduplicated, retained; every index carried over to the partitioned
+tables and their partitions (GIN and trigram included); downgraded back with the rows, the calls
+and the indexes as they were."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -17,22 +21,28 @@ from stream_helpers import make_requests
 
 from worker.audit.filters import TraceFilters
 from worker.audit.queries import TraceQueries
-from worker.engine.steps import StepRecord
+from worker.engine.steps import LLMCall, StepRecord
 from worker.schemas import RerankRequest, Source, canonical_hash
 from worker.store.migrate import alembic_config, upgrade, upgrade_async
+from worker.store.parts import split_calls
 from worker.store.retention import retain
 from worker.store.store import Store
 
 pytestmark = pytest.mark.integration
+PREVIOUS = "0007_audit_indexes"
+INDEXES = text(
+    "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+    "AND tablename IN ('sessions', 'steps', 'prompt_parts')"
+)
 
 
 @pytest.fixture
-def db_at_0003(pg_exec):
+def db_at_0007(pg_exec):
     name = f"llm4rerank_test_mig_{uuid.uuid4().hex[:8]}"
     pg_exec(f'CREATE DATABASE "{name}"')
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     try:
-        upgrade(url, "0003")
+        upgrade(url, PREVIOUS)
         yield url
     finally:
         pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -46,15 +56,27 @@ SESSION = text(
 )
 
 
+def _calls(request: RerankRequest, step: int) -> list[dict[str, Any]]:
+    messages = [
+        {"role": "system", "content": f"Rerank for {request.user.user_id}"},
+        {"role": "user", "content": f"step {step}"},
+    ]
+    call = LLMCall(messages=messages, response_format={"type": "json_object"}, raw="{}")
+    return [call.model_dump(mode="json")]
+
+
 async def _fill(url: str, requests: list[RerankRequest], ages: list[int]) -> dict[str, int]:
-    """Rows as a store at 0003 holds them: finished sessions with two steps, one pending."""
+    """Rows as a store at 0007 holds them: finished sessions with two steps, one pending; calls
+    lean, their system messages and response format in prompt_parts."""
     engine = create_async_engine(url)
     ids = {}
     now = datetime.now(UTC)
     try:
         async with engine.begin() as conn:
-            # steps as reflected at 0003: the current table definition has a column more
+            # tables as reflected at 0007: the current definitions have a column more
             old_steps = await conn.run_sync(lambda c: Table("steps", MetaData(), autoload_with=c))
+            old_parts = await conn.run_sync(lambda c: Table("prompt_parts", MetaData(), autoload_with=c))
+            parts: dict[str, Any] = {}
             for request, age in zip(requests, ages, strict=True):
                 at = now - timedelta(days=age)
                 finished = age > 0
@@ -86,22 +108,104 @@ async def _fill(url: str, requests: list[RerankRequest], ages: list[int]) -> dic
                         ranking=[c.item_id for c in request.candidates],
                         next_node="stop" if step == 2 else "accuracy",
                     )
-                    await conn.execute(
-                        insert(old_steps),
-                        {**record.model_dump(mode="json"), "session_id": sid, "created_at": at},
-                    )
+                    row = record.model_dump(mode="json")
+                    row["calls"] = split_calls(_calls(request, step), parts)
+                    await conn.execute(insert(old_steps), {**row, "session_id": sid, "created_at": at})
+            await conn.execute(insert(old_parts), [{"hash": h, "body": b} for h, b in parts.items()])
     finally:
         await engine.dispose()
     return ids
 
 
-async def test_a_store_with_rows_upgrades_and_reads_back(db_at_0003: str) -> None:
-    url = db_at_0003
+async def _snapshot(url: str) -> tuple[dict[tuple[str, str], str], list[tuple[Any, ...]], list[Any]]:
+    """(indexes by (table, name) -> definition, sessions rows, steps' (id, session, step, calls))."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            indexes = {(t, n): d for t, n, d in (await conn.execute(INDEXES)).all()}
+            rows = [
+                tuple(r)
+                for r in (
+                    await conn.execute(
+                        text(
+                            "SELECT id, request_id, received_at, status, final_ranking::text "
+                            "FROM sessions ORDER BY id"
+                        )
+                    )
+                ).all()
+            ]
+            calls = [
+                tuple(r)
+                for r in (
+                    await conn.execute(text("SELECT id, session_id, step, calls FROM steps ORDER BY id"))
+                ).all()
+            ]
+            parts = [
+                tuple(r)
+                for r in (await conn.execute(text("SELECT hash, body FROM prompt_parts ORDER BY hash")))
+            ]
+    finally:
+        await engine.dispose()
+    return indexes, rows, [calls, parts]
+
+
+def _shape(definition: str) -> str:
+    """An index definition without its name and table (partitions' indexes are named by PostgreSQL)."""
+    shape = re.sub(r"INDEX \S+ ON (ONLY )?\S+", "INDEX ON", definition)
+    return shape
+
+
+async def _partition_indexes(url: str, table: str) -> dict[str, set[str]]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT c.relname, ix.indexdef FROM pg_inherits i "
+                        "JOIN pg_class c ON c.oid = i.inhrelid "
+                        "JOIN pg_indexes ix ON ix.tablename = c.relname "
+                        "WHERE i.inhparent = CAST(:t AS regclass)"
+                    ),
+                    {"t": table},
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    found: dict[str, set[str]] = {}
+    for name, definition in rows:
+        found.setdefault(name, set()).add(_shape(definition))
+    return found
+
+
+async def test_a_store_with_rows_upgrades_and_reads_back(db_at_0007: str) -> None:
+    url = db_at_0007
     requests = [RerankRequest.model_validate(r) for r in make_requests(4, seed=9, prefix="mig")]
     ages = [40, 10, 3, 0]  # days; the last is pending, to be resumed
     ids = await _fill(url, requests, ages)
+    indexes_before, sessions_before, steps_before = await _snapshot(url)
+    assert ("sessions", "ix_sessions_goal_trgm") in indexes_before  # 0007's, to be carried over
 
     await upgrade_async(url)
+
+    # every index of 0007 on the partitioned parents (unique keys now hold the partition key),
+    # and PostgreSQL built each on every partition
+    indexes_after, sessions_after, steps_after = await _snapshot(url)
+    assert sessions_after == sessions_before and steps_after == steps_before
+    keys = {"sessions_pkey", "sessions_request_id_key", "steps_pkey", "uq_steps_session_step"}
+    for (table, name), definition in indexes_before.items():
+        if name not in keys:
+            assert _shape(indexes_after[(table, name)]) == _shape(definition), name
+    assert ("prompt_parts", "ix_prompt_parts_last_used") in indexes_after
+    for table in ("sessions", "steps"):
+        parent = {_shape(d) for (t, _), d in indexes_after.items() if t == table}
+        per_partition = await _partition_indexes(url, table)
+        assert len(per_partition) >= 2  # the default and the range partitions
+        for name, shapes in per_partition.items():
+            assert shapes == parent, name
+        if table == "sessions":
+            assert any("USING gin (goal gin_trgm_ops)" in s for s in parent)
+            assert any("USING gin (final_ranking jsonb_path_ops)" in s for s in parent)
 
     store = Store(url)
     try:
@@ -128,9 +232,10 @@ async def test_a_store_with_rows_upgrades_and_reads_back(db_at_0003: str) -> Non
         queries = TraceQueries(store.engine)
         assert await queries.count(TraceFilters()) == 4
         for request in requests:
-            stored = await queries.session(request.request_id)
+            stored = await queries.session(request.request_id, with_calls=True)
             assert stored is not None
             assert [s["step"] for s in stored["steps"]] == [1, 2]
+            assert [s["calls"] for s in stored["steps"]] == [_calls(request, 1), _calls(request, 2)]
             assert stored["steps"][0]["ranking"] == [c.item_id for c in request.candidates]
         loaded = await queries.load([r.request_id for r in requests])
         assert [len(s.steps) for s in loaded] == [2, 2, 2, 2]
@@ -150,12 +255,17 @@ async def test_a_store_with_rows_upgrades_and_reads_back(db_at_0003: str) -> Non
 
         report = await retain(url, timedelta(days=30))
         assert len(report.dropped) == 1
+        assert report.parts_deleted == 0, "parts stored before 0008 count as used on the upgrade day"
         assert await queries.session(requests[0].request_id) is None
         assert await queries.count(TraceFilters()) == 4  # 3 migrated + the new one
     finally:
         await store.close()
 
-    await asyncio.to_thread(command.downgrade, alembic_config(url), "0003")
+    await asyncio.to_thread(command.downgrade, alembic_config(url), PREVIOUS)
+    indexes_down, _, (_, parts_down) = await _snapshot(url)
+    assert indexes_down == indexes_before, "the indexes of 0007, by name and definition"
+    assert parts_down == steps_before[1]
+
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
@@ -170,3 +280,16 @@ async def test_a_store_with_rows_upgrades_and_reads_back(db_at_0003: str) -> Non
         assert kind == "r" and tuple(counts) == (4, 6)
     finally:
         await engine.dispose()
+
+
+async def test_upgrade_then_downgrade_keeps_every_row_and_index(db_at_0007: str) -> None:
+    url = db_at_0007
+    requests = [RerankRequest.model_validate(r) for r in make_requests(3, seed=13, prefix="round")]
+    await _fill(url, requests, [35, 2, 0])
+    before = await _snapshot(url)
+    await upgrade_async(url)
+    await asyncio.to_thread(command.downgrade, alembic_config(url), PREVIOUS)
+    assert await _snapshot(url) == before
+    await upgrade_async(url)  # and up again
+    _, rows, data = await _snapshot(url)
+    assert (rows, data) == (before[1], before[2])
