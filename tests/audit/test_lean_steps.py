@@ -165,12 +165,19 @@ async def _check_read_back(url: str, requests: list[dict[str, Any]], received: l
         request = RerankRequest.model_validate(sample_requests(1, seed=3, prefix="old")[0])
         await store.receive_checked([(request, None)])
         async with store.engine.begin() as conn:
-            sid = (
-                await conn.execute(select(sessions.c.id).where(sessions.c.request_id == request.request_id))
-            ).scalar_one()
-            await conn.execute(
+            sid, received_at = (
+                await conn.execute(
+                    select(sessions.c.id, sessions.c.received_at).where(
+                        sessions.c.request_id == request.request_id
+                    )
+                )
+            ).one()
+            await conn.execute(  # session_received_at: the steps' partition key (migration 0008)
                 insert(steps).values(
-                    **old.model_dump(mode="json"), session_id=sid, created_at=datetime.now(UTC)
+                    **old.model_dump(mode="json"),
+                    session_id=sid,
+                    created_at=datetime.now(UTC),
+                    session_received_at=received_at,
                 )
             )
         claim = await store.claim(request.request_id, "test", 30)
