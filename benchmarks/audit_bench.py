@@ -118,6 +118,7 @@ STEP_COLUMNS = (
     "retries",
     "cached_tokens",
     "created_at",
+    "session_received_at",
 )
 
 
@@ -226,6 +227,7 @@ def rows(n: int, seed: int) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[
                     0,
                     0,
                     at + timedelta(milliseconds=500 * number),
+                    at,
                 )
             )
         if len(sess) >= BATCH:
@@ -233,6 +235,21 @@ def rows(n: int, seed: int) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[
             sess, steps = [], []
     if sess:
         yield sess, steps
+
+
+async def _partitions(db: str) -> None:
+    """The daily partitions the generated sessions fall in (PostgreSQL store, migration 0008)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from worker.store.partitions import ensure_partitions
+
+    engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}")
+    days = [START + timedelta(days=k) for k in range(DAYS + 1)]
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: ensure_partitions(c, "day", 1, extra=days))
+    finally:
+        await engine.dispose()
 
 
 async def generate(db: str, n: int) -> None:
@@ -246,6 +263,7 @@ async def generate(db: str, n: int) -> None:
     )
     for index in indexes:
         await conn.execute(f'DROP INDEX "{index["indexname"]}"')
+    await _partitions(db)
     try:
         for sess, steps in rows(n, seed=1):
             await conn.copy_records_to_table("sessions", records=sess, columns=SESSION_COLUMNS)
@@ -256,8 +274,8 @@ async def generate(db: str, n: int) -> None:
             records=[(part_hash(b), orjson.dumps(b).decode()) for b in PARTS],
             columns=("hash", "body"),
         )
-        for index in indexes:
-            await conn.execute(index["indexdef"])
+        for index in indexes:  # on a partitioned table: the parent's index, built on every partition
+            await conn.execute(index["indexdef"].replace(" ON ONLY ", " ON "))
         await conn.execute("SELECT setval('sessions_id_seq', $1)", n)
         await conn.execute("SELECT setval('steps_id_seq', $1)", loaded_steps)
         await conn.execute("VACUUM ANALYZE sessions")
@@ -371,11 +389,11 @@ async def explain(db: str, named: list[tuple[str, str]]) -> None:
     from sqlalchemy import bindparam, text
     from sqlalchemy.dialects import postgresql
 
+    from worker.audit.db import read_only_engine
     from worker.audit.filters import parse_filters
     from worker.audit.queries import conditions, page_query
-    from worker.store.store import make_engine
 
-    engine = make_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}")
+    engine = read_only_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}")  # the API's settings
     try:
         for name, path in named:
             if not path.startswith("/api/sessions?"):

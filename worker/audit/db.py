@@ -56,7 +56,13 @@ def read_only_engine(url: str) -> AsyncEngine:
     if make_url(url).get_driver_name() != "asyncpg":
         return make_engine(url)  # the role alone keeps it read-only
     connect_args = {
-        "server_settings": {"default_transaction_read_only": "on", "application_name": "llm4rerank-audit"}
+        "server_settings": {
+            "default_transaction_read_only": "on",
+            "application_name": "llm4rerank-audit",
+            # sessions and steps are partitioned alike (migration 0008): the node filter's
+            # semi-join runs partition by partition instead of over every steps partition at once
+            "enable_partitionwise_join": "on",
+        }
     }
     return make_engine(url, connect_args=connect_args)
 

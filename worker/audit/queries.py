@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import (
     ColumnElement,
     Select,
+    and_,
     exists,
     func,
     literal,
@@ -120,7 +121,7 @@ def conditions(f: TraceFilters, dialect: str = "postgresql") -> list[ColumnEleme
         escaped = f.goal.replace("/", "//").replace("%", "/%").replace("_", "/_")
         out.append(c.goal.ilike(f"%{escaped}%", escape="/"))
     if f.node is not None:
-        out.append(exists().where(steps.c.session_id == c.id, steps.c.node == f.node))
+        out.append(exists().where(*_steps_of(c.id, c.received_at, dialect), steps.c.node == f.node))
     if f.item is not None and f.top_k is not None:
         if dialect == "postgresql":
             out.append(type_coerce(c.final_ranking, JSONB).contains([f.item]))
@@ -132,6 +133,15 @@ def conditions(f: TraceFilters, dialect: str = "postgresql") -> list[ColumnEleme
     return out
 
 
+def _steps_of(session_id: Any, received_at: Any, dialect: str) -> list[ColumnElement[bool]]:
+    """The conditions finding a session's steps; on PostgreSQL with the partition key, so that
+    only the session's partition of steps is searched (worker/store/partitions.py)."""
+    out: list[ColumnElement[bool]] = [steps.c.session_id == session_id]
+    if dialect == "postgresql":
+        out.append(steps.c.session_received_at == received_at)
+    return out
+
+
 def _after(cursor: tuple[datetime, int], order: Order) -> ColumnElement[bool]:
     at, row_id = cursor
     key = tuple_(sessions.c.received_at, sessions.c.id)  # a row comparison: one index range
@@ -139,14 +149,23 @@ def _after(cursor: tuple[datetime, int], order: Order) -> ColumnElement[bool]:
     return key < position if order == "desc" else key > position
 
 
-def page_query(where: Sequence[ColumnElement[bool]], limit: int, order: Order) -> Select[Any]:
-    """The page's ids first (ordered by received_at, id; an index-only scan where an index leads
-    with the filtered column and ends in those keys), then their summaries: the planner does not
-    have to guess how much of the table a filter skips before the first matching row."""
+def page_query(
+    where: Sequence[ColumnElement[bool]], limit: int, order: Order, dialect: str = "postgresql"
+) -> Select[Any]:
+    """One page of summaries ordered by (received_at, id).
+
+    PostgreSQL (sessions partitioned by time, migration 0008): selected directly; the partitions
+    are scanned in time order, each by the index that leads with the filtered column and ends in
+    those keys, until the page is full. A join back to sessions by id would be planned as a probe
+    of every partition (or a scan of them all) per row. Elsewhere (SQLite, one table): the page's
+    ids first, then their summaries, so the planner does not have to guess how much of the table
+    a filter skips before the first matching row."""
 
     def keys(table: Any) -> list[Any]:
         return [k.desc() if order == "desc" else k.asc() for k in (table.c.received_at, table.c.id)]
 
+    if dialect == "postgresql":
+        return select(sessions.c.id, *SUMMARY_COLUMNS).where(*where).order_by(*keys(sessions)).limit(limit)
     page = (
         select(sessions.c.id, sessions.c.received_at)
         .where(*where)
@@ -159,6 +178,14 @@ def page_query(where: Sequence[ColumnElement[bool]], limit: int, order: Order) -
         .join_from(sessions, page, sessions.c.id == page.c.id)
         .order_by(*keys(page))
     )
+
+
+def _steps_in(rows: Sequence[Any], dialect: str) -> list[ColumnElement[bool]]:
+    """The steps of these sessions (rows with id and received_at), partitions named on PostgreSQL."""
+    out: list[ColumnElement[bool]] = [steps.c.session_id.in_([r["id"] for r in rows])]
+    if dialect == "postgresql":
+        out.append(steps.c.session_received_at.in_(sorted({r["received_at"] for r in rows})))
+    return out
 
 
 def plain(row: Any) -> dict[str, Any]:
@@ -191,7 +218,7 @@ class TraceQueries:
         where = conditions(filters, self.engine.dialect.name)
         if cursor:
             where.append(_after(decode_cursor(cursor, order), order))
-        query = page_query(where, limit + 1, order)
+        query = page_query(where, limit + 1, order, self.engine.dialect.name)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         more = len(rows) > limit
@@ -246,7 +273,7 @@ class TraceQueries:
                 (
                     await conn.execute(
                         select(*columns, _call_count(self.engine.dialect.name).label("call_count"))
-                        .where(steps.c.session_id == row["id"])
+                        .where(*_steps_of(row["id"], row["received_at"], self.engine.dialect.name))
                         .order_by(steps.c.step)
                     )
                 )
@@ -269,7 +296,12 @@ class TraceQueries:
             calls = (
                 await conn.execute(
                     select(steps.c.calls)
-                    .select_from(steps.join(sessions, steps.c.session_id == sessions.c.id))
+                    .select_from(
+                        steps.join(
+                            sessions,
+                            and_(*_steps_of(sessions.c.id, sessions.c.received_at, self.engine.dialect.name)),
+                        )
+                    )
                     .where(sessions.c.request_id == request_id, steps.c.step == step)
                 )
             ).first()
@@ -299,7 +331,7 @@ class TraceQueries:
                     (
                         await conn.execute(
                             select(steps)
-                            .where(steps.c.session_id.in_(list(by_session)))
+                            .where(*_steps_in(rows, self.engine.dialect.name))
                             .order_by(steps.c.session_id, steps.c.step)
                         )
                     )
