@@ -345,7 +345,7 @@ async def test_a_duplicate_after_its_partition_was_dropped_is_a_new_session(
 async def test_the_commands_list_create_and_drop(store: Store, db: str, tmp_path: Path, monkeypatch) -> None:
     import subprocess
 
-    from conftest import CLI
+    from service_kit import CLI
 
     old_time = datetime.now(UTC) - timedelta(days=OLD_DAYS)
     await _walk_at(monkeypatch, store, _requests(1, "cli", seed=8), old_time)
