@@ -442,3 +442,43 @@ async def test_a_part_is_written_at_most_once_a_day_and_last_used_never_moves_ba
         assert (
             await conn.execute(select(prompt_parts.c.body).where(prompt_parts.c.hash == key))
         ).scalar() == body
+
+
+async def test_per_partition_setup_runs_on_every_new_partition_and_on_demand(
+    store: Store, monkeypatch
+) -> None:
+    """PARTITION_SETUP (e.g. storage parameters a partitioned parent cannot hold) runs on each
+    partition created, also one filled from the default partition, and setup_existing() runs it
+    on all partitions already there."""
+    import worker.store.partitions as partitions_module
+
+    async def options() -> dict[str, list[str] | None]:
+        async with store.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT c.relname, c.reloptions FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'steps'::regclass"
+                )
+            )
+            return {name: opts for name, opts in rows.all()}
+
+    far = floor(datetime.now(UTC), "day") + timedelta(days=60)
+    stray = floor(datetime.now(UTC), "day") - timedelta(days=300)
+    await _walk_at(monkeypatch, store, _requests(1, "setup", seed=14), stray)  # undoes monkeypatch
+    monkeypatch.setattr(
+        partitions_module,
+        "PARTITION_SETUP",
+        {"sessions": (), "steps": ("ALTER TABLE {partition} SET (toast_tuple_target = 256)",)},
+    )
+    async with store.engine.begin() as conn:
+        created = await conn.run_sync(ensure_partitions, "day", 1, None, [far])
+    assert far.strftime("sessions_p%Y%m%d") in created and stray.strftime("sessions_p%Y%m%d") in created
+    found = await options()
+    for day in (far, stray):  # a new empty one, and one filled from the default partition
+        assert found[day.strftime("steps_p%Y%m%d")] == ["toast_tuple_target=256"]
+    assert found["steps_default"] is None, "created before the setup was set"
+
+    async with store.engine.begin() as conn:
+        done = await conn.run_sync(partitions_module.setup_existing)
+    assert "steps_default" in done and "sessions_default" in done
+    assert all(opts == ["toast_tuple_target=256"] for opts in (await options()).values())
