@@ -482,3 +482,34 @@ async def test_per_partition_setup_runs_on_every_new_partition_and_on_demand(
         done = await conn.run_sync(partitions_module.setup_existing)
     assert "steps_default" in done and "sessions_default" in done
     assert all(opts == ["toast_tuple_target=256"] for opts in (await options()).values())
+
+
+async def test_pruning_beside_a_writer_never_loses_a_part_the_writer_refers_to(store: Store) -> None:
+    """A writer marking an old part used (its transaction still open) holds the row: pruning skips
+    it, and after the commit the part is there, marked today. A part pruned before a writer comes
+    is inserted again by the writer's upsert."""
+    from worker.store.parts import prune_parts
+
+    body = {"role": "system", "content": "shared by a late step"}
+    key = part_hash(body)
+    today = datetime.now(UTC).date()
+    async with store.engine.begin() as conn:
+        await store_parts(conn, {key: body}, today - timedelta(days=10))
+
+    async with store.engine.connect() as writer:
+        await writer.begin()
+        await store_parts(writer, {key: body}, today)  # not committed yet
+        assert await prune_parts(store.engine, today - timedelta(days=5)) == 0
+        await writer.commit()
+    async with store.engine.connect() as conn:
+        assert (
+            await conn.execute(select(prompt_parts.c.last_used).where(prompt_parts.c.hash == key))
+        ).scalar() == today
+
+    assert await prune_parts(store.engine, today + timedelta(days=1)) == 1
+    async with store.engine.begin() as conn:
+        await store_parts(conn, {key: body}, today)
+    async with store.engine.connect() as conn:
+        assert (
+            await conn.execute(select(prompt_parts.c.body).where(prompt_parts.c.hash == key))
+        ).scalar() == body
