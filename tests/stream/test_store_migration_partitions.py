@@ -293,3 +293,23 @@ async def test_upgrade_then_downgrade_keeps_every_row_and_index(db_at_0007: str)
     await upgrade_async(url)  # and up again
     _, rows, data = await _snapshot(url)
     assert (rows, data) == (before[1], before[2])
+
+
+def test_sqlite_store_with_parts_upgrades_and_downgrades(tmp_path) -> None:
+    """SQLite stays unpartitioned; its prompt_parts with rows gains last_used (the table is copied:
+    SQLite cannot add a column with a non-constant default in place) and loses it again."""
+    import sqlite3
+
+    path = tmp_path / "store.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    upgrade(url, PREVIOUS)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO prompt_parts (hash, body) VALUES ('h1', '{\"role\": \"system\"}')")
+    upgrade(url)
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT hash, body, last_used FROM prompt_parts").fetchall()
+    assert [(h, b) for h, b, _ in rows] == [("h1", '{"role": "system"}')]
+    assert rows[0][2] is not None  # the day of the upgrade (SQLite CURRENT_DATE, UTC)
+    command.downgrade(alembic_config(url), PREVIOUS)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT * FROM prompt_parts").fetchall() == [("h1", '{"role": "system"}')]

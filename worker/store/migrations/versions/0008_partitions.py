@@ -58,10 +58,13 @@ def _settings() -> tuple[Interval, int]:
 
 def upgrade() -> None:
     conn = op.get_bind()
-    op.add_column(
-        "prompt_parts",
-        sa.Column("last_used", sa.Date(), nullable=False, server_default=sa.text("CURRENT_DATE")),
-    )
+    # SQLite cannot ADD COLUMN with a non-constant default to a table with rows: copy it instead
+    with op.batch_alter_table(
+        "prompt_parts", recreate="auto" if conn.dialect.name == "postgresql" else "always"
+    ) as batch:
+        batch.add_column(
+            sa.Column("last_used", sa.Date(), nullable=False, server_default=sa.text("CURRENT_DATE"))
+        )
     op.create_index("ix_prompt_parts_last_used", "prompt_parts", ["last_used"])
     if conn.dialect.name != "postgresql":
         with op.batch_alter_table("steps") as batch:
