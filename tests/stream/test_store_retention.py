@@ -363,6 +363,7 @@ async def test_the_commands_list_create_and_drop(store: Store, db: str, tmp_path
     assert bad.returncode == 2 and "--older-than" in bad.stderr
     done = await asyncio.to_thread(run, "retention", "--older-than", "30d", "--export", str(tmp_path))
     assert done.returncode == 0 and f"dropped {name}" in done.stdout, done.stderr
+    assert "2 prompt part(s) no kept step refers to deleted" in done.stderr  # its system message, the format
     assert name not in await _partition_names(store)
     assert pq.read_table(tmp_path / f"{name}.parquet").num_rows == 1
 

@@ -71,6 +71,8 @@ def retention_command(
     typer.echo(
         f"{len(report.dropped)} partition pair(s) older than {report.cutoff.isoformat()} {verb}", err=True
     )
+    if not dry_run:
+        typer.echo(f"{report.parts_deleted} prompt part(s) no kept step refers to deleted", err=True)
 
 
 def partitions_command(db: Db = None) -> None:
