@@ -331,12 +331,11 @@ class Store:
             return
         now = utcnow()
         parts: dict[str, Any] = {}
+        rows = [step_row(sid, step, now, parts) for sid, step in batch]
         async with self.engine.begin() as conn:
             times = await self._received_at(conn, {sid for sid, _ in batch})
-            rows = [
-                {**step_row(sid, step, now, parts), "session_received_at": times.get(sid)}
-                for sid, step in batch
-            ]
+            for row in rows:
+                row["session_received_at"] = times.get(row["session_id"])
             await store_parts(conn, parts, now.date())
             await conn.execute(self._insert_step, rows)
 
