@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..engine.steps import StepRecord
+from ..store.compact import unpack_step
 from ..store.parts import joined
 from ..store.store import read_steps
 from ..store.tables import sessions, steps
@@ -319,7 +320,7 @@ def _call_count(dialect: str) -> ColumnElement[Any]:
 
 
 def _step(row: Any) -> dict[str, Any]:
-    data = plain(row)
+    data = unpack_step(plain(row))
     data["created_at"] = utc(data.get("created_at"))
     return data
 

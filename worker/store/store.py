@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from ..engine.steps import StepRecord
 from ..schemas import RerankRequest, RerankResult, Source, canonical_hash, utcnow
+from .compact import pack_step, unpack_step
 from .parts import joined, split_calls, store_parts
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
 
@@ -136,7 +137,7 @@ class Store:
                     "request_id": req.request_id,
                     "user_id": req.user.user_id,
                     "goal": req.goal,
-                    "request": req.model_dump(mode="json", exclude_none=True),
+                    "request": None,  # stored once, as its text (read as JSON: request_text::jsonb)
                     "status": PENDING,
                     "received_at": now,
                     "attempts": 0,
@@ -409,18 +410,20 @@ class Store:
 
 
 def step_row(session_id: int, step: StepRecord, now: datetime, parts: dict[str, Any]) -> dict[str, Any]:
-    """A step's row with its calls' shared parts moved into `parts` (stored once, by hash)."""
-    row = step.model_dump(mode="json")
+    """A step's row with its calls' shared parts moved into `parts` (stored once, by hash) and its
+    lists and counts in their compact form (compact.py)."""
+    row = pack_step(step.model_dump(mode="json"))
     row["calls"] = split_calls(row["calls"], parts)
     return {**row, "session_id": session_id, "created_at": now}
 
 
 async def read_steps(conn: AsyncConnection, rows: Sequence[Any]) -> list[StepRecord]:
-    """StepRecords from step rows of either form (calls in full, or referring to prompt parts)."""
+    """StepRecords from step rows of any form (calls in full or referring to prompt parts, lists
+    plain or front-coded, counts full or lean)."""
     fields = StepRecord.model_fields
     calls = await joined(conn, [r["calls"] for r in rows])
     return [
-        StepRecord.model_validate({**{k: v for k, v in r.items() if k in fields}, "calls": c or []})
+        StepRecord.model_validate({**{k: v for k, v in unpack_step(r).items() if k in fields}, "calls": c or []})
         for r, c in zip(rows, calls, strict=True)
     ]
 

@@ -1,0 +1,64 @@
+"""A compact trace store: the request stored once per session (its text; sessions.request only for
+rows stored before request_text), step lists front-coded and repair counts without zeros
+(worker.store.compact), lz4 column compression (worker.store.storage). Rows stored before keep
+their form and read as they are; downgrade writes every compact value back in full.
+
+Revision ID: 0009_compact_store
+Revises: 0007_audit_indexes
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB
+
+from worker.store.storage import apply_storage, reset_statements
+
+revision = "0009_compact_store"
+down_revision = "0007_audit_indexes"
+branch_labels = None
+depends_on = None
+
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+# the repair counts a compact row leaves out when zero (worker.schemas.RepairSummary)
+REPAIR_ZEROS = '{"answers": 0, "permutations": 0, "appended": 0, "duplicates": 0, "unknown": 0, "ties": 0}'
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("sessions") as batch:
+        batch.alter_column("request", existing_type=Json, nullable=True)
+    bind = op.get_bind()
+    for table in ("sessions", "steps"):
+        apply_storage(bind, table)
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        for table in ("sessions", "steps"):
+            for statement in reset_statements(table):
+                op.execute(statement)
+        op.execute("UPDATE sessions SET request = request_text::jsonb WHERE request IS NULL")
+        for column in ("ranking", "removed"):
+            op.execute(f"""
+                UPDATE steps SET {column} = (
+                  SELECT jsonb_agg(to_jsonb(({column}->>'prefix') || (e #>> '{{}}')) ORDER BY i)
+                  FROM jsonb_array_elements({column}->'ids') WITH ORDINALITY x(e, i))
+                WHERE jsonb_typeof({column}) = 'object'
+            """)
+        op.execute(
+            f"UPDATE steps SET repair = '{REPAIR_ZEROS}'::jsonb || repair WHERE jsonb_typeof(repair) = 'object'"
+        )
+    else:
+        op.execute("UPDATE sessions SET request = request_text WHERE request IS NULL")
+        for column in ("ranking", "removed"):
+            op.execute(f"""
+                UPDATE steps SET {column} = (
+                  SELECT json_group_array(json_extract({column}, '$.prefix') || e.value)
+                  FROM (SELECT value FROM json_each(json_extract({column}, '$.ids')) ORDER BY key) e)
+                WHERE json_type({column}) = 'object'
+            """)
+        op.execute(
+            f"UPDATE steps SET repair = json_patch('{REPAIR_ZEROS}', repair) WHERE json_type(repair) = 'object'"
+        )
+    with op.batch_alter_table("sessions") as batch:
+        batch.alter_column("request", existing_type=Json, nullable=False)
