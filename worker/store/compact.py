@@ -12,7 +12,6 @@ an object, and filling zeros back into full counts changes nothing.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +26,11 @@ def pack_ids(ids: Any) -> Any:
     """A list of ids front-coded when they share a prefix worth storing once, else as it is."""
     if not isinstance(ids, list) or len(ids) < 2 or not all(isinstance(i, str) for i in ids):
         return ids
-    prefix = os.path.commonprefix(ids)
+    first, last = min(ids), max(ids)  # the prefix all share is the one these two share
+    n = next(
+        (i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), min(len(first), len(last))
+    )
+    prefix = first[:n]
     if len(prefix) < MIN_PREFIX:
         return ids
     return {"prefix": prefix, "ids": [i[len(prefix) :] for i in ids]}

@@ -22,9 +22,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..engine.steps import HTTPAttempt, LLMCall
+from .calls_codec import REF, inflate_calls, is_ref
 from .tables import prompt_parts
 
-REF = "sha256:"
 SHARED_ROLES = ("system",)
 CALL_DEFAULTS: dict[str, Any] = {
     name: f.get_default(call_default_factory=True)
@@ -41,10 +41,6 @@ ATTEMPT_DEFAULTS: dict[str, Any] = {
 def part_hash(body: Any) -> str:
     """SHA-256 (hex) of the part's JSON with sorted keys: the same part always has the same key."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def is_ref(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(REF)
 
 
 def _lean(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,10 +81,10 @@ def split_calls(calls: Sequence[Mapping[str, Any]], parts: dict[str, Any]) -> li
     return out
 
 
-def refs_of(calls: Iterable[Any]) -> set[str]:
+def refs_of(calls: Any) -> set[str]:
     """The part hashes stored calls refer to (none for steps stored in full)."""
     found: set[str] = set()
-    for call in calls or ():
+    for call in inflate_calls(calls) or ():
         if not isinstance(call, dict):
             continue
         for m in call.get("messages") or ():
@@ -102,7 +98,8 @@ def refs_of(calls: Iterable[Any]) -> set[str]:
 def join_calls(calls: Any, parts: Mapping[str, Any]) -> Any:
     """Stored calls with every reference replaced by its part and every left-out field at its
     default: the calls as they were recorded (a call stored in full gains only fields added to
-    LLMCall since, at their defaults)."""
+    LLMCall since, at their defaults). Deflated calls are inflated first (calls_codec)."""
+    calls = inflate_calls(calls)
     if not isinstance(calls, list):
         return calls
     out = []

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from ..engine.steps import StepRecord
 from ..schemas import RerankRequest, RerankResult, Source, canonical_hash, utcnow
+from .calls_codec import deflate_calls
 from .compact import pack_step, unpack_step
 from .parts import joined, split_calls, store_parts
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
@@ -413,7 +414,7 @@ def step_row(session_id: int, step: StepRecord, now: datetime, parts: dict[str, 
     """A step's row with its calls' shared parts moved into `parts` (stored once, by hash) and its
     lists and counts in their compact form (compact.py)."""
     row = pack_step(step.model_dump(mode="json"))
-    row["calls"] = split_calls(row["calls"], parts)
+    row["calls"] = deflate_calls(split_calls(row["calls"], parts))
     return {**row, "session_id": session_id, "created_at": now}
 
 
@@ -423,7 +424,9 @@ async def read_steps(conn: AsyncConnection, rows: Sequence[Any]) -> list[StepRec
     fields = StepRecord.model_fields
     calls = await joined(conn, [r["calls"] for r in rows])
     return [
-        StepRecord.model_validate({**{k: v for k, v in unpack_step(r).items() if k in fields}, "calls": c or []})
+        StepRecord.model_validate(
+            {**{k: v for k, v in unpack_step(r).items() if k in fields}, "calls": c or []}
+        )
         for r, c in zip(rows, calls, strict=True)
     ]
 

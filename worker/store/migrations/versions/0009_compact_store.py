@@ -46,7 +46,8 @@ def downgrade() -> None:
                 WHERE jsonb_typeof({column}) = 'object'
             """)
         op.execute(
-            f"UPDATE steps SET repair = '{REPAIR_ZEROS}'::jsonb || repair WHERE jsonb_typeof(repair) = 'object'"
+            f"UPDATE steps SET repair = '{REPAIR_ZEROS}'::jsonb || repair "
+            "WHERE jsonb_typeof(repair) = 'object'"
         )
     else:
         op.execute("UPDATE sessions SET request = request_text WHERE request IS NULL")
@@ -58,7 +59,8 @@ def downgrade() -> None:
                 WHERE json_type({column}) = 'object'
             """)
         op.execute(
-            f"UPDATE steps SET repair = json_patch('{REPAIR_ZEROS}', repair) WHERE json_type(repair) = 'object'"
+            f"UPDATE steps SET repair = json_patch('{REPAIR_ZEROS}', repair) "
+            "WHERE json_type(repair) = 'object'"
         )
     with op.batch_alter_table("sessions") as batch:
         batch.alter_column("request", existing_type=Json, nullable=False)
