@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from ..schemas import RepairSummary
 
 ID_LISTS = ("ranking", "removed")
@@ -23,7 +25,7 @@ MIN_PREFIX = 2
 
 
 def pack_ids(ids: Any) -> Any:
-    """A list of ids front-coded when they share a prefix worth storing once, else as it is."""
+    """A list of ids front-coded when they share a prefix and that is shorter, else as it is."""
     if not isinstance(ids, list) or len(ids) < 2 or not all(isinstance(i, str) for i in ids):
         return ids
     first, last = min(ids), max(ids)  # the prefix all share is the one these two share
@@ -33,7 +35,8 @@ def pack_ids(ids: Any) -> Any:
     prefix = first[:n]
     if len(prefix) < MIN_PREFIX:
         return ids
-    return {"prefix": prefix, "ids": [i[len(prefix) :] for i in ids]}
+    coded = {"prefix": prefix, "ids": [i[len(prefix) :] for i in ids]}
+    return coded if len(orjson.dumps(coded)) < len(orjson.dumps(ids)) else ids
 
 
 def unpack_ids(value: Any) -> Any:

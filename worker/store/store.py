@@ -133,12 +133,11 @@ class Store:
                 )
                 receipt.notes.append(note)
                 notes, replay_of, replay_mode = [note], None, None
-            rows = [
+            rows = [  # the request is stored once, as its text (in SQL: request_text::jsonb)
                 {
                     "request_id": req.request_id,
                     "user_id": req.user.user_id,
                     "goal": req.goal,
-                    "request": None,  # stored once, as its text (read as JSON: request_text::jsonb)
                     "status": PENDING,
                     "received_at": now,
                     "attempts": 0,

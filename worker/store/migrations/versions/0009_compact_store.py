@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
+from worker.store.calls_codec import inflate_calls
 from worker.store.storage import apply_storage, reset_statements
 
 revision = "0009_compact_store"
@@ -31,13 +32,36 @@ def upgrade() -> None:
         apply_storage(bind, table)
 
 
+def _inflate_all(bind: sa.Connection) -> None:
+    """Deflated calls written back as their lean list (what 0006_lean_steps reads), by batch."""
+    steps = sa.table("steps", sa.column("id", sa.BigInteger), sa.column("calls", Json))
+    kind = sa.func.jsonb_typeof if bind.dialect.name == "postgresql" else sa.func.json_type
+    last = 0
+    while True:
+        rows = bind.execute(
+            sa.select(steps.c.id, steps.c.calls)
+            .where(kind(steps.c.calls) == "object", steps.c.id > last)
+            .order_by(steps.c.id)
+            .limit(1000)
+        ).all()
+        if not rows:
+            return
+        for row in rows:
+            bind.execute(steps.update().where(steps.c.id == row.id).values(calls=inflate_calls(row.calls)))
+        last = rows[-1].id
+
+
 def downgrade() -> None:
     bind = op.get_bind()
+    _inflate_all(bind)
     if bind.dialect.name == "postgresql":
         for table in ("sessions", "steps"):
             for statement in reset_statements(table):
                 op.execute(statement)
-        op.execute("UPDATE sessions SET request = request_text::jsonb WHERE request IS NULL")
+        op.execute(
+            "UPDATE sessions SET request = request_text::jsonb "
+            "WHERE request IS NULL OR jsonb_typeof(request) = 'null'"
+        )
         for column in ("ranking", "removed"):
             op.execute(f"""
                 UPDATE steps SET {column} = (
@@ -50,7 +74,7 @@ def downgrade() -> None:
             "WHERE jsonb_typeof(repair) = 'object'"
         )
     else:
-        op.execute("UPDATE sessions SET request = request_text WHERE request IS NULL")
+        op.execute("UPDATE sessions SET request = request_text WHERE request IS NULL OR request = 'null'")
         for column in ("ranking", "removed"):
             op.execute(f"""
                 UPDATE steps SET {column} = (
