@@ -25,7 +25,7 @@ def lz4_available(conn: Connection) -> bool:
     values = conn.execute(
         text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
     ).scalar()
-    return bool(values) and "lz4" in values
+    return values is not None and "lz4" in values
 
 
 def storage_statements(table: str, *, base: str | None = None, lz4: bool = True) -> list[str]:
