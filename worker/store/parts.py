@@ -5,7 +5,8 @@ response_format repeats across steps and sessions; stored in full with each call
 a step's bytes. A step now keeps its calls with those parts replaced by "sha256:<hex>" and the
 parts themselves sit once in `prompt_parts`, keyed by the SHA-256 of their JSON; fields still at
 their default (no error, no retries, ...) are left out of the stored call. Reading joins the parts
-back and fills the defaults in, so every prompt comes back as sent. Steps stored before keep full
+back and fills the defaults in, so every prompt comes back as sent. (What is left is then stored
+deflated, see calls_codec; every function here reads that form too.) Steps stored before keep full
 messages and read as they are: a reference is only ever a string, which no chat message or
 response_format is (they are objects).
 """

@@ -1,7 +1,9 @@
 """A compact trace store: the request stored once per session (its text; sessions.request only for
 rows stored before request_text), step lists front-coded and repair counts without zeros
-(worker.store.compact), lz4 column compression (worker.store.storage). Rows stored before keep
-their form and read as they are; downgrade writes every compact value back in full.
+(worker.store.compact), a step's own calls deflated (worker.store.calls_codec; written by the
+code, nothing to change in the schema), lz4 column compression (worker.store.storage). Rows stored
+before keep their form and read as they are; downgrade writes every compact value back in the
+form 0007 reads (request JSONB filled, lists and counts in full, calls inflated).
 
 Revision ID: 0009_compact_store
 Revises: 0007_audit_indexes
