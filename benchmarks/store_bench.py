@@ -7,7 +7,8 @@ free-space and visibility maps) divided by its rows, as written and after VACUUM
 average row alone (pg_column_size of the row: tuple header and values, no index, no page slack).
 
 `--form full` writes the steps as before prompt parts were stored once (every call's messages and
-response_format inline), for the before/after comparison on the same code.
+response_format inline, lists and repair counts in full, calls not deflated), for a comparison
+on the same code (sessions are written the current way in both forms).
 
     .venv/bin/python benchmarks/store_bench.py --requests 300 [--form full]
 """
@@ -39,10 +40,12 @@ TABLES = ("sessions", "steps", "prompt_parts")
 
 
 def full_form() -> None:
-    """Steps stored the old way: calls kept whole in every step."""
+    """Steps stored the old way: calls kept whole in every step, lists and counts in full."""
     import worker.store.store as store_module
 
     store_module.split_calls = lambda calls, parts: [dict(c) for c in calls]  # type: ignore[assignment]
+    store_module.deflate_calls = lambda calls: calls  # type: ignore[assignment]
+    store_module.pack_step = lambda row: row  # type: ignore[assignment]
 
 
 async def run(requests: int, url: str, sim_url: str) -> None:

@@ -21,6 +21,7 @@ from worker.audit.queries import TraceQueries
 from worker.engine.steps import HTTPAttempt, LLMCall, StepRecord
 from worker.samples import sample_requests
 from worker.schemas import RerankRequest
+from worker.store.calls_codec import inflate_calls
 from worker.store.parts import join_calls, part_hash, refs_of, split_calls
 from worker.store.store import Store
 from worker.store.tables import prompt_parts, sessions, steps
@@ -135,7 +136,7 @@ async def _check_read_back(url: str, requests: list[dict[str, Any]], received: l
         assert set(read_back) <= set(received)
 
         async with store.engine.connect() as conn:
-            raw = (await conn.execute(select(steps.c.calls))).scalars().all()
+            raw = [inflate_calls(c) for c in (await conn.execute(select(steps.c.calls))).scalars()]
             n_parts = (await conn.execute(select(func.count()).select_from(prompt_parts))).scalar()
         assert not any(
             isinstance(m, dict) and m.get("role") == "system"

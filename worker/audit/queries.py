@@ -15,8 +15,11 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     and_,
+    case,
+    cast,
     exists,
     func,
     literal,
@@ -29,6 +32,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..engine.steps import StepRecord
+from ..store.compact import unpack_step
 from ..store.parts import joined
 from ..store.store import read_steps
 from ..store.tables import sessions, steps
@@ -345,13 +349,19 @@ class TraceQueries:
 
 
 def _call_count(dialect: str) -> ColumnElement[Any]:
-    """How many LLM calls a step made, counted in the database so prompts stay there."""
-    length = func.jsonb_array_length if dialect == "postgresql" else func.json_array_length
-    return func.coalesce(length(steps.c.calls), 0)
+    """How many LLM calls a step made, counted in the database so prompts stay there (a list of
+    calls, or deflated calls with their count in "n": worker.store.calls_codec)."""
+    if dialect == "postgresql":
+        calls = type_coerce(steps.c.calls, JSONB)
+        kind, length, count = func.jsonb_typeof(calls), func.jsonb_array_length(calls), calls["n"].astext
+    else:
+        kind = func.json_type(steps.c.calls)
+        length, count = func.json_array_length(steps.c.calls), func.json_extract(steps.c.calls, "$.n")
+    return func.coalesce(case((kind == "array", length), else_=cast(count, Integer)), 0)
 
 
 def _step(row: Any) -> dict[str, Any]:
-    data = plain(row)
+    data = unpack_step(plain(row))
     data["created_at"] = utc(data.get("created_at"))
     return data
 

@@ -5,7 +5,8 @@ response_format repeats across steps and sessions; stored in full with each call
 a step's bytes. A step now keeps its calls with those parts replaced by "sha256:<hex>" and the
 parts themselves sit once in `prompt_parts`, keyed by the SHA-256 of their JSON; fields still at
 their default (no error, no retries, ...) are left out of the stored call. Reading joins the parts
-back and fills the defaults in, so every prompt comes back as sent. Steps stored before keep full
+back and fills the defaults in, so every prompt comes back as sent. (What is left is then stored
+deflated, see calls_codec; every function here reads that form too.) Steps stored before keep full
 messages and read as they are: a reference is only ever a string, which no chat message or
 response_format is (they are objects).
 """
@@ -23,9 +24,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..engine.steps import HTTPAttempt, LLMCall
+from .calls_codec import REF, inflate_calls, is_ref
 from .tables import prompt_parts
 
-REF = "sha256:"
 SHARED_ROLES = ("system",)
 CALL_DEFAULTS: dict[str, Any] = {
     name: f.get_default(call_default_factory=True)
@@ -42,10 +43,6 @@ ATTEMPT_DEFAULTS: dict[str, Any] = {
 def part_hash(body: Any) -> str:
     """SHA-256 (hex) of the part's JSON with sorted keys: the same part always has the same key."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def is_ref(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(REF)
 
 
 def _lean(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,10 +83,10 @@ def split_calls(calls: Sequence[Mapping[str, Any]], parts: dict[str, Any]) -> li
     return out
 
 
-def refs_of(calls: Iterable[Any]) -> set[str]:
+def refs_of(calls: Any) -> set[str]:
     """The part hashes stored calls refer to (none for steps stored in full)."""
     found: set[str] = set()
-    for call in calls or ():
+    for call in inflate_calls(calls) or ():
         if not isinstance(call, dict):
             continue
         for m in call.get("messages") or ():
@@ -103,7 +100,8 @@ def refs_of(calls: Iterable[Any]) -> set[str]:
 def join_calls(calls: Any, parts: Mapping[str, Any]) -> Any:
     """Stored calls with every reference replaced by its part and every left-out field at its
     default: the calls as they were recorded (a call stored in full gains only fields added to
-    LLMCall since, at their defaults)."""
+    LLMCall since, at their defaults). Deflated calls are inflated first (calls_codec)."""
+    calls = inflate_calls(calls)
     if not isinstance(calls, list):
         return calls
     out = []

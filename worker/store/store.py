@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from ..engine.steps import StepRecord
 from ..schemas import RerankRequest, RerankResult, Source, canonical_hash, utcnow
+from .calls_codec import deflate_calls
+from .compact import pack_step, unpack_step
 from .dedup import insert_sessions_once
 from .parts import joined, split_calls, store_parts
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
@@ -139,12 +141,11 @@ class Store:
                 )
                 receipt.notes.append(note)
                 notes, replay_of, replay_mode = [note], None, None
-            rows = [
+            rows = [  # the request is stored once, as its text (in SQL: request_text::jsonb)
                 {
                     "request_id": req.request_id,
                     "user_id": req.user.user_id,
                     "goal": req.goal,
-                    "request": req.model_dump(mode="json", exclude_none=True),
                     "status": PENDING,
                     "received_at": now,
                     "attempts": 0,
@@ -438,18 +439,22 @@ class Store:
 
 
 def step_row(session_id: int, step: StepRecord, now: datetime, parts: dict[str, Any]) -> dict[str, Any]:
-    """A step's row with its calls' shared parts moved into `parts` (stored once, by hash)."""
-    row = step.model_dump(mode="json")
-    row["calls"] = split_calls(row["calls"], parts)
+    """A step's row with its calls' shared parts moved into `parts` (stored once, by hash) and its
+    lists and counts in their compact form (compact.py)."""
+    row = pack_step(step.model_dump(mode="json"))
+    row["calls"] = deflate_calls(split_calls(row["calls"], parts))
     return {**row, "session_id": session_id, "created_at": now}
 
 
 async def read_steps(conn: AsyncConnection, rows: Sequence[Any]) -> list[StepRecord]:
-    """StepRecords from step rows of either form (calls in full, or referring to prompt parts)."""
+    """StepRecords from step rows of any form (calls in full or referring to prompt parts, lists
+    plain or front-coded, counts full or lean)."""
     fields = StepRecord.model_fields
     calls = await joined(conn, [r["calls"] for r in rows])
     return [
-        StepRecord.model_validate({**{k: v for k, v in r.items() if k in fields}, "calls": c or []})
+        StepRecord.model_validate(
+            {**{k: v for k, v in unpack_step(r).items() if k in fields}, "calls": c or []}
+        )
         for r, c in zip(rows, calls, strict=True)
     ]
 

@@ -43,7 +43,7 @@ sessions = Table(
     Column("request_id", String(256), nullable=False, index=True),
     Column("user_id", String(256), nullable=False),
     Column("goal", Text, nullable=False),
-    Column("request", Json, nullable=False),
+    Column("request", Json),  # rows stored before request_text; newer ones keep only the text
     Column("status", String(16), nullable=False, default=PENDING),
     Column("model", String(256)),
     Column("prompt_version", String(64)),
