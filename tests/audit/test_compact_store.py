@@ -221,12 +221,12 @@ OLD_STEP = StepRecord(
 
 @pytest.mark.integration
 def test_the_migration_goes_up_and_down_with_data(fresh_database) -> None:
-    """At 0007: a session and a step in the old form. Up to 0009: the old row reads back unchanged
-    beside a compact one written by the Store. Down to 0007: every row is back in full form, as
-    0007's readers expect, and reads back the same; up again."""
+    """At 0008: a session and a step in the old form. Up to 0009: the old row reads back unchanged
+    beside a compact one written by the Store. Down to 0008: every row is back in full form, as
+    0008's readers expect, and reads back the same; up again."""
     with fresh_database("llm4rerank_test_compact_mig") as (_, url):
         config = alembic_config(url)
-        command.downgrade(config, "0007_audit_indexes")
+        command.downgrade(config, "0008_partitions")
         old = RerankRequest.model_validate(sample_requests(1, seed=5, prefix="old")[0])
         asyncio.run(_insert_old(url, old))
         command.upgrade(config, "head")
@@ -238,7 +238,7 @@ def test_the_migration_goes_up_and_down_with_data(fresh_database) -> None:
         expected = {old.request_id: (old, [OLD_STEP]), new.request_id: (new, [new_step])}
         asyncio.run(_check(url, expected, compact=True))
 
-        command.downgrade(config, "0007_audit_indexes")
+        command.downgrade(config, "0008_partitions")
         asyncio.run(_check(url, expected, compact=False))
         command.upgrade(config, "head")
         asyncio.run(_check(url, expected, compact=False))
@@ -249,6 +249,7 @@ async def _insert_old(url: str, request: RerankRequest) -> None:
     try:
         async with engine.begin() as conn:
             body = request.model_dump(mode="json", exclude_none=True)
+            received_at = datetime.now(UTC)
             sid = (
                 await conn.execute(
                     insert(sessions)
@@ -259,7 +260,7 @@ async def _insert_old(url: str, request: RerankRequest) -> None:
                         request=body,
                         request_text=orjson.dumps(body).decode(),
                         status="pending",
-                        received_at=datetime.now(UTC),
+                        received_at=received_at,
                         attempts=0,
                     )
                     .returning(sessions.c.id)
@@ -267,7 +268,10 @@ async def _insert_old(url: str, request: RerankRequest) -> None:
             ).scalar_one()
             await conn.execute(
                 insert(steps).values(
-                    **OLD_STEP.model_dump(mode="json"), session_id=sid, created_at=datetime.now(UTC)
+                    **OLD_STEP.model_dump(mode="json"),
+                    session_id=sid,
+                    session_received_at=received_at,
+                    created_at=datetime.now(UTC),
                 )
             )
     finally:
@@ -294,7 +298,7 @@ async def _check(
     url: str, expected: dict[str, tuple[RerankRequest, list[StepRecord]]], *, compact: bool
 ) -> None:
     """Every session and step reads back as written, through the store's readers (at head) or the
-    columns themselves (after the downgrade, in the form 0007's code reads)."""
+    columns themselves (after the downgrade, in the form 0008's code reads)."""
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
@@ -315,7 +319,7 @@ async def _check(
                         s.model_dump(mode="json")["repair"] for s in want_steps
                     ]
                     assert all(isinstance(r["calls"], list) for r in raw)
-        if version != "0007_audit_indexes":
+        if version != "0008_partitions":
             loaded = await TraceQueries(engine).load(list(expected))
             assert {s.request_id: s.steps for s in loaded} == {k: v[1] for k, v in expected.items()}
             for s in loaded:

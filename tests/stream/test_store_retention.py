@@ -514,3 +514,30 @@ async def test_pruning_beside_a_writer_never_loses_a_part_the_writer_refers_to(s
         assert (
             await conn.execute(select(prompt_parts.c.body).where(prompt_parts.c.hash == key))
         ).scalar() == body
+
+
+async def test_every_partition_compresses_the_columns_its_parent_does(store: Store, monkeypatch) -> None:
+    """Migration 0009 sets lz4 on the parents and the partitions already there; a partition made
+    later (empty, or filled from the default partition) gets the same columns compressed."""
+    from worker.store.storage import COMPRESSED_COLUMNS
+
+    stray = floor(datetime.now(UTC), "day") - timedelta(days=200)
+    await _walk_at(monkeypatch, store, _requests(1, "lz4", seed=15), stray)
+    far = floor(datetime.now(UTC), "day") + timedelta(days=90)
+    async with store.engine.begin() as conn:
+        await conn.run_sync(ensure_partitions, "day", 1, None, [far])
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT p.relname, c.relname, a.attname, a.attcompression::text FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
+                    "JOIN pg_attribute a ON a.attrelid = c.oid "
+                    "WHERE p.relname IN ('sessions', 'steps') AND a.attnum > 0 AND NOT a.attisdropped"
+                )
+            )
+        ).all()
+    names = {partition for _, partition, _, _ in rows}
+    assert {stray.strftime("steps_p%Y%m%d"), far.strftime("steps_p%Y%m%d"), "steps_default"} <= names
+    for parent, partition, column, method in rows:
+        wanted = "l" if column in COMPRESSED_COLUMNS[parent] else ""
+        assert method == wanted, (partition, column, method)

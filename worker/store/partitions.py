@@ -148,17 +148,24 @@ def setup_existing(conn: Connection) -> list[str]:
         return []
     done = []
     for table, _ in PAIRS:
-        names = conn.execute(
-            text(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = CAST(:t AS regclass) ORDER BY c.relname"
-            ),
-            {"t": table},
-        ).scalars()
-        for name in list(names):
+        for name in partition_names(conn, table):
             setup_partition(conn, table, name)
             done.append(name)
     return done
+
+
+def partition_names(conn: Connection, table: str) -> list[str]:
+    """Every partition of `table` (default included); none where it is not partitioned."""
+    if not is_partitioned(conn):
+        return []
+    names = conn.execute(
+        text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = CAST(:t AS regclass) ORDER BY c.relname"
+        ),
+        {"t": table},
+    ).scalars()
+    return list(names)
 
 
 def create_default(conn: Connection, table: str) -> None:
@@ -181,9 +188,11 @@ def _create_pair(conn: Connection, suffix: str, lower: datetime, upper: datetime
             setup_partition(conn, table, table + suffix)
         return
     # rows waited in the default partitions: move them into a standalone twin, then attach it
+    # (a partition made by PARTITION OF inherits the parent's column compression; LIKE copies it)
     for table, key in reversed(PAIRS):
         where = f"{key} >= :lo AND {key} < :hi"
-        conn.execute(text(f"CREATE TABLE {table}{suffix} (LIKE {table} INCLUDING DEFAULTS)"))
+        like = f"LIKE {table} INCLUDING DEFAULTS INCLUDING COMPRESSION"
+        conn.execute(text(f"CREATE TABLE {table}{suffix} ({like})"))
         setup_partition(conn, table, table + suffix)
         conn.execute(
             text(f"INSERT INTO {table}{suffix} SELECT * FROM {table}{DEFAULT_SUFFIX} WHERE {where}"),

@@ -14,6 +14,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 from worker.store.calls_codec import inflate_calls
+from worker.store.partitions import partition_names
 from worker.store.storage import apply_storage, reset_statements
 
 revision = "0009_compact_store"
@@ -31,7 +32,9 @@ def upgrade() -> None:
         batch.alter_column("request", existing_type=Json, nullable=True)
     bind = op.get_bind()
     for table in ("sessions", "steps"):
-        apply_storage(bind, table)
+        apply_storage(bind, table)  # partitions made from now on inherit it
+        for partition in partition_names(bind, table):  # a parent's ALTER skips its partitions
+            apply_storage(bind, partition, base=table)
 
 
 def _inflate_all(bind: sa.Connection) -> None:
@@ -58,8 +61,9 @@ def downgrade() -> None:
     _inflate_all(bind)
     if bind.dialect.name == "postgresql":
         for table in ("sessions", "steps"):
-            for statement in reset_statements(table):
-                op.execute(statement)
+            for name in [table, *partition_names(bind, table)]:
+                for statement in reset_statements(name, base=table):
+                    op.execute(statement)
         op.execute(
             "UPDATE sessions SET request = request_text::jsonb "
             "WHERE request IS NULL OR jsonb_typeof(request) = 'null'"
