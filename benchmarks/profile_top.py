@@ -12,6 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 
+# the process's entry and event loop: on every stack, they say nothing about where the time goes
+WRAPPERS = ("asyncio/", "typer/", "click/", "mode/", "selectors", "llm4rerank", "worker/cli/", "threading")
+
+
 def top_frames(text: str, top: int = 10) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
     """(samples, inclusive top, self top) of collapsed stacks 'frame;frame;... count'."""
     inclusive: Counter[str] = Counter()
@@ -25,7 +29,8 @@ def top_frames(text: str, top: int = 10) -> tuple[int, list[tuple[str, int]], li
         total += n
         frames = [_short(f) for f in stack.split(";") if f]
         for frame in set(frames):
-            inclusive[frame] += n
+            if not frame.split(" (", 1)[-1].startswith(WRAPPERS) and not frame.startswith("run_worker "):
+                inclusive[frame] += n
         if frames:
             own[frames[-1]] += n
     return total, inclusive.most_common(top), own.most_common(top)
