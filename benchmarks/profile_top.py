@@ -11,9 +11,18 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-
 # the process's entry and event loop: on every stack, they say nothing about where the time goes
-WRAPPERS = ("asyncio/", "typer/", "click/", "mode/", "selectors", "llm4rerank", "worker/cli/", "threading")
+WRAPPERS = (
+    "asyncio/",
+    "typer/",
+    "click/",
+    "mode/",
+    "selectors",
+    "llm4rerank",
+    "worker/cli/",
+    "threading",
+    "<string>",
+)
 
 
 def top_frames(text: str, top: int = 10) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
