@@ -44,8 +44,9 @@ test: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # The fast lane: every test that needs no service (no Kafka, PostgreSQL, sim-llm, browser, llama.cpp).
+# One process per core (pytest-xdist); bytecode is cached even where PYTHONDONTWRITEBYTECODE is set.
 test-fast: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider -m "not integration"
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -p no:cacheprovider -m "not integration" -n auto
 
 # requirements.lock: the image's exact versions (runtime and the eval extra), compiled from pyproject.toml.
 lock: $(STAMP)

@@ -35,6 +35,7 @@ def waiting(
     what: str,
     *,
     retry_on: Callable[[BaseException], bool] = _always,
+    outage: Callable[[BaseException], bool] = _always,
     flag: Flag | None = None,
     attempts: int | None = None,
     first_s: float = FIRST_WAIT_S,
@@ -42,13 +43,18 @@ def waiting(
 ) -> AsyncRetrying:
     """The retry policy while waiting for `what` (the dependency, and who waits): exponential
     backoff from `first_s` to `max_s`, a warning per wait, `flag` raised while waiting; errors
-    `retry_on` refuses (and the last of `attempts`) are raised to the caller."""
+    `retry_on` refuses (and the last of `attempts`) are raised to the caller. Only the errors
+    `outage` accepts mean the dependency is away (flag and "waiting for"); the others are retried
+    failures of the work itself."""
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        if exc is not None and not outage(exc):
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, wait)
+            return
         if flag is not None:
             flag.set(1)
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
         log.warning("waiting for %s (%s); retrying in %.1fs", what, exc, wait)
 
     return AsyncRetrying(

@@ -24,6 +24,10 @@ def crash_reason(crashes: int, last_error: str | None) -> str:
     return f"the walk crashed {crashes} time(s); upstream order returned; last error: {last_error}"
 
 
+SessionDone = tuple[RerankResult, WalkOutcome | None, int]
+"""The result, the walk's outcome (None once failed for crashes), calls served from the store."""
+
+
 async def run_session(
     store: Store,
     writer: GroupCommitWriter,
@@ -32,7 +36,7 @@ async def run_session(
     owner: str,
     lease_s: float,
     crash_limit: int = CRASH_LIMIT,
-) -> tuple[RerankResult, WalkOutcome | None, int] | None:
+) -> SessionDone | None:
     """Returns (result, outcome, calls served from the store), or None when the session is
     finished already or another live worker holds it. After `crash_limit` crashes the session is
     failed: (result, None, 0). A walk that raises is not caught here: the caller records the

@@ -8,6 +8,7 @@ Everything here is seeded and bounded in time; processes started here are stoppe
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import subprocess
@@ -147,8 +148,14 @@ class ScriptedChat:
         )
 
 
+@functools.cache
+def _prompts_dir() -> Path:
+    """Settings() reads the environment each time; hypothesis calls this hundreds of times."""
+    return Settings().prompts_dir
+
+
 def default_prompts(name: str = "default") -> PromptSet:
-    return PromptSet.load(Settings().prompts_dir, name)
+    return PromptSet.load(_prompts_dir(), name)
 
 
 def scripted_policy(

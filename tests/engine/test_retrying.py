@@ -66,3 +66,30 @@ def test_awaits_a_lambda_returning_a_coroutine() -> None:
 
     assert asyncio.run(until_done(lambda: send("x"), "the test")) == "x"
     assert sent == ["x"]
+
+
+def test_only_outages_raise_the_flag(caplog: pytest.LogCaptureFixture) -> None:
+    """A retried failure of the work itself (a crashed walk) is no dependency being away."""
+    errors = [RuntimeError("walk crashed"), ConnectionError("down"), RuntimeError("walk crashed")]
+    flag = Flag()
+
+    async def work() -> str:
+        if errors:
+            raise errors.pop(0)
+        return "done"
+
+    with caplog.at_level("WARNING", logger="worker.retrying"):
+        result = asyncio.run(
+            until_done(
+                work,
+                "PostgreSQL",
+                outage=lambda e: isinstance(e, OSError),
+                flag=flag,
+                first_s=0.001,
+                max_s=0.002,
+            )
+        )
+    assert result == "done"
+    assert flag.values == [1, 0]
+    lines = [r.getMessage().split(" (")[0] for r in caplog.records]
+    assert lines == ["PostgreSQL failed", "waiting for PostgreSQL", "PostgreSQL failed"]

@@ -78,15 +78,17 @@ def test_a_record_with_a_wrong_value_is_refused(bad: dict[str, Any]) -> None:
         RunConfig.model_validate({**SIZED_SHAPE, **bad})
 
 
+BASE = Settings(_env_file=None)  # type: ignore[call-arg]
+
+
 @given(window=st.integers(-5, 100), step=st.integers(-5, 50), share=st.floats(-1, 2, allow_nan=False))
 def test_settings_for_validates_what_it_applies(window: int, step: int, share: float) -> None:
     """Values a deployment's settings would refuse are refused here too (model_copy took them)."""
     config = RunConfig.model_validate(
         {**SIZED_SHAPE, "llm_window": window, "llm_window_step": step, "llm_max_repair_share": share}
     )
-    base = Settings(_env_file=None)  # type: ignore[call-arg]
     try:
-        applied = config.settings_for(base)
+        applied = config.settings_for(BASE)
     except ValidationError:
         with pytest.raises(ValidationError):
             Settings(

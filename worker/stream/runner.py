@@ -16,10 +16,10 @@ from contextlib import suppress
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 
+from ..retrying import until_done
 from ..service import Reranker
-from ..sessions import CRASH_LIMIT, run_session
+from ..sessions import CRASH_LIMIT, SessionDone, run_session
 from ..store.faults import is_db_down
 from ..store.journal import GroupCommitWriter
 from ..store.store import Store
@@ -124,29 +124,31 @@ class Runner:
     async def _until_done(self, request_id: str) -> None:
         """Run the session until it is stored finished: database outages are waited out (never
         counted), crashes are recorded and retried until the session is failed for them."""
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, WalkCrashed) or is_db_down(e)),
-            wait=wait_exponential(multiplier=0.2, max=5.0),
-            reraise=True,
-            before_sleep=self._waiting,
-        ):
-            with attempt:
-                try:
-                    done = await run_session(
-                        self.store,
-                        self.writer,
-                        self.reranker,
-                        request_id,
-                        self.owner,
-                        self.lease_s,
-                        self.crash_limit,
-                    )
-                except Exception as exc:
-                    if is_db_down(exc):  # a value the database refused is no outage: a crash
-                        raise
-                    await self._crashed(request_id, exc)
-                    raise WalkCrashed(str(exc)) from exc
-        metrics.BACKPRESSURE.labels("postgres").set(0)
+
+        async def attempt() -> SessionDone | None:
+            try:
+                return await run_session(
+                    self.store,
+                    self.writer,
+                    self.reranker,
+                    request_id,
+                    self.owner,
+                    self.lease_s,
+                    self.crash_limit,
+                )
+            except Exception as exc:
+                if is_db_down(exc):  # a value the database refused is no outage: a crash
+                    raise
+                await self._crashed(request_id, exc)
+                raise WalkCrashed(str(exc)) from exc
+
+        done = await until_done(
+            attempt,
+            f"PostgreSQL (session {request_id})",
+            retry_on=lambda e: isinstance(e, WalkCrashed) or is_db_down(e),
+            outage=is_db_down,
+            flag=metrics.BACKPRESSURE.labels("postgres"),
+        )
         if done is not None:
             result, outcome, replayed = done
             if outcome is None:
@@ -162,14 +164,6 @@ class Runner:
         metrics.CRASHES.inc()
         log.exception("walk of %s crashed; lease released for a retry", request_id)
         await self.store.crashed(request_id, self.owner, f"{type(exc).__name__}: {exc}")
-
-    @staticmethod
-    def _waiting(state: object) -> None:
-        outcome = getattr(state, "outcome", None)
-        exc = outcome.exception() if outcome is not None else None
-        if not isinstance(exc, WalkCrashed):
-            metrics.BACKPRESSURE.labels("postgres").set(1)
-            log.warning("a session waits for the database: %s", exc)
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking sessions; let walks in flight finish within the grace period, then cancel
