@@ -1,9 +1,17 @@
-"""Throughput of one worker process through Kafka and PostgreSQL against sim-llm.
+"""Throughput, CPU and added latency of worker processes through Kafka and PostgreSQL against sim-llm.
 
 1. sim-llm with a fixed latency per call and a fixed number of calls served at once has a known
-   capacity (calls/s); the worker's end-to-end rate (first request produced to last result
+   capacity (calls/s); one worker's end-to-end rate (first request produced to last result
    received) is printed as a share of it. Target: at least 95%.
-2. With zero latency: requests per second, and the worker's CPU milliseconds per node step.
+2. With zero latency (an instant, simulated LLM), 1, 2 and 3 worker processes in one consumer
+   group: requests per second (results 10%..90%) and the workers' CPU milliseconds per node step.
+   Targets for one worker: at least 140 requests/s and at most 1.5 ms per step.
+3. At half of one worker's zero-latency capacity, paced: the latency the worker adds, i.e. receipt
+   (the request's Kafka timestamp) to publish (the result's) minus the time its LLM calls took,
+   p50 and p99. Target: tens of milliseconds (p99 under 100 ms).
+
+`--profile FILE` records the one-worker zero-latency run with py-spy (the bench extra) and prints
+its top frames (benchmarks/profile_top.py).
 
 Needs Kafka and PostgreSQL running (`make up`). Usage: .venv/bin/python benchmarks/worker_bench.py
 """
@@ -14,12 +22,14 @@ import argparse
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
@@ -30,9 +40,14 @@ from worker.samples import sample_requests
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(REPO / ".venv" / "bin" / "llm4rerank")
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from profile_top import report  # noqa: E402
 from service_kit import free_port, wait_http  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
+TARGET_RPS = 140.0
+TARGET_CPU_MS = 1.5
+TARGET_ADDED_P99_MS = 100.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -40,9 +55,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 async def run_case(
-    n: int, latency_ms: float, max_concurrent: int, concurrency: int, workdir: Path
-) -> dict[str, float]:
+    n: int,
+    latency_ms: float,
+    max_concurrent: int,
+    concurrency: int,
+    workdir: Path,
+    *,
+    workers: int = 1,
+    rate: float | None = None,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    """Run `workers` processes over `n` requests (all at once, or `rate` per second)."""
     tag = uuid.uuid4().hex[:8]
     db = f"llm4rerank_bench_{tag}"
     conn = await asyncpg.connect(f"{PG}/postgres")
@@ -52,21 +81,11 @@ async def run_case(
     subprocess.run([CLI, "db", "upgrade", "--url", url], check=True, capture_output=True)
     sim_port = free_port()
     sim = subprocess.Popen(
-        [
-            CLI,
-            "sim-llm",
-            "--port",
-            str(sim_port),
-            "--latency-ms",
-            str(latency_ms),
-            "--max-concurrent",
-            str(max_concurrent),
-            "--seed",
-            "1",
-        ],
+        [CLI, "sim-llm", "--port", str(sim_port), "--latency-ms", str(latency_ms),
+         "--max-concurrent", str(max_concurrent), "--seed", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     env = {
         **os.environ,
         "LLM4RERANK_DATABASE_URL": url,
@@ -76,15 +95,24 @@ async def run_case(
         "LLM4RERANK_RESULT_TOPIC": f"bench.{tag}.results",
         "LLM4RERANK_DLQ_TOPIC": f"bench.{tag}.dlq",
         "LLM4RERANK_CONSUMER_GROUP": f"bench-{tag}",
-        "LLM4RERANK_METRICS_PORT": str(free_port()),
         "LLM4RERANK_CONCURRENCY": str(concurrency),
         "LLM4RERANK_STATE_DIR": str(workdir / tag),
     }
-    worker = None
+    procs: list[subprocess.Popen[bytes]] = []
+    spy: subprocess.Popen[bytes] | None = None
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/v1/models", proc=sim)
-        log = open(workdir / f"worker-{tag}.log", "wb")
-        worker = subprocess.Popen([CLI, "worker"], env=env, stdout=log, stderr=log)
+        logs = [workdir / f"worker-{tag}-{i}.log" for i in range(workers)]
+        for path in logs:
+            log = open(path, "wb")
+            procs.append(
+                subprocess.Popen(
+                    [CLI, "worker"],
+                    env={**env, "LLM4RERANK_METRICS_PORT": str(free_port())},
+                    stdout=log,
+                    stderr=log,
+                )
+            )
         consumer = AIOKafkaConsumer(
             env["LLM4RERANK_RESULT_TOPIC"],
             bootstrap_servers="127.0.0.1:9092",
@@ -92,46 +120,85 @@ async def run_case(
             auto_offset_reset="earliest",
         )
         await consumer.start()
-        await _wait_ready(workdir / f"worker-{tag}.log")
+        for path in logs:
+            await _wait_ready(path)
+        if workers > 1:
+            await asyncio.sleep(5)  # the group's rebalance settles before the clock starts
         requests = [orjson.dumps(r) for r in sample_requests(n, seed=3, prefix=f"b{tag}")]
-        cpu0 = cpu_seconds(worker.pid)
-        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092", linger_ms=5)
+        cpu0 = [cpu_seconds(p.pid) for p in procs]
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092", linger_ms=0 if rate else 5)
         await producer.start()
         started = time.monotonic()
-        await asyncio.gather(*[await producer.send(env["LLM4RERANK_REQUEST_TOPIC"], r) for r in requests])
-        await producer.stop()
-        seen: set[bytes] = set()
+        sent_at: dict[bytes, int] = {}
+
+        async def produce() -> None:
+            acks = []
+            for i, r in enumerate(requests):
+                if rate:
+                    await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+                key = orjson.loads(r)["request_id"].encode()
+                acks.append((key, await producer.send(env["LLM4RERANK_REQUEST_TOPIC"], r, key=key)))
+            for key, ack in acks:
+                sent_at[key] = (await ack).timestamp
+
+        producing = asyncio.create_task(produce())
+        published: dict[bytes, int] = {}
         arrivals: list[float] = []
-        while len(seen) < n:
+        while len(published) < n:
             batch = await consumer.getmany(timeout_ms=200)
             for part in batch.values():
                 for record in part:
-                    if record.key not in seen:
-                        seen.add(record.key)
+                    if record.key not in published:
+                        published[record.key] = record.timestamp
                         arrivals.append(time.monotonic() - started)
+            if profile is not None and spy is None and len(published) >= n // 10:
+                spy = subprocess.Popen(
+                    [str(REPO / ".venv" / "bin" / "py-spy"), "record", "--pid", str(procs[0].pid),
+                     "--rate", "200", "--duration", "5", "--format", "raw", "--nonblocking",
+                     "-o", str(profile)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip
             if time.monotonic() - started > 600:
-                raise RuntimeError(f"only {len(seen)} of {n} results after 600 s")
+                raise RuntimeError(f"only {len(published)} of {n} results after 600 s")
         elapsed = time.monotonic() - started
-        cpu = cpu_seconds(worker.pid) - cpu0
+        cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
+        await producing
+        await producer.stop()
         await consumer.stop()
+        if spy is not None:
+            spy.wait(60)
         conn = await asyncpg.connect(f"{PG}/{db}")
         calls = await conn.fetchval("select sum(llm_calls) from sessions")
         steps = await conn.fetchval("select count(*) from steps")
+        llm_ms: dict[bytes, float] = {}
+        for row in await conn.fetch(
+            "select s.request_id, st.calls from sessions s join steps st on st.session_id = s.id"
+        ):
+            waited = sum(float(c.get("latency_ms") or 0) for c in orjson.loads(row["calls"] or "[]"))
+            key = row["request_id"].encode()
+            llm_ms[key] = llm_ms.get(key, 0.0) + waited
         await conn.close()
+        added = [published[k] - sent_at[k] - llm_ms.get(k, 0.0) for k in published if k in sent_at]
         lo, hi = arrivals[n // 10], arrivals[(9 * n) // 10]
-        steady = (((9 * n) // 10 - n // 10) / (hi - lo)) * (calls / n) if hi > lo else 0.0
+        steady_n = ((9 * n) // 10 - n // 10) / (hi - lo) if hi > lo else 0.0
         return {
             "elapsed": elapsed,
             "calls": calls,
             "steps": steps,
             "cpu": cpu,
             "n": n,
-            "steady_calls_per_s": steady,
+            "steady_calls_per_s": steady_n * (calls / n),
+            "steady_requests_per_s": steady_n,
+            "added_ms": added,
         }
     finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(60)
+        if spy is not None and spy.poll() is None:
+            spy.terminate()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(60)
         sim.terminate()
         sim.wait(10)
         conn = await asyncpg.connect(f"{PG}/postgres")
@@ -149,38 +216,73 @@ async def _wait_ready(log: Path) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--requests", type=int, default=600, help="the loaded case (LLM latency)")
+    parser.add_argument("--fast-requests", type=int, default=1500, help="each zero-latency case")
     parser.add_argument("--latency-ms", type=float, default=500.0)
     parser.add_argument("--max-concurrent", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--workers", default="1,2,3", help="worker processes per zero-latency case")
+    parser.add_argument("--profile", type=Path, help="py-spy the one-worker zero-latency run into FILE")
+    parser.add_argument("--skip-loaded", action="store_true", help="skip the LLM-latency case")
+    parser.add_argument(
+        "--latency-rate", type=float, help="only the added-latency case, paced at this many requests/s"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        loaded = await run_case(
-            args.requests, args.latency_ms, args.max_concurrent, args.concurrency, Path(tmp)
-        )
-        capacity = args.max_concurrent / (args.latency_ms / 1000)
-        rate = loaded["calls"] / loaded["elapsed"]
-        steady = loaded["steady_calls_per_s"] / capacity
-        print(
-            f"sim-llm capacity: {args.max_concurrent} calls at once x {args.latency_ms:.0f} ms "
-            f"= {capacity:.1f} calls/s"
-        )
-        print(
-            f"worker end to end: {loaded['n']} requests, {loaded['calls']} LLM calls in "
-            f"{loaded['elapsed']:.2f} s = {rate:.1f} calls/s "
-            f"({loaded['n'] / loaded['elapsed']:.1f} requests/s); whole run incl. ramp-up and "
-            f"drain: {rate / capacity:.1%} of capacity"
-        )
-        print(
-            f"share of LLM capacity with a backlog (results 10%..90%): {steady:.1%} "
-            f"(target >= 95%): {'PASS' if steady >= 0.95 else 'FAIL'}"
-        )
-        fast = await run_case(max(args.requests // 2, 200), 0.0, 64, args.concurrency, Path(tmp))
-        print(
-            f"zero latency: {fast['n'] / fast['elapsed']:.1f} requests/s, "
-            f"{1000 * fast['cpu'] / fast['steps']:.2f} worker CPU ms per node step "
-            f"({fast['steps']} steps, {fast['cpu']:.2f} CPU s)"
-        )
+        if args.latency_rate:
+            await added_latency(args.latency_rate, args.concurrency, Path(tmp))
+            return
+        if not args.skip_loaded:
+            loaded = await run_case(
+                args.requests, args.latency_ms, args.max_concurrent, args.concurrency, Path(tmp)
+            )
+            capacity = args.max_concurrent / (args.latency_ms / 1000)
+            rate = loaded["calls"] / loaded["elapsed"]
+            steady = loaded["steady_calls_per_s"] / capacity
+            print(
+                f"sim-llm capacity: {args.max_concurrent} calls at once x {args.latency_ms:.0f} ms "
+                f"= {capacity:.1f} calls/s"
+            )
+            print(
+                f"worker end to end: {loaded['n']} requests, {loaded['calls']} LLM calls in "
+                f"{loaded['elapsed']:.2f} s = {rate:.1f} calls/s "
+                f"({loaded['n'] / loaded['elapsed']:.1f} requests/s); whole run incl. ramp-up and "
+                f"drain: {rate / capacity:.1%} of capacity"
+            )
+            print(
+                f"share of LLM capacity with a backlog (results 10%..90%): {steady:.1%} "
+                f"(target >= 95%): {'PASS' if steady >= 0.95 else 'FAIL'}"
+            )
+        one: dict[str, Any] | None = None
+        for workers in [int(w) for w in args.workers.split(",")]:
+            fast = await run_case(
+                args.fast_requests, 0.0, 64, args.concurrency, Path(tmp), workers=workers,
+                profile=args.profile if workers == 1 else None,
+            )  # fmt: skip
+            one = one or fast
+            per_step = 1000 * fast["cpu"] / fast["steps"]
+            rps = fast["steady_requests_per_s"]
+            print(
+                f"zero latency, {workers} worker(s): {rps:.1f} requests/s "
+                f"(target >= {TARGET_RPS:.0f}{' per worker alone' if workers > 1 else ''}), "
+                f"{per_step:.2f} worker CPU ms per node step (target <= {TARGET_CPU_MS}) "
+                f"({fast['steps']} steps, {fast['cpu']:.2f} CPU s in all workers)"
+            )
+        if args.profile is not None and args.profile.exists():
+            print(report(args.profile))
+        if one is not None:
+            await added_latency(one["steady_requests_per_s"] / 2, args.concurrency, Path(tmp), "half of")
+
+
+async def added_latency(rate: float, concurrency: int, workdir: Path, what: str = "set by") -> None:
+    paced = await run_case(max(200, int(rate * 10)), 0.0, 64, concurrency, workdir, rate=rate)
+    added = paced["added_ms"]
+    p50, p99 = statistics.median(added), percentile(added, 0.99)
+    print(
+        f"worker-added latency at {rate:.0f} requests/s ({what} one worker's capacity), "
+        f"receipt to publish minus LLM time, {len(added)} requests: p50 {p50:.1f} ms, "
+        f"p99 {p99:.1f} ms (target: tens of ms, p99 <= {TARGET_ADDED_P99_MS:.0f})"
+    )
 
 
 if __name__ == "__main__":

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         ge=0,
         description="retryable LLM failures in a row after which calls wait for one probe at a time (0: off)",
     )
+    llm_transport: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp",
+        description="the openai client's HTTP transport: aiohttp (its `aiohttp` extra, far less CPU "
+        "per call) or httpx (the client's default)",
+    )
 
     request_topic: str = "rerank.requests"
     result_topic: str = "rerank.results"
@@ -84,6 +89,12 @@ class Settings(BaseSettings):
     max_steps: int = Field(5, ge=1, le=50)
     deadline_ms: int = Field(30_000, ge=100)
     concurrency: int = Field(64, ge=1)
+    inbox_batch: int = Field(
+        64,
+        ge=1,
+        description="Kafka messages the inbox records per transaction (at most; the stream buffer "
+        "and the byte budget bound it too)",
+    )
     prompts: str = "default"
     prompts_dir: Path = PACKAGED_PROMPTS
 

@@ -53,10 +53,15 @@ def rerank(
 
     async def main() -> int:
         chat = None
-        if policy is PolicyName.llm:
-            chat = OpenAIChat(settings)
-            await chat.check()
-        reranker = Reranker(settings, chat, policy=policy.value)
+        try:
+            if policy is PolicyName.llm:
+                chat = OpenAIChat(settings)
+                await chat.check()
+            reranker = Reranker(settings, chat, policy=policy.value)
+        except BaseException:
+            if chat is not None:
+                await chat.close()  # the aiohttp session, else "Unclosed client session" at exit
+            raise
         trace_store = None
         if store:
             from ..store.migrate import upgrade_async

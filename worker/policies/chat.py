@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import httpx
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
@@ -63,6 +64,15 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500 and not is_validation_error(exc)
 
 
+def http_client(transport: str, timeout_s: float) -> httpx.AsyncClient:
+    """The openai client's transport. aiohttp (the client's `aiohttp` extra) costs a fraction of
+    httpx's CPU per call (httpcore's pool checks every connection on each request); errors still
+    reach us as the client's own (APITimeoutError, APIConnectionError), so retries see no change."""
+    if transport == "aiohttp":
+        return openai.DefaultAioHttpClient(timeout=timeout_s)
+    return openai.DefaultAsyncHttpxClient(timeout=timeout_s)
+
+
 class OpenAIChat:
     """One per process: the client, its connection pool and the in-flight limit are shared."""
 
@@ -82,6 +92,7 @@ class OpenAIChat:
             api_key=settings.llm_api_key or "EMPTY",
             max_retries=0,
             timeout=settings.llm_timeout_s,
+            http_client=http_client(settings.llm_transport, settings.llm_timeout_s),
         )
         self.limit = asyncio.Semaphore(settings.llm_max_inflight)
         self.clock = clock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -24,10 +25,17 @@ class GroupCommitWriter:
     escaped and a note; if even that is refused, only its own walk gets the error.
     """
 
-    def __init__(self, store: Store, max_batch: int = 500, linger_s: float = 0.005) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_batch: int = 500,
+        linger_s: float = 0.0,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
         self.linger_s = linger_s
+        self.on_commit = on_commit
         self.queue: asyncio.Queue[tuple[int, StepRecord, asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.healthy = True
@@ -56,12 +64,18 @@ class GroupCommitWriter:
         return done
 
     async def _run(self) -> None:
+        """One commit at a time; each takes every step queued meanwhile. Under load the steps
+        that arrive while a commit runs form the next group; when idle a step is committed after
+        one pass of the event loop (every walk ready to run adds its step first) plus `linger_s`,
+        so grouping costs no fixed wait."""
         while True:
             batch = [await self.queue.get()]
             await asyncio.sleep(self.linger_s)
             while not self.queue.empty() and len(batch) < self.max_batch:
                 batch.append(self.queue.get_nowait())
             await self._commit(batch)
+            if self.on_commit is not None:
+                self.on_commit(len(batch))
 
     async def _commit(self, batch: list[tuple[int, StepRecord, asyncio.Future[None]]]) -> None:
         """Commit the batch; a refused value sends it one step at a time, an outage is waited out

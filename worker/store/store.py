@@ -6,7 +6,8 @@ that crashed at any point can run again over the same messages without duplicati
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,8 @@ from ..schemas import RerankRequest, RerankResult, Source, canonical_hash, utcno
 from .calls_codec import deflate_calls
 from .compact import pack_step, unpack_step
 from .dedup import insert_sessions_once
+from .faults import is_db_down
+from .hot import HotStatements, json_text
 from .parts import joined, split_calls, store_parts
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
 
@@ -56,19 +59,25 @@ def stored_request(text: str | None, data: Any) -> RerankRequest:
     return RerankRequest.model_validate(orjson.loads(text) if text else data)
 
 
-def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> AsyncEngine:
+    """JSON through orjson both ways. Without `pre_ping` a connection the database dropped fails
+    once: SQLAlchemy then invalidates the pool (and the hot path its connection), and the
+    caller's retry (every store call has one) gets a fresh connection."""
+    kwargs = {"json_serializer": json_text, "json_deserializer": orjson.loads, **kwargs}
     if url.startswith("sqlite"):
         return create_async_engine(url, **kwargs)
     return create_async_engine(
-        url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_recycle=300, **kwargs
+        url, pool_size=10, max_overflow=10, pool_pre_ping=pre_ping, pool_recycle=300, **kwargs
     )
 
 
 class Store:
     def __init__(self, url: str, engine: AsyncEngine | None = None) -> None:
         self.url = url
-        self.engine = engine or make_engine(url)
+        # the pre-ping cost a round trip per checkout; a dropped connection is retried instead
+        self.engine = engine or make_engine(url, pre_ping=False)
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        self.hot = HotStatements() if self.engine.dialect.driver == "asyncpg" else None
         # one statement each, compiled once and executed with many parameter sets
         # PostgreSQL: sessions partitioned by time, request_id kept unique by worker/store/dedup.py
         pg = self.engine.dialect.name == "postgresql"
@@ -217,6 +226,16 @@ class Store:
     async def claim(self, request_id: str, owner: str, lease_s: float) -> Claim | None:
         """Take the session unless another live worker holds it (its lease not yet expired)."""
         now = utcnow()
+        if self.hot is not None:
+            async with self.engine.connect() as conn, _invalidating(conn):
+                found = await self.hot.claim(conn, request_id, owner, now, lease_s)
+                if found is None:
+                    return None
+                claimed = _Row(**dict(found))
+                self._remember(claimed.id, claimed.received_at)
+                stored = await self._steps(conn, claimed.id, claimed.received_at) if claimed.has_steps else []
+                await conn.commit()
+            return _claim(claimed, stored)
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
@@ -256,17 +275,7 @@ class Store:
                 return None
             self._remember(row.id, row.received_at)
             stored = await self._steps(conn, row.id, row.received_at)
-        return Claim(
-            row.id,
-            stored_request(row.request_text, row.request),
-            row.attempts,
-            stored,
-            row.replay_of,
-            row.run_config,
-            _utc(row.receipt_at or row.received_at),
-            row.crashes or 0,
-            row.last_error,
-        )
+        return _claim(row, stored)
 
     async def orphans(self, deployment: str | None, limit: int = 500) -> list[str]:
         """Unfinished sessions of this deployment nobody holds (a crashed or stopped worker's):
@@ -337,8 +346,12 @@ class Store:
             times = await self._received_at(conn, {sid for sid, _ in batch})
             for row in rows:
                 row["session_received_at"] = times.get(row["session_id"])
-            await store_parts(conn, parts, now.date())
-            await conn.execute(self._insert_step, rows)
+            await store_parts(conn, parts, now.date())  # begins the transaction the driver's insert joins
+            if self.hot is not None and parts:
+                async with _invalidating(conn):
+                    await self.hot.insert_steps(conn, rows)
+            else:
+                await conn.execute(self._insert_step, rows)
 
     def _remember(self, session_id: int, received_at: datetime) -> None:
         if len(self._session_times) >= 100_000:
@@ -457,6 +470,43 @@ async def read_steps(conn: AsyncConnection, rows: Sequence[Any]) -> list[StepRec
         )
         for r, c in zip(rows, calls, strict=True)
     ]
+
+
+class _Row:
+    """A claimed session's columns from the driver's record, read like SQLAlchemy's row."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)
+
+
+def _claim(row: Any, stored: list[StepRecord]) -> Claim:
+    return Claim(
+        row.id,
+        stored_request(row.request_text, row.request),
+        row.attempts,
+        stored,
+        row.replay_of,
+        row.run_config,
+        _utc(row.receipt_at or row.received_at),
+        row.crashes or 0,
+        row.last_error,
+    )
+
+
+@asynccontextmanager
+async def _invalidating(conn: AsyncConnection) -> AsyncIterator[None]:
+    """A connection error on the driver bypasses SQLAlchemy: drop the connection from the pool
+    so the retry gets a fresh one."""
+    try:
+        yield
+    except Exception as exc:
+        if is_db_down(exc):
+            with suppress(Exception):
+                await conn.invalidate()
+        raise
 
 
 def _outbox(limit: int, deployment: str | None = None) -> Select[Any]:

@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import uuid
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from ..store.journal import GroupCommitWriter
 from ..store.store import Store
 from . import metrics
 from .budget import ByteBudget
-from .inbox import Inbox
+from .inbox import Inbox, Message
 from .outbox import Publisher
 from .runner import DB_DOWN, Runner
 from .topics import ensure_topics
@@ -42,6 +43,15 @@ from .topics import ensure_topics
 log = logging.getLogger("llm4rerank.worker")
 # after the grace period, the rest of the shutdown (steps, outbox, leases) gets this long
 STOP_MARGIN_S = 5.0
+# the inbox waits at most this long for a fuller batch
+INBOX_LINGER_S = 0.005
+
+
+def inbox_batch(settings: Settings) -> int:
+    """Messages the inbox records per transaction, and the stream buffer's size: no more
+    requests than the byte budget admits at the largest request size."""
+    budget = settings.inflight_bytes // settings.max_payload_bytes
+    return max(1, min(settings.inbox_batch, settings.concurrency, budget))
 
 
 def create_app(settings: Settings, datadir: Path) -> faust.App:
@@ -63,9 +73,7 @@ def create_app(settings: Settings, datadir: Path) -> faust.App:
         # memory: one fetch holds about one large message per partition, and the stream buffer
         # holds no more requests than the byte budget admits at the largest request size
         consumer_max_fetch_size=settings.kafka_max_message_bytes,
-        stream_buffer_maxsize=max(
-            4, min(settings.concurrency, 64, settings.inflight_bytes // settings.max_payload_bytes)
-        ),
+        stream_buffer_maxsize=max(4, inbox_batch(settings)),
         broker_max_poll_records=200,
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=max(settings.kafka_session_timeout_s / 5, 0.5),
@@ -81,7 +89,7 @@ class WorkerService(Service):
         self.app, self.settings = app, settings
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.store = Store(settings.database_url)
-        self.writer = GroupCommitWriter(self.store)
+        self.writer = GroupCommitWriter(self.store, on_commit=metrics.STEP_COMMITS.observe)
         self.chat = OpenAIChat(settings)
         self.chat.breaker.on_change = lambda down: metrics.BACKPRESSURE.labels("llm").set(int(down))
         self.reranker = Reranker(settings, self.chat)
@@ -231,24 +239,42 @@ def build(settings: Settings, datadir: Path) -> tuple[faust.App, WorkerService]:
 
     @app.agent(requests, concurrency=1)
     async def inbox(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            message = event.message
-            tp = message.tp
-            await service.inbox.accept(
-                message.value,
-                Source(topic=message.topic, partition=message.partition, offset=message.offset),
-                [(k, v) for k, v in (message.headers or [])],
-                message.timestamp,
-            )
+        # a batch is recorded in one transaction; take_events acknowledges its offsets after the
+        # body has run, i.e. once every message is stored or dead-lettered
+        async for events in stream.take_events(inbox_batch(settings), INBOX_LINGER_S):  # type: ignore[attr-defined]
+            try:
+                await service.inbox.accept_batch([message_of(e.message) for e in events])
+            except BaseException:
+                never_ack(events)
+                raise
             with suppress(Exception):
-                lag = app.consumer.highwater(tp) - message.offset - 1
-                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(lag, 0))
+                last = {e.message.tp: e.message.offset for e in events}
+                for tp, offset in last.items():
+                    lag = app.consumer.highwater(tp) - offset - 1
+                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(lag, 0))
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: Any, **_: Any) -> None:
         service.rescan.set()
 
     return app, service
+
+
+def message_of(message: Any) -> Message:
+    return Message(
+        message.value,
+        Source(topic=message.topic, partition=message.partition, offset=message.offset),
+        [(k, v) for k, v in (message.headers or [])],
+        message.timestamp,
+    )
+
+
+def never_ack(events: Sequence[Any]) -> None:
+    """A batch interrupted (shutdown) must not be acknowledged: take_events acks its events when
+    its generator is closed, even after the body raised. A message marked acked is skipped by
+    faust's ack, so its offset is not committed and the message is read again."""
+    for event in events:
+        event.message.acked = True
 
 
 class BoundedWorker(faust.Worker):
@@ -293,7 +319,22 @@ class BoundedWorker(faust.Worker):
         os._exit(code)
 
 
+def use_uvloop() -> bool:
+    """uvloop under faust (mode's own switch, before any loop exists): less CPU per event; the
+    standard asyncio loop when it is not installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    import mode.loop
+
+    mode.loop.use("uvloop")
+    return True
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    if not use_uvloop():
+        log.info("uvloop not installed; running on the standard asyncio loop")
     datadir = settings.state_dir / settings.consumer_group
     datadir.mkdir(parents=True, exist_ok=True)
     app, service = build(settings, datadir)

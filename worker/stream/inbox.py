@@ -4,9 +4,10 @@ PostgreSQL before its offset can be committed, then hand it to the runner."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -53,53 +54,89 @@ class Inbox:
         headers: list[tuple[str, bytes]] | None = None,
         timestamp: float | None = None,
     ) -> None:
+        """One message: `accept_batch` of one."""
+        await self.accept_batch([Message(value, source, headers, timestamp)])
+
+    async def accept_batch(self, messages: Sequence[Message]) -> None:
         """Never raises: every message ends recorded, queued for a walk, or in the DLQ.
 
-        `timestamp` (the Kafka message's, in seconds) starts the request's clock; receipt when
-        the message has none."""
-        raw = value or b""
-        try:
-            request = parse_request(raw, self.limits)
-            self.reranker.plan(request)
-        except RequestError as exc:
-            await self._dead_letter(raw, exc, source)
-            return
-        replay_of = next((v.decode("utf-8", "replace") for k, v in headers or [] if k == REPLAY_HEADER), None)
-        receipt = await self._record(raw, request, source, replay_of, timestamp)
-        if receipt is None:
-            return
-        if request.request_id in receipt.conflicts:
-            first = receipt.conflicts[request.request_id]
+        The valid messages are recorded in one transaction (one per run of messages sharing a
+        replay-of header; a request_id repeated within the batch starts the next run, so
+        conflicts and duplicates are found exactly as one by one); an invalid message gets its
+        own dead letter. A batch the database refuses is recorded again one message at a time,
+        so one poison message never holds up the others. A message's `timestamp` (Kafka's, in
+        seconds) starts the request's clock; receipt when it has none."""
+        valid: list[_Parsed] = []
+        for message in messages:
+            raw = message.value or b""
+            try:
+                request = parse_request(raw, self.limits)
+                self.reranker.plan(request)
+            except RequestError as exc:
+                await self._dead_letter(raw, exc, message.source)
+                continue
+            replay_of = next(
+                (v.decode("utf-8", "replace") for k, v in message.headers or [] if k == REPLAY_HEADER), None
+            )
+            valid.append(_Parsed(raw, request, message.source, replay_of, message.timestamp))
+        for chunk in _chunks(valid):
+            for parsed, receipt in zip(chunk, await self._record(chunk), strict=True):
+                if receipt is not None:
+                    await self._handle(parsed, receipt)
+
+    async def _handle(self, parsed: _Parsed, receipt: Receipt) -> None:
+        request_id = parsed.request.request_id
+        if request_id in receipt.conflicts:
+            first = receipt.conflicts[request_id]
             await self._dead_letter(
-                raw,
+                parsed.raw,
                 RequestError(
                     "conflict",
-                    f"request_id {request.request_id!r} was first received at {first.isoformat()} with "
+                    f"request_id {request_id!r} was first received at {first.isoformat()} with "
                     "different content; this message was not processed",
-                    {"request_id": request.request_id, "first_received_at": first.isoformat()},
+                    {"request_id": request_id, "first_received_at": first.isoformat()},
                 ),
-                source,
+                parsed.source,
             )
             return
         for note in receipt.notes:
-            log.warning("%s: %s", request.request_id, note)
-        if receipt.seen:
+            log.warning("%s: %s", request_id, note)
+        if request_id in receipt.seen:
             metrics.DUPLICATES.inc()
             self.runner.on_done.set()  # its stored result is queued for publishing again
             return
-        await self.runner.submit(request.request_id, len(raw))
+        await self.runner.submit(request_id, len(parsed.raw))
 
-    async def _record(
-        self,
-        raw: bytes,
-        request: RerankRequest,
-        source: Source,
-        replay_of: str | None,
-        timestamp: float | None,
-    ) -> Receipt | None:
-        """Store the request; None when the database refused it (it went to the DLQ). Waits while
-        the database is unreachable: only that is backpressure."""
+    async def _record(self, chunk: list[_Parsed]) -> list[Receipt | None]:
+        """Store the chunk in one transaction, each message's receipt in order; None for one the
+        database refused (it went to the DLQ). A chunk that fails for anything but an outage is
+        recorded again one message at a time, so only the refused one is dead-lettered."""
+        try:
+            receipt = await self._store(chunk)
+        except Exception as exc:
+            if len(chunk) == 1:
+                parsed = chunk[0]
+                error = (
+                    unstorable(parsed.request, exc)
+                    if is_data_error(exc)
+                    else RequestError(
+                        "store_error", f"the store failed {UNKNOWN_ERROR_ATTEMPTS} times: {exc}"[:2000]
+                    )
+                )
+                await self._dead_letter(parsed.raw, error, parsed.source)
+                return [None]
+            log.warning(
+                "recording a batch of %d failed (%s); recording them one by one",
+                len(chunk),
+                sqlstate(exc) or type(exc).__name__,
+            )
+            return [receipt for parsed in chunk for receipt in await self._record([parsed])]
+        return [receipt] * len(chunk)
+
+    async def _store(self, chunk: list[_Parsed]) -> Receipt:
+        """Waits while the database is unreachable: only that is backpressure."""
         unknown = 0
+        what = chunk[0].request.request_id if len(chunk) == 1 else f"a batch of {len(chunk)}"
 
         def waits(exc: BaseException) -> bool:
             nonlocal unknown
@@ -107,40 +144,27 @@ class Inbox:
                 return False
             if not is_db_down(exc):
                 unknown += 1
-                log.error(
-                    "recording %s failed (%d of %d): %s",
-                    request.request_id,
-                    unknown,
-                    UNKNOWN_ERROR_ATTEMPTS,
-                    exc,
-                )
+                log.error("recording %s failed (%d of %d): %s", what, unknown, UNKNOWN_ERROR_ATTEMPTS, exc)
                 return unknown < UNKNOWN_ERROR_ATTEMPTS
             return True
 
+        replay_of = chunk[0].replay_of
+
         async def store() -> Receipt:
             return await self.store.receive_checked(
-                [(request, source)],
+                [(p.request, p.source) for p in chunk],
                 replay_of=replay_of,
                 replay_mode="kafka" if replay_of else None,
-                texts=[raw.decode("utf-8")],
-                receipts=[receipt_time(timestamp)],
+                texts=[p.raw.decode("utf-8") for p in chunk],
+                receipts=[receipt_time(p.timestamp) for p in chunk],
                 run_config=self.reranker.stored_config,
                 deployment=self.deployment,
                 result_topic=self.result_topic,
             )
 
-        try:
-            return await until_done(
-                store, "PostgreSQL (the inbox)", retry_on=waits, flag=metrics.BACKPRESSURE.labels("postgres")
-            )
-        except Exception as exc:
-            error = (
-                unstorable(request, exc)
-                if is_data_error(exc)
-                else RequestError("store_error", f"the store failed {unknown} times: {exc}"[:2000])
-            )
-            await self._dead_letter(raw, error, source)
-            return None
+        return await until_done(
+            store, "PostgreSQL (the inbox)", retry_on=waits, flag=metrics.BACKPRESSURE.labels("postgres")
+        )
 
     async def _dead_letter(self, raw: bytes, error: RequestError, source: Source) -> None:
         record = dead_letter(raw, error, source, self.dlq_payload_max_bytes)
@@ -152,6 +176,38 @@ class Inbox:
             body = orjson.dumps(record.model_dump(mode="json"))
         # the broker unavailable: the message must not be lost, so this waits as long as it takes
         await until_done(lambda: self.send_and_wait(self.dlq_topic, key, body), "Kafka (the DLQ publish)")
+
+
+class Message(NamedTuple):
+    """A Kafka message as the inbox needs it."""
+
+    value: bytes | None
+    source: Source
+    headers: list[tuple[str, bytes]] | None = None
+    timestamp: float | None = None
+
+
+@dataclass
+class _Parsed:
+    raw: bytes
+    request: RerankRequest
+    source: Source
+    replay_of: str | None
+    timestamp: float | None
+
+
+def _chunks(valid: list[_Parsed]) -> list[list[_Parsed]]:
+    """Runs of messages recorded together: the same replay-of, no request_id twice."""
+    chunks: list[list[_Parsed]] = []
+    ids: set[str] = set()
+    for parsed in valid:
+        rid = parsed.request.request_id
+        if not chunks or chunks[-1][0].replay_of != parsed.replay_of or rid in ids:
+            chunks.append([])
+            ids = set()
+        chunks[-1].append(parsed)
+        ids.add(rid)
+    return chunks
 
 
 def receipt_time(timestamp: float | None) -> datetime | None:

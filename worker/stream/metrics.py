@@ -36,6 +36,9 @@ CRASH_FAILED = Counter(
     "llm4rerank_sessions_failed_by_crashes_total",
     "Sessions failed after crashing the walk LLM4RERANK_CRASH_LIMIT times",
 )
+STEP_COMMITS = Histogram(
+    "llm4rerank_step_commit_size", "Steps per group commit", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500)
+)
 BACKPRESSURE = Gauge("llm4rerank_backpressure", "1 while a dependency is down", ["dependency"])
 
 

@@ -1,0 +1,175 @@
+"""The store's hot statements on the asyncpg driver, for PostgreSQL only.
+
+A claim per request and a step insert per node step dominate the worker's database time; through
+SQLAlchemy each paid for cache keys, compilation lookups and parameter processing (about 1 ms),
+on the driver a fraction of it. The statements are still written in SQLAlchemy Core against the
+same tables, compiled once for PostgreSQL and run on the pooled connection's driver connection
+(`driver_connection`), so schema, migrations and the portable path stay SQLAlchemy's. JSON
+columns are encoded with orjson the way SQLAlchemy's JSON type would (None as JSON null).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+import orjson
+from sqlalchemy import Column, bindparam, exists, func, or_, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import sqltypes
+from sqlalchemy.sql.elements import ClauseElement
+
+from .tables import PENDING, RUNNING, sessions, steps
+
+DIALECT: Dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
+
+
+def json_text(value: Any) -> str:
+    """JSON text as the store writes it: orjson, and the standard library for what orjson refuses
+    (lone surrogates, non-string keys), so the database (not the encoder) judges the value."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        import json
+
+        return json.dumps(value)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A Core statement compiled once: its SQL ($n placeholders) and how to order arguments."""
+
+    sql: str
+    names: tuple[str, ...]
+    constants: Mapping[str, Any]
+
+    def args(self, values: Mapping[str, Any]) -> list[Any]:
+        return [values[n] if n in values else self.constants[n] for n in self.names]
+
+
+def compile_once(statement: ClauseElement, dialect: Dialect = DIALECT) -> Compiled:
+    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    positions: Sequence[str] = getattr(compiled, "positiontup", None) or ()
+    constants = {k: v.value if isinstance(v, Enum) else v for k, v in compiled.params.items()}
+    return Compiled(str(compiled), tuple(positions), constants)
+
+
+def _is_json(column: Column[Any]) -> bool:
+    return isinstance(column.type.dialect_impl(DIALECT), sqltypes.JSON)
+
+
+def _encoder(column: Column[Any]) -> Any:
+    if not _is_json(column):
+        return None
+    none_as_null = getattr(column.type.dialect_impl(DIALECT), "none_as_null", False)
+
+    def encode(value: Any) -> str | None:
+        if value is None and none_as_null:
+            return None
+        return json_text(value)
+
+    return encode
+
+
+def _p(name: str) -> Any:
+    """A parameter filled at run time (compiling does not ask for its value)."""
+    return bindparam(name, required=False)
+
+
+STEP_ENCODERS = {c.name: _encoder(c) for c in steps.columns}
+
+CLAIM = compile_once(
+    update(sessions)
+    .where(
+        sessions.c.request_id == _p("request_id"),
+        sessions.c.status.in_((PENDING, RUNNING)),
+        or_(
+            sessions.c.lease_owner.is_(None),
+            sessions.c.lease_owner == _p("owner"),
+            sessions.c.lease_until < _p("now"),
+        ),
+    )
+    .values(
+        status=RUNNING,
+        lease_owner=_p("owner"),
+        lease_until=_p("until"),
+        attempts=sessions.c.attempts + 1,
+        claimed_at=_p("now"),
+        started_at=func.coalesce(sessions.c.started_at, _p("now")),
+    )
+    .returning(
+        sessions.c.id,
+        sessions.c.request,
+        sessions.c.request_text,
+        sessions.c.attempts,
+        sessions.c.replay_of,
+        sessions.c.run_config,
+        sessions.c.receipt_at,
+        sessions.c.received_at,
+        sessions.c.crashes,
+        sessions.c.last_error,
+        exists()
+        .where(steps.c.session_id == sessions.c.id, steps.c.session_received_at == sessions.c.received_at)
+        .label("has_steps"),
+    )
+)
+
+
+class HotStatements:
+    """The claim and the step insert on the driver connection under SQLAlchemy's pool."""
+
+    def __init__(self) -> None:
+        self._inserts: dict[tuple[str, ...], Compiled] = {}
+
+    def _insert(self, keys: tuple[str, ...]) -> Compiled:
+        """One compiled INSERT per set of columns a step row has (normally just one)."""
+        found = self._inserts.get(keys)
+        if found is None:
+            statement = (
+                postgresql.insert(steps)
+                .inline()
+                .values({k: _p(k) for k in keys})
+                .on_conflict_do_nothing(index_elements=["session_id", "session_received_at", "step"])
+            )
+            found = self._inserts[keys] = compile_once(statement)
+        return found
+
+    async def insert_steps(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """The step rows in the connection's transaction (SQLAlchemy's, begun already)."""
+        keys = tuple(rows[0])
+        if any(tuple(r) != keys for r in rows):
+            for row in rows:
+                await self.insert_steps(conn, [row])
+            return
+        statement = self._insert(keys)
+        encoders = [STEP_ENCODERS.get(k) for k in statement.names]
+        args = [
+            [v if enc is None else enc(v) for v, enc in zip(statement.args(row), encoders, strict=True)]
+            for row in rows
+        ]
+        driver = await _driver(conn)
+        await driver.executemany(statement.sql, args)
+
+    async def claim(
+        self, conn: AsyncConnection, request_id: str, owner: str, now: datetime, lease_s: float
+    ) -> Any:
+        """The claimed session's row (a record), or None."""
+        driver = await _driver(conn)
+        values = {
+            "request_id": request_id,
+            "owner": owner,
+            "now": now,
+            "until": now + timedelta(seconds=lease_s),
+        }
+        return await driver.fetchrow(CLAIM.sql, *CLAIM.args(values))
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """asyncpg's connection under SQLAlchemy's (its JSON codecs, set by SQLAlchemy, in place)."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
