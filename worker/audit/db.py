@@ -59,9 +59,6 @@ def read_only_engine(url: str) -> AsyncEngine:
         "server_settings": {
             "default_transaction_read_only": "on",
             "application_name": "llm4rerank-audit",
-            # sessions and steps are partitioned alike (migration 0008): the node filter's
-            # semi-join runs partition by partition instead of over every steps partition at once
-            "enable_partitionwise_join": "on",
         }
     }
     return make_engine(url, connect_args=connect_args)

@@ -125,7 +125,7 @@ def conditions(f: TraceFilters, dialect: str = "postgresql") -> list[ColumnEleme
         escaped = f.goal.replace("/", "//").replace("%", "/%").replace("_", "/_")
         out.append(c.goal.ilike(f"%{escaped}%", escape="/"))
     if f.node is not None:
-        out.append(exists().where(*_steps_of(c.id, c.received_at, dialect), steps.c.node == f.node))
+        out.append(_visited(f, f.node, dialect))
     if f.item is not None and f.top_k is not None:
         if dialect == "postgresql":
             out.append(type_coerce(c.final_ranking, JSONB).contains([f.item]))
@@ -135,6 +135,22 @@ def conditions(f: TraceFilters, dialect: str = "postgresql") -> list[ColumnEleme
     elif f.replays == "only":
         out.append(c.replay_of.is_not(None))
     return out
+
+
+def _visited(f: TraceFilters, node: str, dialect: str) -> ColumnElement[bool]:
+    """Sessions with a step at `node`. On PostgreSQL a row IN over the steps' (node,
+    session_received_at, session_id) index: both sides come in key order, so a page is a merge
+    semi-join that stops when full, whether the node is rare or in every session; the time range
+    is repeated on the steps' side so that it skips what the sessions' side skips."""
+    c = sessions.c
+    if dialect == "postgresql":
+        visits = select(steps.c.session_received_at, steps.c.session_id).where(steps.c.node == node)
+        if f.since is not None:
+            visits = visits.where(steps.c.session_received_at >= f.since)
+        if f.until is not None:
+            visits = visits.where(steps.c.session_received_at < f.until)
+        return tuple_(c.received_at, c.id).in_(visits)
+    return exists().where(*_steps_of(c.id, c.received_at, dialect), steps.c.node == node)
 
 
 def _steps_of(session_id: Any, received_at: Any, dialect: str) -> list[ColumnElement[bool]]:

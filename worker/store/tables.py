@@ -132,7 +132,7 @@ steps = Table(
     ForeignKeyConstraint(
         ["session_id", "session_received_at"], ["sessions.id", "sessions.received_at"], ondelete="CASCADE"
     ),
-    Index("ix_steps_node_session", "node", "session_id"),
+    Index("ix_steps_node_time_session", "node", "session_received_at", "session_id"),
 )
 
 # Parts of prompts stored once and referenced from steps.calls by their SHA-256 (see parts.py).
