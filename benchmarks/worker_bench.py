@@ -36,6 +36,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.samples import sample_requests
+from worker.store.calls_codec import inflate_calls
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(REPO / ".venv" / "bin" / "llm4rerank")
@@ -175,7 +176,8 @@ async def run_case(
         for row in await conn.fetch(
             "select s.request_id, st.calls from sessions s join steps st on st.session_id = s.id"
         ):
-            waited = sum(float(c.get("latency_ms") or 0) for c in orjson.loads(row["calls"] or "[]"))
+            step_calls = inflate_calls(orjson.loads(row["calls"] or "[]"))  # the compact store deflates them
+            waited = sum(float(c.get("latency_ms") or 0) for c in step_calls)
             key = row["request_id"].encode()
             llm_ms[key] = llm_ms.get(key, 0.0) + waited
         await conn.close()
