@@ -44,9 +44,9 @@ test: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # The fast lane: every test that needs no service (no Kafka, PostgreSQL, sim-llm, browser, llama.cpp).
-# One process per core (pytest-xdist); bytecode is cached even where PYTHONDONTWRITEBYTECODE is set.
+# One process per core (pytest-xdist), whole files per process; bytecode is cached even where PYTHONDONTWRITEBYTECODE is set.
 test-fast: $(STAMP)
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -p no:cacheprovider -m "not integration" -n auto
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -p no:cacheprovider -m "not integration" -n auto --dist loadfile
 
 # requirements.lock: the image's exact versions (runtime and the eval extra), compiled from pyproject.toml.
 lock: $(STAMP)
