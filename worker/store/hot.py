@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, bindparam, exists, func, or_, update
+from sqlalchemy import Column, Update, bindparam, exists, func, or_, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -83,26 +83,12 @@ def _p(name: str) -> Any:
 
 STEP_ENCODERS = {c.name: _encoder(c) for c in steps.columns}
 
-CLAIM = compile_once(
-    update(sessions)
-    .where(
-        sessions.c.request_id == _p("request_id"),
-        sessions.c.status.in_((PENDING, RUNNING)),
-        or_(
-            sessions.c.lease_owner.is_(None),
-            sessions.c.lease_owner == _p("owner"),
-            sessions.c.lease_until < _p("now"),
-        ),
-    )
-    .values(
-        status=RUNNING,
-        lease_owner=_p("owner"),
-        lease_until=_p("until"),
-        attempts=sessions.c.attempts + 1,
-        claimed_at=_p("now"),
-        started_at=func.coalesce(sessions.c.started_at, _p("now")),
-    )
-    .returning(
+
+def claim_update(request_id: Any, owner: Any, now: Any, until: Any, *, flag_steps: bool = False) -> Update:
+    """The claim: take the session unless another live worker holds its lease. One statement for
+    both paths (values bound as given, or parameters for the driver); `flag_steps` adds whether
+    the session has steps, found with its partition key (PostgreSQL's driver path)."""
+    returning: list[Any] = [
         sessions.c.id,
         sessions.c.request,
         sessions.c.request_text,
@@ -113,11 +99,37 @@ CLAIM = compile_once(
         sessions.c.received_at,
         sessions.c.crashes,
         sessions.c.last_error,
-        exists()
-        .where(steps.c.session_id == sessions.c.id, steps.c.session_received_at == sessions.c.received_at)
-        .label("has_steps"),
+    ]
+    if flag_steps:
+        returning.append(
+            exists()
+            .where(steps.c.session_id == sessions.c.id, steps.c.session_received_at == sessions.c.received_at)
+            .label("has_steps")
+        )
+    return (
+        update(sessions)
+        .where(
+            sessions.c.request_id == request_id,
+            sessions.c.status.in_((PENDING, RUNNING)),
+            or_(
+                sessions.c.lease_owner.is_(None),
+                sessions.c.lease_owner == owner,
+                sessions.c.lease_until < now,
+            ),
+        )
+        .values(
+            status=RUNNING,
+            lease_owner=owner,
+            lease_until=until,
+            attempts=sessions.c.attempts + 1,
+            claimed_at=now,
+            started_at=func.coalesce(sessions.c.started_at, now),
+        )
+        .returning(*returning)
     )
-)
+
+
+CLAIM = compile_once(claim_update(_p("request_id"), _p("owner"), _p("now"), _p("until"), flag_steps=True))
 
 
 class HotStatements:

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -23,7 +24,7 @@ from .calls_codec import deflate_calls
 from .compact import pack_step, unpack_step
 from .dedup import insert_sessions_once
 from .faults import is_db_down
-from .hot import HotStatements, json_text
+from .hot import HotStatements, claim_update, json_text
 from .parts import joined, split_calls, store_parts
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
 
@@ -231,46 +232,14 @@ class Store:
                 found = await self.hot.claim(conn, request_id, owner, now, lease_s)
                 if found is None:
                     return None
-                claimed = _Row(**dict(found))
+                claimed = SimpleNamespace(**dict(found))
                 self._remember(claimed.id, claimed.received_at)
                 stored = await self._steps(conn, claimed.id, claimed.received_at) if claimed.has_steps else []
                 await conn.commit()
             return _claim(claimed, stored)
         async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    update(sessions)
-                    .where(
-                        sessions.c.request_id == request_id,
-                        sessions.c.status.in_((PENDING, RUNNING)),
-                        or_(
-                            sessions.c.lease_owner.is_(None),
-                            sessions.c.lease_owner == owner,
-                            sessions.c.lease_until < now,
-                        ),
-                    )
-                    .values(
-                        status=RUNNING,
-                        lease_owner=owner,
-                        lease_until=now + timedelta(seconds=lease_s),
-                        attempts=sessions.c.attempts + 1,
-                        claimed_at=now,
-                        started_at=func.coalesce(sessions.c.started_at, now),
-                    )
-                    .returning(
-                        sessions.c.id,
-                        sessions.c.request,
-                        sessions.c.request_text,
-                        sessions.c.attempts,
-                        sessions.c.replay_of,
-                        sessions.c.run_config,
-                        sessions.c.receipt_at,
-                        sessions.c.received_at,
-                        sessions.c.crashes,
-                        sessions.c.last_error,
-                    )
-                )
-            ).first()
+            until = now + timedelta(seconds=lease_s)
+            row = (await conn.execute(claim_update(request_id, owner, now, until))).first()
             if row is None:
                 return None
             self._remember(row.id, row.received_at)
@@ -470,16 +439,6 @@ async def read_steps(conn: AsyncConnection, rows: Sequence[Any]) -> list[StepRec
         )
         for r, c in zip(rows, calls, strict=True)
     ]
-
-
-class _Row:
-    """A claimed session's columns from the driver's record, read like SQLAlchemy's row."""
-
-    def __init__(self, **values: Any) -> None:
-        self.__dict__.update(values)
-
-    def __getattr__(self, name: str) -> Any:
-        raise AttributeError(name)
 
 
 def _claim(row: Any, stored: list[StepRecord]) -> Claim:

@@ -56,6 +56,19 @@ def _settings() -> tuple[Interval, int]:
         return "day", 7
 
 
+def _set_aside(conn: sa.Connection) -> dict[str, str | None]:
+    """Rename steps and sessions to their OLD names, their id sequences freed to outlive them."""
+    sequences = {}
+    for table in ("steps", "sessions"):
+        op.execute(f"ALTER TABLE {table} RENAME TO {table}{OLD}")
+        sequences[table] = conn.execute(
+            sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table + OLD}
+        ).scalar()
+        if sequences[table]:  # kept when the old table is dropped
+            op.execute(f"ALTER SEQUENCE {sequences[table]} OWNED BY NONE")
+    return sequences
+
+
 def upgrade() -> None:
     conn = op.get_bind()
     # SQLite cannot ADD COLUMN with a non-constant default to a table with rows: copy it instead
@@ -75,14 +88,7 @@ def upgrade() -> None:
         )
         return
     indexes = {t: _plain_indexes_for(conn, t) for t in ("sessions", "steps")}
-    sequences = {}
-    for table in ("steps", "sessions"):
-        op.execute(f"ALTER TABLE {table} RENAME TO {table}{OLD}")
-        sequences[table] = conn.execute(
-            sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table + OLD}
-        ).scalar()
-        if sequences[table]:  # kept when the old table is dropped
-            op.execute(f"ALTER SEQUENCE {sequences[table]} OWNED BY NONE")
+    sequences = _set_aside(conn)
     op.execute(
         f"CREATE TABLE sessions (LIKE sessions{OLD} INCLUDING DEFAULTS) PARTITION BY RANGE (received_at)"
     )
@@ -153,14 +159,7 @@ def downgrade() -> None:
         t: [s for s in _plain_indexes_for(conn, t) if "ix_sessions_request_id" not in s]
         for t in ("sessions", "steps")
     }
-    sequences = {}
-    for table in ("steps", "sessions"):
-        op.execute(f"ALTER TABLE {table} RENAME TO {table}{OLD}")
-        sequences[table] = conn.execute(
-            sa.text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table + OLD}
-        ).scalar()
-        if sequences[table]:
-            op.execute(f"ALTER SEQUENCE {sequences[table]} OWNED BY NONE")
+    sequences = _set_aside(conn)
     op.execute(f"CREATE TABLE sessions (LIKE sessions{OLD} INCLUDING DEFAULTS)")
     op.execute(f"CREATE TABLE steps (LIKE steps{OLD} INCLUDING DEFAULTS)")
     op.execute(f"INSERT INTO sessions SELECT * FROM sessions{OLD}")
