@@ -3,14 +3,16 @@ configured (LLM4RERANK_LLM_TOKENIZER), else an estimate that errs high on prompt
 
 from __future__ import annotations
 
-import math
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigError
 
-_PIECE = re.compile(r"[A-Za-z]+|\d|\n|[^\sA-Za-z\d]")
+_WORD = re.compile(r"[A-Za-z]+")
+_SINGLE = re.compile(r"\n|[^\sA-Za-z]")  # a digit, sign, newline or other one-character token
+_WIDE = re.compile(r"[^\s\x00-\x7f]")  # the non-ASCII ones among them count twice
 MESSAGE_OVERHEAD = 12  # chat-template markers around each message ([INST], <<SYS>>, ...)
 
 
@@ -28,15 +30,15 @@ class EstimateCounter:
     name = "estimate"
 
     def count(self, text: str) -> int:
-        total = 0
-        for piece in _PIECE.findall(text):
-            if piece[0].isascii() and piece[0].isalpha():
-                total += math.ceil(len(piece) / 2)
-            elif piece.isascii():
-                total += 1
-            else:
-                total += 2
-        return total
+        return _estimate(text)
+
+
+@lru_cache(maxsize=1024)
+def _estimate(text: str) -> int:
+    """Cached: a session's system message is counted again at every step. Three regex scans
+    instead of a Python loop over every piece."""
+    words = sum((len(w) + 1) // 2 for w in _WORD.findall(text))
+    return words + len(_SINGLE.findall(text)) + len(_WIDE.findall(text))
 
 
 class SentencePieceCounter:

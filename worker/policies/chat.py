@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import httpx
 import openai
+import orjson
+from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from ..config import Settings
@@ -277,13 +279,21 @@ class OpenAIChat:
         self.in_flight += 1
         try:
             timeout = min(self.settings.llm_timeout_s, max(deadline - self.clock(), 0.001))
-            return await self.client.chat.completions.create(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=self.settings.llm_temperature,
-                max_tokens=min(max_tokens or self.settings.llm_max_tokens, self.settings.llm_max_tokens),
-                timeout=timeout,
+            body = {
+                "model": self.model,
+                "messages": messages,
+                "temperature": self.settings.llm_temperature,
+                "max_tokens": min(max_tokens or self.settings.llm_max_tokens, self.settings.llm_max_tokens),
+                "stream": False,
                 **extra,
+            }
+            # the client's own POST with a body serialised once: `create` would walk every message
+            # through its TypedDict transform (plain dicts here, it changes nothing) and the stdlib json
+            return await self.client.post(
+                "/chat/completions",
+                cast_to=ChatCompletion,
+                content=orjson.dumps(body),
+                options={"timeout": timeout, "security": {"bearer_auth": True}},
             )
         finally:
             self.in_flight -= 1
