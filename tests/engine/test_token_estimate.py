@@ -27,7 +27,11 @@ def reference(text: str) -> int:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from("ab Zx19\n\t\r.,:{}\"é€Ω٣\u00a0\u2028\x1c😀") | st.characters(), max_size=200))
+@given(
+    st.text(
+        alphabet=st.sampled_from('ab Zx19\n\t\r.,:{}"é€Ω٣\u00a0\u2028\x1c😀') | st.characters(), max_size=200
+    )
+)
 def test_estimate_matches_the_piece_by_piece_count(text: str) -> None:
     counter = EstimateCounter()
     assert counter.count(text) == reference(text)

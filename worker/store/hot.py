@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.elements import ClauseElement
 
-from .tables import PENDING, RUNNING, sessions, steps
+from .parts import _upsert
+from .tables import PENDING, RUNNING, prompt_parts, sessions, steps
 
 DIALECT: Dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
 
@@ -82,6 +83,25 @@ def _p(name: str) -> Any:
 
 
 STEP_ENCODERS = {c.name: _encoder(c) for c in steps.columns}
+SESSION_ENCODERS = {c.name: _encoder(c) for c in sessions.columns}
+PART_ENCODERS = {c.name: _encoder(c) for c in prompt_parts.columns}
+
+# what `complete` writes besides the outcome's own columns
+RESULT_COLUMNS = (
+    "status",
+    "result",
+    "final_ranking",
+    "path",
+    "reason",
+    "model",
+    "prompt_version",
+    "policy",
+    "llm_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "completed_at",
+)
 
 
 def claim_update(request_id: Any, owner: Any, now: Any, until: Any, *, flag_steps: bool = False) -> Update:
@@ -132,8 +152,32 @@ def claim_update(request_id: Any, owner: Any, now: Any, until: Any, *, flag_step
 CLAIM = compile_once(claim_update(_p("request_id"), _p("owner"), _p("now"), _p("until"), flag_steps=True))
 
 
+def complete_update(values: Mapping[str, Any]) -> Update:
+    """Store a result and hand the session to the outbox, if this owner still holds it running."""
+    return (
+        update(sessions)
+        .where(sessions.c.id == _p("session_id"), sessions.c.lease_owner == _p("owner"))
+        .where(sessions.c.status == RUNNING)
+        .values(**values, lease_owner=None, lease_until=None, published_at=None)
+    )
+
+
+COMPLETE = {
+    with_config: compile_once(
+        complete_update({k: _p(k) for k in (*RESULT_COLUMNS, *(("run_config",) if with_config else ()))})
+    )
+    for with_config in (False, True)
+}
+UPSERT_PARTS = compile_once(_upsert("postgresql").values({k: _p(k) for k in ("hash", "body", "last_used")}))
+
+
+def _encoded(statement: Compiled, values: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[Any]:
+    encode = [encoders.get(n) for n in statement.names]
+    return [v if enc is None else enc(v) for v, enc in zip(statement.args(values), encode, strict=True)]
+
+
 class HotStatements:
-    """The claim and the step insert on the driver connection under SQLAlchemy's pool."""
+    """The claim, the step writes and the result on the driver connection under SQLAlchemy's pool."""
 
     def __init__(self) -> None:
         self._inserts: dict[tuple[str, ...], Compiled] = {}
@@ -151,21 +195,41 @@ class HotStatements:
             found = self._inserts[keys] = compile_once(statement)
         return found
 
-    async def insert_steps(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """The step rows in the connection's transaction (SQLAlchemy's, begun already)."""
+    async def write_steps(
+        self,
+        conn: AsyncConnection,
+        parts: Sequence[Mapping[str, Any]],
+        rows: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """The prompt parts' upsert and the step rows, in one transaction: SQLAlchemy's when it has
+        begun one on this connection, else the driver's own."""
+        driver = await _driver(conn)
+        if driver.is_in_transaction():
+            await self._write_steps(driver, parts, rows)
+            return
+        async with driver.transaction():
+            await self._write_steps(driver, parts, rows)
+
+    async def _write_steps(
+        self, driver: Any, parts: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        if parts:
+            upserts = [_encoded(UPSERT_PARTS, p, PART_ENCODERS) for p in parts]
+            await driver.executemany(UPSERT_PARTS.sql, upserts)
         keys = tuple(rows[0])
         if any(tuple(r) != keys for r in rows):
             for row in rows:
-                await self.insert_steps(conn, [row])
+                await self._write_steps(driver, (), [row])
             return
         statement = self._insert(keys)
-        encoders = [STEP_ENCODERS.get(k) for k in statement.names]
-        args = [
-            [v if enc is None else enc(v) for v, enc in zip(statement.args(row), encoders, strict=True)]
-            for row in rows
-        ]
+        await driver.executemany(statement.sql, [_encoded(statement, row, STEP_ENCODERS) for row in rows])
+
+    async def complete(self, conn: AsyncConnection, values: Mapping[str, Any]) -> bool:
+        """The result's UPDATE as one autocommitted statement; True when this owner held it."""
         driver = await _driver(conn)
-        await driver.executemany(statement.sql, args)
+        statement = COMPLETE["run_config" in values]
+        status = await driver.execute(statement.sql, *_encoded(statement, values, SESSION_ENCODERS))
+        return bool(status == "UPDATE 1")
 
     async def claim(
         self, conn: AsyncConnection, request_id: str, owner: str, now: datetime, lease_s: float

@@ -311,16 +311,22 @@ class Store:
         now = utcnow()
         parts: dict[str, Any] = {}
         rows = [step_row(sid, step, now, parts) for sid, step in batch]
+        if self.hot is not None:
+            async with self.engine.connect() as conn, _invalidating(conn):
+                times = await self._received_at(conn, {sid for sid, _ in batch})
+                for row in rows:
+                    row["session_received_at"] = times.get(row["session_id"])
+                day = now.date()
+                upserts = [{"hash": h, "body": b, "last_used": day} for h, b in sorted(parts.items())]
+                await self.hot.write_steps(conn, upserts, rows)
+                await conn.commit()
+            return
         async with self.engine.begin() as conn:
             times = await self._received_at(conn, {sid for sid, _ in batch})
             for row in rows:
                 row["session_received_at"] = times.get(row["session_id"])
-            await store_parts(conn, parts, now.date())  # begins the transaction the driver's insert joins
-            if self.hot is not None and parts:
-                async with _invalidating(conn):
-                    await self.hot.insert_steps(conn, rows)
-            else:
-                await conn.execute(self._insert_step, rows)
+            await store_parts(conn, parts, now.date())
+            await conn.execute(self._insert_step, rows)
 
     def _remember(self, session_id: int, received_at: datetime) -> None:
         if len(self._session_times) >= 100_000:
@@ -352,31 +358,32 @@ class Store:
         self, session_id: int, owner: str, result: RerankResult, run_config: dict[str, Any] | None = None
     ) -> bool:
         """Store the result and mark the session done in one transaction (the outbox entry)."""
+        values: dict[str, Any] = {
+            "status": result.status,
+            "result": result.model_dump(mode="json"),
+            "final_ranking": result.ranking,
+            "path": result.path,
+            "reason": result.reason,
+            "model": result.model,
+            "prompt_version": result.prompt_version,
+            "policy": result.policy,
+            "llm_calls": result.llm_calls,
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+            "latency_ms": result.latency_ms,
+            "completed_at": result.completed_at,
+            **({"run_config": run_config} if run_config is not None else {}),
+        }
+        if self.hot is not None:
+            async with self.engine.connect() as conn, _invalidating(conn):
+                return await self.hot.complete(conn, {**values, "session_id": session_id, "owner": owner})
         async with self.engine.begin() as conn:
             done = await conn.execute(
                 update(sessions)
                 .where(
                     sessions.c.id == session_id, sessions.c.lease_owner == owner, sessions.c.status == RUNNING
                 )
-                .values(
-                    status=result.status,
-                    result=result.model_dump(mode="json"),
-                    final_ranking=result.ranking,
-                    path=result.path,
-                    reason=result.reason,
-                    model=result.model,
-                    prompt_version=result.prompt_version,
-                    policy=result.policy,
-                    llm_calls=result.llm_calls,
-                    prompt_tokens=result.usage.prompt_tokens,
-                    completion_tokens=result.usage.completion_tokens,
-                    latency_ms=result.latency_ms,
-                    completed_at=result.completed_at,
-                    lease_owner=None,
-                    lease_until=None,
-                    published_at=None,
-                    **({"run_config": run_config} if run_config is not None else {}),
-                )
+                .values(**values, lease_owner=None, lease_until=None, published_at=None)
             )
         return done.rowcount == 1
 
