@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import httpx
 import openai
 import orjson
-from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from ..config import Settings
@@ -213,15 +212,16 @@ class OpenAIChat:
             return record(error=f"HTTP {exc.status_code}: {exc.message}")
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
             raise self._deadline(exc, record) from exc
-        usage = response.usage
-        details = getattr(usage, "prompt_tokens_details", None) if usage else None
+        usage = response.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        choice = response["choices"][0]
         return record(
-            raw=response.choices[0].message.content or "",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            finish_reason=response.choices[0].finish_reason,
-            model=response.model,
-            cached_tokens=getattr(details, "cached_tokens", None),
+            raw=(choice.get("message") or {}).get("content") or "",
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            finish_reason=choice.get("finish_reason"),
+            model=response.get("model"),
+            cached_tokens=details.get("cached_tokens"),
         )
 
     async def _attempt(
@@ -267,7 +267,8 @@ class OpenAIChat:
         extra: dict[str, Any],
         deadline: float,
         max_tokens: int | None = None,
-    ) -> Any:
+    ) -> dict[str, Any]:
+        """The answer's JSON (an OpenAI chat completion)."""
         left = deadline - self.clock()
         if left <= 0:
             raise DeadlineExceeded("deadline passed before the LLM call")
@@ -287,14 +288,17 @@ class OpenAIChat:
                 "stream": False,
                 **extra,
             }
-            # the client's own POST with a body serialised once: `create` would walk every message
-            # through its TypedDict transform (plain dicts here, it changes nothing) and the stdlib json
-            return await self.client.post(
+            # the client's own POST (its errors, auth and timeout) with the body serialised once and
+            # the answer read as JSON: `create` would walk every message through its TypedDict
+            # transform (plain dicts here, it changes nothing) and build a ChatCompletion model tree
+            response = await self.client.post(
                 "/chat/completions",
-                cast_to=ChatCompletion,
+                cast_to=httpx.Response,
                 content=orjson.dumps(body),
                 options={"timeout": timeout, "security": {"bearer_auth": True}},
             )
+            answer: dict[str, Any] = orjson.loads(response.content)
+            return answer
         finally:
             self.in_flight -= 1
             self.limit.release()
