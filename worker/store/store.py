@@ -55,6 +55,9 @@ class Receipt:
     notes: list[str] = field(default_factory=list)
 
 
+RECEIVED_KEPT = 2_000  # requests received and not claimed yet, kept validated
+
+
 def stored_request(text: str | None, data: Any) -> RerankRequest:
     """The request as received: from its own JSON text when stored (key order kept), else JSONB."""
     return RerankRequest.model_validate(orjson.loads(text) if text else data)
@@ -89,6 +92,9 @@ class Store:
             index_elements=["session_id", "session_received_at", "step"] if pg else ["session_id", "step"]
         )
         self._session_times: dict[int, datetime] = {}  # session id -> received_at (steps' partition)
+        # request text as stored -> the request this process validated when it received it: the
+        # claim that follows need not validate the same text again
+        self._received: dict[str, RerankRequest] = {}
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -178,6 +184,10 @@ class Store:
                 for (req, src), text, start in zip(batch, texts, starts, strict=True)
             ]
             await insert_sessions_once(conn, self._insert_session, rows)
+            if len(self._received) > RECEIVED_KEPT:
+                self._received.clear()
+            for fields, (req, _) in zip(rows, batch, strict=True):
+                self._received[str(fields["request_text"])] = req
             stored = (
                 await conn.execute(
                     select(
@@ -236,7 +246,7 @@ class Store:
                 self._remember(claimed.id, claimed.received_at)
                 stored = await self._steps(conn, claimed.id, claimed.received_at) if claimed.has_steps else []
                 await conn.commit()
-            return _claim(claimed, stored)
+            return _claim(claimed, stored, self._received.pop(claimed.request_text or "", None))
         async with self.engine.begin() as conn:
             until = now + timedelta(seconds=lease_s)
             row = (await conn.execute(claim_update(request_id, owner, now, until))).first()
@@ -244,7 +254,7 @@ class Store:
                 return None
             self._remember(row.id, row.received_at)
             stored = await self._steps(conn, row.id, row.received_at)
-        return _claim(row, stored)
+        return _claim(row, stored, self._received.pop(row.request_text or "", None))
 
     async def orphans(self, deployment: str | None, limit: int = 500) -> list[str]:
         """Unfinished sessions of this deployment nobody holds (a crashed or stopped worker's):
@@ -448,10 +458,10 @@ async def read_steps(conn: AsyncConnection, rows: Sequence[Any]) -> list[StepRec
     ]
 
 
-def _claim(row: Any, stored: list[StepRecord]) -> Claim:
+def _claim(row: Any, stored: list[StepRecord], received: RerankRequest | None = None) -> Claim:
     return Claim(
         row.id,
-        stored_request(row.request_text, row.request),
+        received or stored_request(row.request_text, row.request),
         row.attempts,
         stored,
         row.replay_of,
