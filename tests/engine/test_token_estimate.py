@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import re
 
-from hypothesis import given, settings
+from cases import cases
+from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.engine.tokens import EstimateCounter
@@ -26,7 +27,7 @@ def reference(text: str) -> int:
     return total
 
 
-@settings(max_examples=300, deadline=None)
+@cases(300)
 @given(
     st.text(
         alphabet=st.sampled_from('ab Zx19\n\t\r.,:{}"é€Ω٣\u00a0\u2028\x1c😀') | st.characters(), max_size=200
