@@ -209,7 +209,8 @@ def jsonl(data: bytes) -> list[dict[str, Any]]:
 
 @dataclass
 class FakeLLMServer:
-    """Answers /v1/chat/completions from `script` (status, body-or-content, delay_s) in order;
+    """Answers /v1/chat/completions from `script` (status, content, delay_s) in order, where bytes
+    are sent as the whole body;
     when the script is empty, answers 200 with `default`. Counts requests and concurrency."""
 
     script: list[tuple[int, Any, float]] = field(default_factory=list)
@@ -239,6 +240,8 @@ class FakeLLMServer:
                         await asyncio.wait_for(self.release.wait(), delay)
                     except TimeoutError:
                         pass
+                if isinstance(content, bytes):  # a body as is, whatever it holds
+                    return web.Response(body=content, status=status, content_type="application/json")
                 if status != 200:
                     return web.json_response(
                         {"object": "error", "message": str(content), "type": "Error", "code": status},

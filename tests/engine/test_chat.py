@@ -146,6 +146,24 @@ async def test_a_hanging_server_ends_at_the_deadline_with_the_attempt_recorded(
     assert call.attempts[0].status is None and "Timeout" in call.attempts[0].error
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>bad gateway</html>", b"[]", b'{"choices": []}', b'{"choices": [{"message": {"content": 7}}]}'],
+)
+async def test_a_200_that_is_not_a_completion_is_a_recorded_error(
+    llm_server: FakeLLMServer, body: bytes
+) -> None:
+    llm_server.script = [(200, body, 0)]
+    chat = OpenAIChat(settings(llm_server.base_url))
+    try:
+        call = await chat.complete(MESSAGES, FORMAT, soon())
+    finally:
+        await chat.close()
+    assert llm_server.requests == 1 and call.raw is None
+    assert call.error.startswith("the LLM server's 200 answer is not a chat completion")
+    assert repr(body[:20])[2:-1] in call.error
+
+
 async def test_in_flight_limit(llm_server: FakeLLMServer) -> None:
     llm_server.script = [(200, '{"next_node": "stop"}', 0.05)] * 8
     chat = OpenAIChat(settings(llm_server.base_url, llm_max_inflight=2))

@@ -11,6 +11,7 @@ every walk from hammering an endpoint that is down (one probe at a time instead)
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -18,7 +19,9 @@ from typing import Any, Protocol
 import httpx
 import openai
 import orjson
+from pydantic import TypeAdapter, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+from typing_extensions import TypedDict
 
 from ..config import Settings
 from ..engine.steps import HTTPAttempt, LLMCall
@@ -212,17 +215,10 @@ class OpenAIChat:
             return record(error=f"HTTP {exc.status_code}: {exc.message}")
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
             raise self._deadline(exc, record) from exc
-        usage = response.get("usage") or {}
-        details = usage.get("prompt_tokens_details") or {}
-        choice = response["choices"][0]
-        return record(
-            raw=(choice.get("message") or {}).get("content") or "",
-            prompt_tokens=usage.get("prompt_tokens", 0),
-            completion_tokens=usage.get("completion_tokens", 0),
-            finish_reason=choice.get("finish_reason"),
-            model=response.get("model"),
-            cached_tokens=details.get("cached_tokens"),
-        )
+        try:
+            return record(**completion_fields(response))
+        except MalformedCompletion as exc:  # the walk repairs an unusable answer like any other
+            return record(error=str(exc))
 
     async def _attempt(
         self,
@@ -267,8 +263,8 @@ class OpenAIChat:
         extra: dict[str, Any],
         deadline: float,
         max_tokens: int | None = None,
-    ) -> dict[str, Any]:
-        """The answer's JSON (an OpenAI chat completion)."""
+    ) -> bytes:
+        """The answer's body (an OpenAI chat completion's JSON)."""
         left = deadline - self.clock()
         if left <= 0:
             raise DeadlineExceeded("deadline passed before the LLM call")
@@ -297,8 +293,7 @@ class OpenAIChat:
                 content=orjson.dumps(body),
                 options={"timeout": timeout, "security": {"bearer_auth": True}},
             )
-            answer: dict[str, Any] = orjson.loads(response.content)
-            return answer
+            return response.content
         finally:
             self.in_flight -= 1
             self.limit.release()
@@ -322,6 +317,68 @@ class OpenAIChat:
         return DeadlineExceeded(
             f"LLM endpoint unavailable ({len(call.attempts)} attempt(s), last: {what})", [call]
         )
+
+
+class CompletionFields(TypedDict):
+    raw: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    model: str | None
+    cached_tokens: int | None
+
+
+_COMPLETION = TypeAdapter(CompletionFields)
+_SOURCE = {  # where each field comes from in the server's JSON, for the error message
+    "raw": "choices.0.message.content",
+    "prompt_tokens": "usage.prompt_tokens",
+    "completion_tokens": "usage.completion_tokens",
+    "finish_reason": "choices.0.finish_reason",
+    "model": "model",
+    "cached_tokens": "usage.prompt_tokens_details.cached_tokens",
+}
+
+
+class MalformedCompletion(ValueError):
+    """A 200 whose body is not a chat completion (a proxy's error page, a truncated body)."""
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # orjson refuses lone surrogates; the call keeps them replaced
+        return json.loads(body)
+
+
+def completion_fields(body: bytes) -> CompletionFields:
+    """What a call records from a completion's JSON, read without building the client's model
+    tree; anything else raises MalformedCompletion with the start of the body."""
+    try:
+        answer = _loads(body)
+        choice = answer["choices"][0]
+        content = choice["message"].get("content") or ""
+        usage = answer.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        return _COMPLETION.validate_python(
+            {
+                "raw": content,
+                "prompt_tokens": usage.get("prompt_tokens") or 0,
+                "completion_tokens": usage.get("completion_tokens") or 0,
+                "finish_reason": choice.get("finish_reason"),
+                "model": answer.get("model"),
+                "cached_tokens": details.get("cached_tokens"),
+            }
+        )
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        what = (
+            "; ".join(f"{_SOURCE.get(str(e['loc'][0]))}: {e['msg']}" for e in exc.errors())
+            if isinstance(exc, ValidationError)
+            else str(exc).splitlines()[0]
+        )[:160]
+        raise MalformedCompletion(
+            f"the LLM server's 200 answer is not a chat completion ({type(exc).__name__}: {what}); "
+            f"body starts {body[:120]!r}"
+        ) from None
 
 
 def _describe(exc: BaseException) -> str:
