@@ -46,7 +46,7 @@ test: install
 # The fast lane: every test that needs no service (no Kafka, PostgreSQL, sim-llm, browser, llama.cpp).
 # One process per core (pytest-xdist), whole files per process; bytecode is cached even where PYTHONDONTWRITEBYTECODE is set.
 test-fast: $(STAMP)
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -p no:cacheprovider -m "not integration" -n auto --dist loadfile
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -p no:cacheprovider -m "not integration" -n auto --dist loadfile --hypothesis-profile=dev
 
 # requirements.lock: the image's exact versions (runtime and the eval extra), compiled from pyproject.toml.
 lock: $(STAMP)

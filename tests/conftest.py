@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import cases  # noqa: F401  (registers the fast lane's `dev` hypothesis profile before it loads)
 import pytest
 import service_kit
 from service_kit import KAFKA, PG_ADMIN, SimLLM, free_port, start_sim

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 import pytest
 from alembic import command
-from hypothesis import given, settings
+from cases import cases
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -59,7 +60,7 @@ step_records = st.builds(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@cases(200)
 @given(step_records)
 def test_a_compact_step_row_reads_back_as_recorded(record: StepRecord) -> None:
     """Encode, store as JSON, decode: the same columns; a row in the old (full) form decodes to

@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from cases import cases
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, insert, select
 
@@ -59,7 +60,7 @@ calls = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@cases(200)
 @given(calls)
 def test_split_then_join_gives_the_recorded_calls_back(recorded: list[LLMCall]) -> None:
     dumped = [c.model_dump(mode="json") for c in recorded]

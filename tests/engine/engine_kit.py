@@ -225,13 +225,10 @@ class FakeLLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def app(self) -> Any:
-        from starlette.applications import Starlette
-        from starlette.requests import Request
-        from starlette.responses import JSONResponse
-        from starlette.routing import Route
+        from aiohttp import web
 
-        async def completions(request: Request) -> JSONResponse:
-            body = json.loads(await request.body())
+        async def completions(request: web.Request) -> web.Response:
+            body = json.loads(await request.read())
             self.requests += 1
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
@@ -243,11 +240,11 @@ class FakeLLMServer:
                     except TimeoutError:
                         pass
                 if status != 200:
-                    return JSONResponse(
+                    return web.json_response(
                         {"object": "error", "message": str(content), "type": "Error", "code": status},
-                        status_code=status,
+                        status=status,
                     )
-                return JSONResponse(
+                return web.json_response(
                     {
                         "id": f"chatcmpl-{self.requests}",
                         "object": "chat.completion",
@@ -266,37 +263,32 @@ class FakeLLMServer:
             finally:
                 self.in_flight -= 1
 
-        async def models(_: Request) -> JSONResponse:
-            return JSONResponse(
+        async def models(_: web.Request) -> web.Response:
+            return web.json_response(
                 {
                     "object": "list",
                     "data": [{"id": "test-model", "object": "model", "created": 0, "owned_by": "test"}],
                 }
             )
 
-        return Starlette(
-            routes=[Route("/v1/chat/completions", completions, methods=["POST"]), Route("/v1/models", models)]
-        )
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", completions)
+        app.router.add_get("/v1/models", models)
+        return app
 
 
 @pytest.fixture
 async def llm_server() -> AsyncIterator[FakeLLMServer]:
-    """A FakeLLMServer under uvicorn in the test's own event loop, on a free port."""
-    import uvicorn
+    """A FakeLLMServer on aiohttp's server in the test's own event loop, on a free port; it
+    stops at once (no shutdown poll tick), which keeps the many short HTTP tests short."""
+    from aiohttp import web
 
     fake = FakeLLMServer()
-    config = uvicorn.Config(
-        fake.app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "the fake LLM server did not start"
-    fake.port = server.servers[0].sockets[0].getsockname()[1]
+    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    fake.port = runner.addresses[0][1]
     yield fake
     fake.release.set()
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(runner.cleanup(), 10)

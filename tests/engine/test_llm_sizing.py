@@ -9,8 +9,9 @@ import random
 import sys
 from pathlib import Path
 
+from cases import cases
 from engine_kit import ScriptedChat, default_prompts, ids, is_permutation, js, make_request
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.engine.nodes import plan_walk
@@ -59,7 +60,7 @@ async def test_a_permutation_counts_as_one() -> None:
     }
 
 
-@settings(max_examples=40, deadline=None)
+@cases(40)
 @given(st.text(min_size=0, max_size=20_000))
 def test_excerpt_is_bounded_whatever_the_answer(raw: str) -> None:
     cut = excerpt(raw)
@@ -197,7 +198,7 @@ VALUES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@cases(300)
 @given(st.dictionaries(KEYS, VALUES, max_size=8), st.floats(0, 1))
 def test_hostile_keys_answers_give_a_permutation_or_a_problem(positions, share) -> None:
     candidates = ["m1", "m2", "m3", "m4", "m5", "m6"]

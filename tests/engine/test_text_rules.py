@@ -8,7 +8,8 @@ import json
 
 import jsonschema
 import pytest
-from hypothesis import given, settings
+from cases import cases
+from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.engine.prompts import clean_text
@@ -39,7 +40,7 @@ def with_value(where: str, value: str) -> dict:
 
 
 @pytest.mark.parametrize("where", ["goal", "request_id", "title", "key", "item_id"])
-@settings(max_examples=80, deadline=None)
+@cases(80)
 @given(value=any_text)
 def test_models_and_json_schema_agree(where: str, value: str) -> None:
     body = with_value(where, value)
@@ -85,7 +86,7 @@ def test_a_refused_character_names_the_field(where: str, char: str) -> None:
     assert error.message.startswith(field) and f"U+{ord(char):04X}" in error.message
 
 
-@settings(max_examples=200, deadline=None)
+@cases(200)
 @given(value=any_text, cap=st.integers(16, 60))
 def test_prompt_text_is_one_capped_line(value: str, cap: int) -> None:
     cut: list[int] = []

@@ -8,7 +8,8 @@ from pathlib import Path
 import ir_measures
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from cases import cases
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from worker.engine import heuristics, measures, prompts
@@ -81,7 +82,7 @@ def requests(draw):
     return request, list(order), draw(st.sampled_from(ids)), draw(st.sampled_from([1, 5, 10, 20]))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@cases(80, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
 def test_every_metric_matches_an_independent_implementation_per_request(case):
     request, ranking, positive, k = case
@@ -98,7 +99,7 @@ def test_every_metric_matches_an_independent_implementation_per_request(case):
     np.testing.assert_allclose(measures.mad(ranking, groups), _mad_numpy(ranking, groups), atol=1e-12)
 
 
-@settings(max_examples=80, deadline=None)
+@cases(80)
 @given(requests())
 def test_the_replay_report_and_the_evaluation_give_the_same_metrics(case):
     request, ranking, positive, _k = case
@@ -115,7 +116,7 @@ def test_the_replay_report_and_the_evaluation_give_the_same_metrics(case):
         assert replayed["mad"] == evaluated["MAD"]
 
 
-@settings(max_examples=200, deadline=None)
+@cases(200)
 @given(feature_values, st.sampled_from([1996.0, None]))
 def test_one_group_membership_for_the_walk_the_evaluation_and_the_report(value, split_at):
     aspect = AspectConfig(attribute="year", split_at=split_at)

@@ -5,15 +5,14 @@ import csv
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from cases import cases
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from worker.evaluation.datasets import DataError, load_csv, load_ml1m, parse_columns
 
 COLUMNS = parse_columns("user=uid,item=iid,time=ts,category=kind,group=released")
-SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+SETTINGS = cases(60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _write(path: Path, times: list[str]) -> None:

@@ -18,7 +18,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from hypothesis import HealthCheck, example, given, settings
+from cases import cases
+from hypothesis import HealthCheck, example, given
 from hypothesis import strategies as st
 from sqlalchemy import text
 from stream_helpers import collect, make_requests, produce
@@ -119,7 +120,7 @@ async def _stored(url: str, ids: list[str]) -> dict[str, int]:
 KINDS = st.lists(st.sampled_from(["ok", "poison", "invalid", "again"]), min_size=1, max_size=12)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@cases(12, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @example(kinds=["ok", "ok", "poison", "ok", "ok"])
 @given(kinds=KINDS)
 async def test_a_batch_records_all_but_the_refused_message(
