@@ -77,7 +77,7 @@ async def test_a_result_is_published_while_the_batch_before_it_awaits_its_acks(
         return held()
 
     wake = asyncio.Event()
-    publisher = Publisher(store, send, topic, wake, deployment)
+    publisher = Publisher(store, send, topic, wake, deployment, parallel=2)
     loop = asyncio.create_task(publisher.run(interval_s=3600))
     try:
         assert await run_session(store, writer, reranker, first.request_id, "w1", 60) is not None
