@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,7 @@ async def run_case(
             waited = sum(float(c.get("latency_ms") or 0) for c in step_calls)
             key = row["request_id"].encode()
             llm_ms[key] = llm_ms.get(key, 0.0) + waited
+        phases = await _phases(conn, published, llm_ms) if rate else {}
         await conn.close()
         added = [published[k] - sent_at[k] - llm_ms.get(k, 0.0) for k in published if k in sent_at]
         lo, hi = arrivals[n // 10], arrivals[(9 * n) // 10]
@@ -193,6 +195,7 @@ async def run_case(
             "steady_calls_per_s": steady_n * (calls / n),
             "steady_requests_per_s": steady_n,
             "added_ms": added,
+            "phases": phases,
         }
     finally:
         if spy is not None and spy.poll() is None:
@@ -206,6 +209,33 @@ async def run_case(
         conn = await asyncpg.connect(f"{PG}/postgres")
         await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await conn.close()
+
+
+def _ms(a: Any, b: Any) -> float:
+    return (b - a).total_seconds() * 1000
+
+
+async def _phases(
+    conn: asyncpg.Connection, published: dict[bytes, int], llm_ms: dict[bytes, float]
+) -> dict[str, list[float]]:
+    """Where the added latency goes, per request, from the times its session row and steps keep:
+    Kafka receipt -> inbox transaction start (received_at) -> claim (claimed_at) -> walk with its
+    step commits, less LLM time (to the result's completed_at) -> result's Kafka timestamp."""
+    out: dict[str, list[float]] = {
+        k: [] for k in ("fetch+batch", "inbox->claim", "walk-llm", "complete->publish")
+    }
+    for row in await conn.fetch(
+        "select request_id, receipt_at, received_at, claimed_at, result from sessions"
+    ):
+        key = row["request_id"].encode()
+        if key not in published or row["claimed_at"] is None:
+            continue
+        completed = datetime.fromisoformat(orjson.loads(row["result"])["completed_at"])
+        out["fetch+batch"].append(_ms(row["receipt_at"], row["received_at"]))
+        out["inbox->claim"].append(_ms(row["received_at"], row["claimed_at"]))
+        out["walk-llm"].append(_ms(row["claimed_at"], completed) - llm_ms.get(key, 0.0))
+        out["complete->publish"].append(published[key] - completed.timestamp() * 1000)
+    return out
 
 
 async def _wait_ready(log: Path) -> None:
@@ -285,6 +315,12 @@ async def added_latency(rate: float, concurrency: int, workdir: Path, what: str 
         f"receipt to publish minus LLM time, {len(added)} requests: p50 {p50:.1f} ms, "
         f"p99 {p99:.1f} ms (target: tens of ms, p99 <= {TARGET_ADDED_P99_MS:.0f})"
     )
+    for phase, values in paced["phases"].items():
+        if values:
+            print(
+                f"  {phase:>18}: p50 {statistics.median(values):6.1f} ms, "
+                f"p99 {percentile(values, 0.99):6.1f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     max_steps: int = Field(5, ge=1, le=50)
     deadline_ms: int = Field(30_000, ge=100)
     concurrency: int = Field(64, ge=1)
+    outbox_rounds: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="outbox rounds in flight (PostgreSQL): above 1, a stored result is sent without "
+        "waiting for the previous batch's acks, at the cost of more, smaller rounds (more CPU)",
+    )
     inbox_batch: int = Field(
         64,
         ge=1,

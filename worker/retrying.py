@@ -3,6 +3,7 @@ give up, with the same backoff, the same log line and the same backpressure gaug
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -58,7 +59,8 @@ def waiting(
         log.warning("waiting for %s (%s); retrying in %.1fs", what, exc, wait)
 
     return AsyncRetrying(
-        retry=retry_if_exception(retry_on),
+        # a cancellation (shutdown) ends the wait: it is never a failure to wait out
+        retry=retry_if_exception(lambda exc: not isinstance(exc, asyncio.CancelledError) and retry_on(exc)),
         wait=wait_exponential(multiplier=first_s, min=first_s, max=max_s),
         stop=stop_after_attempt(attempts) if attempts is not None else stop_never,
         before_sleep=before_sleep,

@@ -93,3 +93,27 @@ def test_only_outages_raise_the_flag(caplog: pytest.LogCaptureFixture) -> None:
     assert flag.values == [1, 0]
     lines = [r.getMessage().split(" (")[0] for r in caplog.records]
     assert lines == ["PostgreSQL failed", "waiting for PostgreSQL", "PostgreSQL failed"]
+
+
+def test_a_cancelled_wait_ends_instead_of_retrying() -> None:
+    """Cancelling the task (shutdown) while its call is in flight ends the wait: the
+    cancellation is not taken for one more failure to wait out."""
+    calls = []
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def hangs() -> None:
+            calls.append(1)
+            started.set()
+            await asyncio.Event().wait()
+
+        task = asyncio.create_task(until_done(hangs, "the test", first_s=0.001, max_s=0.002))
+        await started.wait()
+        task.cancel()
+        async with asyncio.timeout(30):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    assert calls == [1]

@@ -120,7 +120,12 @@ class WorkerService(Service):
             max_message_bytes=settings.kafka_max_message_bytes,
         )
         self.publisher = Publisher(
-            self.store, self._send, settings.result_topic, self.done, settings.deployment
+            self.store,
+            self._send,
+            settings.result_topic,
+            self.done,
+            settings.deployment,
+            parallel=settings.outbox_rounds,
         )
         self._loops: list[asyncio.Task[None]] = []
         self.stopped_cleanly = False
