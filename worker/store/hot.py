@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.elements import ClauseElement
 
-from .parts import _upsert
 from .tables import PENDING, RUNNING, prompt_parts, sessions, steps
 
 DIALECT: Dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
@@ -169,7 +168,6 @@ COMPLETE = {
     )
     for with_config in (False, True)
 }
-UPSERT_PARTS = compile_once(_upsert("postgresql").values({k: _p(k) for k in ("hash", "body", "last_used")}))
 
 
 def _encoded(statement: Compiled, values: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[Any]:
@@ -177,24 +175,62 @@ def _encoded(statement: Compiled, values: Mapping[str, Any], encoders: Mapping[s
     return [v if enc is None else enc(v) for v, enc in zip(statement.args(values), encode, strict=True)]
 
 
+def _array_type(column: Column[Any]) -> str:
+    """The PostgreSQL array a column's values travel in: JSON as text (cast in SQL, so JSON null
+    and SQL NULL stay apart), anything else as its own type."""
+    return "text[]" if _is_json(column) else f"{column.type.compile(dialect=DIALECT)}[]"
+
+
+def _select_unnest(columns: Sequence[Column[Any]], first: int) -> str:
+    """SELECT of one row per array element from parameters $first.. (one array per column)."""
+    names = [c.name for c in columns]
+    picked = ", ".join(
+        f"u.{n}::jsonb" if _is_json(c) else f"u.{n}" for n, c in zip(names, columns, strict=True)
+    )
+    arrays = ", ".join(f"${first + i}::{_array_type(c)}" for i, c in enumerate(columns))
+    return f"SELECT {picked} FROM unnest({arrays}) AS u({', '.join(names)})"
+
+
+STEP_COLUMNS: tuple[Column[Any], ...] = tuple(c for c in steps.columns if c.name != "id")
+PART_COLUMNS: tuple[Column[Any], ...] = (prompt_parts.c.hash, prompt_parts.c.body, prompt_parts.c.last_used)
+
+
+def _write_steps_sql() -> str:
+    """The parts' upsert (a data-modifying CTE, always run) and the steps' insert in one statement:
+    one round trip, atomic on its own in autocommit. Same conflict rules as `_upsert` and the
+    portable insert: a part's last_used only moves forward, a step already stored is left alone."""
+    part_names = ", ".join(c.name for c in PART_COLUMNS)
+    step_names = ", ".join(c.name for c in STEP_COLUMNS)
+    return (
+        f"WITH parts AS (INSERT INTO {prompt_parts.name} ({part_names}) "
+        f"{_select_unnest(PART_COLUMNS, 1)} "
+        "ON CONFLICT (hash) DO UPDATE SET last_used = excluded.last_used "
+        f"WHERE {prompt_parts.name}.last_used < excluded.last_used) "
+        f"INSERT INTO {steps.name} ({step_names}) "
+        f"{_select_unnest(STEP_COLUMNS, 1 + len(PART_COLUMNS))} "
+        "ON CONFLICT (session_id, session_received_at, step) DO NOTHING"
+    )
+
+
+WRITE_STEPS = _write_steps_sql()
+
+
+def _columns_of(
+    columns: Sequence[Column[Any]], rows: Sequence[Mapping[str, Any]], encoders: Mapping[str, Any]
+) -> list[list[Any]]:
+    """One array per column; a key a row lacks is SQL NULL, as a column left out of an INSERT."""
+    out: list[list[Any]] = []
+    for column in columns:
+        name, encode = column.name, encoders.get(column.name)
+        if encode is None:
+            out.append([row.get(name) for row in rows])
+        else:
+            out.append([encode(row[name]) if name in row else None for row in rows])
+    return out
+
+
 class HotStatements:
     """The claim, the step writes and the result on the driver connection under SQLAlchemy's pool."""
-
-    def __init__(self) -> None:
-        self._inserts: dict[tuple[str, ...], Compiled] = {}
-
-    def _insert(self, keys: tuple[str, ...]) -> Compiled:
-        """One compiled INSERT per set of columns a step row has (normally just one)."""
-        found = self._inserts.get(keys)
-        if found is None:
-            statement = (
-                postgresql.insert(steps)
-                .inline()
-                .values({k: _p(k) for k in keys})
-                .on_conflict_do_nothing(index_elements=["session_id", "session_received_at", "step"])
-            )
-            found = self._inserts[keys] = compile_once(statement)
-        return found
 
     async def write_steps(
         self,
@@ -202,28 +238,15 @@ class HotStatements:
         parts: Sequence[Mapping[str, Any]],
         rows: Sequence[Mapping[str, Any]],
     ) -> None:
-        """The prompt parts' upsert and the step rows, in one transaction: SQLAlchemy's when it has
-        begun one on this connection, else the driver's own."""
+        """The prompt parts' upsert and the step rows as one statement: inside SQLAlchemy's
+        transaction when it has begun one on this connection, else autocommitted (committed when
+        this returns, in one round trip)."""
         driver = await _driver(conn)
-        if driver.is_in_transaction():
-            await self._write_steps(driver, parts, rows)
-            return
-        async with driver.transaction():
-            await self._write_steps(driver, parts, rows)
-
-    async def _write_steps(
-        self, driver: Any, parts: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
-    ) -> None:
-        if parts:
-            upserts = [_encoded(UPSERT_PARTS, p, PART_ENCODERS) for p in parts]
-            await driver.executemany(UPSERT_PARTS.sql, upserts)
-        keys = tuple(rows[0])
-        if any(tuple(r) != keys for r in rows):
-            for row in rows:
-                await self._write_steps(driver, (), [row])
-            return
-        statement = self._insert(keys)
-        await driver.executemany(statement.sql, [_encoded(statement, row, STEP_ENCODERS) for row in rows])
+        args = [
+            *_columns_of(PART_COLUMNS, parts, PART_ENCODERS),
+            *_columns_of(STEP_COLUMNS, rows, STEP_ENCODERS),
+        ]
+        await driver.execute(WRITE_STEPS, *args)
 
     async def complete(self, conn: AsyncConnection, values: Mapping[str, Any]) -> bool:
         """The result's UPDATE as one autocommitted statement; True when this owner held it."""
