@@ -18,14 +18,16 @@ from enum import Enum
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, Update, bindparam, exists, func, or_, update
+from sqlalchemy import Column, Update, any_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.elements import ClauseElement
 
-from .tables import PENDING, RUNNING, prompt_parts, sessions, steps
+from .dedup import LOCK_REQUEST_IDS, lock_key
+from .tables import FINISHED, PENDING, RUNNING, prompt_parts, sessions, steps
 
 DIALECT: Dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
 
@@ -177,8 +179,10 @@ def _encoded(statement: Compiled, values: Mapping[str, Any], encoders: Mapping[s
 
 def _array_type(column: Column[Any]) -> str:
     """The PostgreSQL array a column's values travel in: JSON as text (cast in SQL, so JSON null
-    and SQL NULL stay apart), anything else as its own type."""
-    return "text[]" if _is_json(column) else f"{column.type.compile(dialect=DIALECT)}[]"
+    and SQL NULL stay apart), strings as text, anything else as its own type."""
+    if _is_json(column) or isinstance(column.type, sqltypes.String):
+        return "text[]"  # a cast to varchar(n) would cut a long value; the insert refuses it
+    return f"{column.type.compile(dialect=DIALECT)}[]"
 
 
 def _select_unnest(columns: Sequence[Column[Any]], first: int) -> str:
@@ -273,3 +277,84 @@ async def _driver(conn: AsyncConnection) -> Any:
     """asyncpg's connection under SQLAlchemy's (its JSON codecs, set by SQLAlchemy, in place)."""
     raw = await conn.get_raw_connection()
     return raw.driver_connection
+
+
+def _ids() -> Any:
+    return any_(bindparam("ids", type_=ARRAY(sessions.c.request_id.type), required=False))
+
+
+SESSION_BY_REQUEST = compile_once(
+    select(sessions.c.id).where(sessions.c.request_id == _p("request_id")).limit(1)
+)
+LOCK_IDS = compile_once(LOCK_REQUEST_IDS)
+STORED = compile_once(
+    select(sessions.c.request_id, sessions.c.request_hash, sessions.c.request, sessions.c.received_at).where(
+        sessions.c.request_id == _ids()
+    )
+)
+SOURCE_TOPIC = compile_once(
+    update(sessions)
+    .where(sessions.c.request_id == _ids(), sessions.c.source_topic.is_(None))
+    .values(source_topic=_p("topic"))
+)
+SEEN = compile_once(
+    update(sessions)
+    .where(
+        sessions.c.request_id == _ids(),
+        sessions.c.status.in_(FINISHED),
+        sessions.c.received_at < _p("now"),
+        sessions.c.source_topic.is_not(None),
+    )
+    .values(published_at=None)
+    .returning(sessions.c.request_id)
+)
+_session_inserts: dict[tuple[str, ...], Compiled] = {}
+
+
+def _session_insert(keys: tuple[str, ...]) -> Compiled:
+    found = _session_inserts.get(keys)
+    if found is None:
+        found = _session_inserts[keys] = compile_once(
+            postgresql.insert(sessions).values({k: _p(k) for k in keys})
+        )
+    return found
+
+
+class HotInbox:
+    """The inbox's statements on the driver, in one driver transaction per batch (see
+    Store.receive_checked for what each does; dedup.py for the lock)."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+
+    async def session_exists(self, request_id: str) -> bool:
+        return (
+            await self.driver.fetchval(
+                SESSION_BY_REQUEST.sql, *SESSION_BY_REQUEST.args({"request_id": request_id})
+            )
+            is not None
+        )
+
+    async def insert_once(self, rows: list[dict[str, Any]], now: datetime) -> list[Any]:
+        """Lock the request_ids, read what is stored under them, insert the rows not stored yet
+        (the first of a batch's duplicates); returns the stored rows found before the insert."""
+        first: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            first.setdefault(row["request_id"], row)
+        await self.driver.execute(LOCK_IDS.sql, sorted({lock_key(rid) for rid in first}))
+        stored = await self.driver.fetch(STORED.sql, list(first))
+        have = {r["request_id"] for r in stored}
+        new = [row for rid, row in first.items() if rid not in have]
+        if new:
+            statement = _session_insert(tuple(new[0]))
+            await self.driver.executemany(
+                statement.sql, [_encoded(statement, r, SESSION_ENCODERS) for r in new]
+            )
+        return [r for r in stored if r["received_at"] < now]
+
+    async def set_source(self, topic: str, request_ids: list[str]) -> None:
+        await self.driver.execute(SOURCE_TOPIC.sql, *SOURCE_TOPIC.args({"ids": request_ids, "topic": topic}))
+
+    async def requeue_seen(self, request_ids: list[str], now: datetime) -> list[str]:
+        found = await self.driver.fetch(SEEN.sql, *SEEN.args({"ids": request_ids, "now": now}))
+        return [r["request_id"] for r in found]
