@@ -11,14 +11,14 @@ columns are encoded with orjson the way SQLAlchemy's JSON type would (None as JS
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, Update, any_, bindparam, exists, func, or_, select, update
+from sqlalchemy import Column, Select, Update, any_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
@@ -358,3 +358,52 @@ class HotInbox:
     async def requeue_seen(self, request_ids: list[str], now: datetime) -> list[str]:
         found = await self.driver.fetch(SEEN.sql, *SEEN.args({"ids": request_ids, "now": now}))
         return [r["request_id"] for r in found]
+
+
+def _outbox(limit: int, deployment: str | None = None) -> Select[Any]:
+    """Finished sessions that came through Kafka and whose result Kafka has not acknowledged;
+    with `deployment`, only that deployment's (each publishes its own, to its recorded topic)."""
+    query = select(sessions.c.request_id, sessions.c.result, sessions.c.result_topic).where(
+        sessions.c.status.in_(FINISHED),
+        sessions.c.published_at.is_(None),
+        sessions.c.source_topic.is_not(None),
+    )
+    if deployment is not None:  # rows stored before sessions named their deployment: anyone's
+        query = query.where(or_(sessions.c.deployment == deployment, sessions.c.deployment.is_(None)))
+    return query.order_by(sessions.c.completed_at).limit(limit)
+
+
+def _outbox_select(deployment: bool) -> Compiled:
+    """The outbox's pick, locking its rows and skipping those another holds."""
+    return compile_once(
+        _outbox(0, _p("deployment") if deployment else None)
+        .limit(_p("limit"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+OUTBOX = {with_deployment: _outbox_select(with_deployment) for with_deployment in (False, True)}
+MARK_PUBLISHED = compile_once(
+    update(sessions).where(sessions.c.request_id == _ids()).values(published_at=_p("published_at"))
+)
+
+
+async def publish_batch(
+    conn: AsyncConnection,
+    send: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    limit: int,
+    deployment: str | None,
+    now: Callable[[], datetime],
+) -> int:
+    """Store.publish_batch on the driver: pick, send, mark published, in one transaction."""
+    driver = await _driver(conn)
+    statement = OUTBOX[deployment is not None]
+    async with driver.transaction():
+        found = await driver.fetch(statement.sql, *statement.args({"deployment": deployment, "limit": limit}))
+        if not found:
+            return 0
+        rows = [dict(r) for r in found]
+        await send(rows)
+        values = {"ids": [r["request_id"] for r in rows], "published_at": now()}
+        await driver.execute(MARK_PUBLISHED.sql, *MARK_PUBLISHED.args(values))
+    return len(rows)

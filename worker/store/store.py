@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -24,7 +24,8 @@ from .calls_codec import deflate_calls
 from .compact import pack_step, unpack_step
 from .dedup import insert_sessions_once
 from .faults import is_db_down
-from .hot import HotInbox, HotStatements, _driver, claim_update, json_text
+from .hot import HotInbox, HotStatements, _driver, _outbox, claim_update, json_text
+from .hot import publish_batch as hot_publish_batch
 from .parts import joined, split_calls, store_parts
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
 
@@ -398,6 +399,9 @@ class Store:
         """Outbox: lock a batch of unpublished results (skipping rows another worker has locked),
         `send` them and wait for Kafka's acks, then mark them published in the same transaction.
         A crash before the commit leaves them unpublished, to be sent again (at least once)."""
+        if self.hot is not None:
+            async with self.engine.connect() as conn, _invalidating(conn):
+                return await hot_publish_batch(conn, send, limit, deployment, utcnow)
         query = _outbox(limit, deployment)
         if self.engine.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
@@ -515,19 +519,6 @@ async def _invalidating(conn: AsyncConnection) -> AsyncIterator[None]:
             with suppress(Exception):
                 await conn.invalidate()
         raise
-
-
-def _outbox(limit: int, deployment: str | None = None) -> Select[Any]:
-    """Finished sessions that came through Kafka and whose result Kafka has not acknowledged;
-    with `deployment`, only that deployment's (each publishes its own, to its recorded topic)."""
-    query = select(sessions.c.request_id, sessions.c.result, sessions.c.result_topic).where(
-        sessions.c.status.in_(FINISHED),
-        sessions.c.published_at.is_(None),
-        sessions.c.source_topic.is_not(None),
-    )
-    if deployment is not None:  # rows stored before sessions named their deployment: anyone's
-        query = query.where(or_(sessions.c.deployment == deployment, sessions.c.deployment.is_(None)))
-    return query.order_by(sessions.c.completed_at).limit(limit)
 
 
 def _utc(value: datetime | None) -> datetime | None:
