@@ -238,7 +238,8 @@ class Store:
                 claimed = SimpleNamespace(**dict(found))
                 self._remember(claimed.id, claimed.received_at)
                 stored = await self._steps(conn, claimed.id, claimed.received_at) if claimed.has_steps else []
-                await conn.commit()
+                if conn.in_transaction():  # SQLAlchemy began one only to read the steps
+                    await conn.commit()
             return _claim(claimed, stored, self._received.pop(claimed.request_text or "", None))
         async with self.engine.begin() as conn:
             until = now + timedelta(seconds=lease_s)
@@ -322,7 +323,8 @@ class Store:
                 day = now.date()
                 upserts = [{"hash": h, "body": b, "last_used": day} for h, b in sorted(parts.items())]
                 await self.hot.write_steps(conn, upserts, rows)
-                await conn.commit()
+                if conn.in_transaction():  # only when a received_at had to be read
+                    await conn.commit()
             return
         async with self.engine.begin() as conn:
             times = await self._received_at(conn, {sid for sid, _ in batch})
