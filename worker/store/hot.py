@@ -1,7 +1,8 @@
 """The store's hot statements on the asyncpg driver, for PostgreSQL only.
 
-A claim and a result per request and the step writes (prompt parts' upsert, step insert) per node
-step dominate the worker's database time; through
+A claim and a result per request, the inbox's batch, the outbox's rounds and the step writes
+(prompt parts' upsert and step insert, one statement) per node step dominate the worker's
+database time; through
 SQLAlchemy each paid for cache keys, compilation lookups and parameter processing (about 1 ms),
 on the driver a fraction of it. The statements are still written in SQLAlchemy Core against the
 same tables, compiled once for PostgreSQL and run on the pooled connection's driver connection
