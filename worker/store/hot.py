@@ -1,7 +1,8 @@
 """The store's hot statements on the asyncpg driver, for PostgreSQL only.
 
-A claim and a result per request and the step writes (prompt parts' upsert, step insert) per node
-step dominate the worker's database time; through
+A claim and a result per request, the inbox's batch, the outbox's rounds and the step writes
+(prompt parts' upsert and step insert, one statement) per node step dominate the worker's
+database time; through
 SQLAlchemy each paid for cache keys, compilation lookups and parameter processing (about 1 ms),
 on the driver a fraction of it. The statements are still written in SQLAlchemy Core against the
 same tables, compiled once for PostgreSQL and run on the pooled connection's driver connection
@@ -11,22 +12,23 @@ columns are encoded with orjson the way SQLAlchemy's JSON type would (None as JS
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, Update, bindparam, exists, func, or_, update
+from sqlalchemy import Column, Select, Update, any_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.elements import ClauseElement
 
-from .parts import _upsert
-from .tables import PENDING, RUNNING, prompt_parts, sessions, steps
+from .dedup import LOCK_REQUEST_IDS, lock_key
+from .tables import FINISHED, PENDING, RUNNING, prompt_parts, sessions, steps
 
 DIALECT: Dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
 
@@ -169,7 +171,6 @@ COMPLETE = {
     )
     for with_config in (False, True)
 }
-UPSERT_PARTS = compile_once(_upsert("postgresql").values({k: _p(k) for k in ("hash", "body", "last_used")}))
 
 
 def _encoded(statement: Compiled, values: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[Any]:
@@ -177,24 +178,64 @@ def _encoded(statement: Compiled, values: Mapping[str, Any], encoders: Mapping[s
     return [v if enc is None else enc(v) for v, enc in zip(statement.args(values), encode, strict=True)]
 
 
+def _array_type(column: Column[Any]) -> str:
+    """The PostgreSQL array a column's values travel in: JSON as text (cast in SQL, so JSON null
+    and SQL NULL stay apart), strings as text, anything else as its own type."""
+    if _is_json(column) or isinstance(column.type, sqltypes.String):
+        return "text[]"  # a cast to varchar(n) would cut a long value; the insert refuses it
+    return f"{column.type.compile(dialect=DIALECT)}[]"
+
+
+def _select_unnest(columns: Sequence[Column[Any]], first: int) -> str:
+    """SELECT of one row per array element from parameters $first.. (one array per column)."""
+    names = [c.name for c in columns]
+    picked = ", ".join(
+        f"u.{n}::jsonb" if _is_json(c) else f"u.{n}" for n, c in zip(names, columns, strict=True)
+    )
+    arrays = ", ".join(f"${first + i}::{_array_type(c)}" for i, c in enumerate(columns))
+    return f"SELECT {picked} FROM unnest({arrays}) AS u({', '.join(names)})"
+
+
+STEP_COLUMNS: tuple[Column[Any], ...] = tuple(c for c in steps.columns if c.name != "id")
+PART_COLUMNS: tuple[Column[Any], ...] = (prompt_parts.c.hash, prompt_parts.c.body, prompt_parts.c.last_used)
+
+
+def _write_steps_sql() -> str:
+    """The parts' upsert (a data-modifying CTE, always run) and the steps' insert in one statement:
+    one round trip, atomic on its own in autocommit. Same conflict rules as `_upsert` and the
+    portable insert: a part's last_used only moves forward, a step already stored is left alone."""
+    part_names = ", ".join(c.name for c in PART_COLUMNS)
+    step_names = ", ".join(c.name for c in STEP_COLUMNS)
+    return (
+        f"WITH parts AS (INSERT INTO {prompt_parts.name} ({part_names}) "
+        f"{_select_unnest(PART_COLUMNS, 1)} "
+        "ON CONFLICT (hash) DO UPDATE SET last_used = excluded.last_used "
+        f"WHERE {prompt_parts.name}.last_used < excluded.last_used) "
+        f"INSERT INTO {steps.name} ({step_names}) "
+        f"{_select_unnest(STEP_COLUMNS, 1 + len(PART_COLUMNS))} "
+        "ON CONFLICT (session_id, session_received_at, step) DO NOTHING"
+    )
+
+
+WRITE_STEPS = _write_steps_sql()
+
+
+def _columns_of(
+    columns: Sequence[Column[Any]], rows: Sequence[Mapping[str, Any]], encoders: Mapping[str, Any]
+) -> list[list[Any]]:
+    """One array per column; a key a row lacks is SQL NULL, as a column left out of an INSERT."""
+    out: list[list[Any]] = []
+    for column in columns:
+        name, encode = column.name, encoders.get(column.name)
+        if encode is None:
+            out.append([row.get(name) for row in rows])
+        else:
+            out.append([encode(row[name]) if name in row else None for row in rows])
+    return out
+
+
 class HotStatements:
     """The claim, the step writes and the result on the driver connection under SQLAlchemy's pool."""
-
-    def __init__(self) -> None:
-        self._inserts: dict[tuple[str, ...], Compiled] = {}
-
-    def _insert(self, keys: tuple[str, ...]) -> Compiled:
-        """One compiled INSERT per set of columns a step row has (normally just one)."""
-        found = self._inserts.get(keys)
-        if found is None:
-            statement = (
-                postgresql.insert(steps)
-                .inline()
-                .values({k: _p(k) for k in keys})
-                .on_conflict_do_nothing(index_elements=["session_id", "session_received_at", "step"])
-            )
-            found = self._inserts[keys] = compile_once(statement)
-        return found
 
     async def write_steps(
         self,
@@ -202,28 +243,15 @@ class HotStatements:
         parts: Sequence[Mapping[str, Any]],
         rows: Sequence[Mapping[str, Any]],
     ) -> None:
-        """The prompt parts' upsert and the step rows, in one transaction: SQLAlchemy's when it has
-        begun one on this connection, else the driver's own."""
+        """The prompt parts' upsert and the step rows as one statement: inside SQLAlchemy's
+        transaction when it has begun one on this connection, else autocommitted (committed when
+        this returns, in one round trip)."""
         driver = await _driver(conn)
-        if driver.is_in_transaction():
-            await self._write_steps(driver, parts, rows)
-            return
-        async with driver.transaction():
-            await self._write_steps(driver, parts, rows)
-
-    async def _write_steps(
-        self, driver: Any, parts: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
-    ) -> None:
-        if parts:
-            upserts = [_encoded(UPSERT_PARTS, p, PART_ENCODERS) for p in parts]
-            await driver.executemany(UPSERT_PARTS.sql, upserts)
-        keys = tuple(rows[0])
-        if any(tuple(r) != keys for r in rows):
-            for row in rows:
-                await self._write_steps(driver, (), [row])
-            return
-        statement = self._insert(keys)
-        await driver.executemany(statement.sql, [_encoded(statement, row, STEP_ENCODERS) for row in rows])
+        args = [
+            *_columns_of(PART_COLUMNS, parts, PART_ENCODERS),
+            *_columns_of(STEP_COLUMNS, rows, STEP_ENCODERS),
+        ]
+        await driver.execute(WRITE_STEPS, *args)
 
     async def complete(self, conn: AsyncConnection, values: Mapping[str, Any]) -> bool:
         """The result's UPDATE as one autocommitted statement; True when this owner held it."""
@@ -250,3 +278,133 @@ async def _driver(conn: AsyncConnection) -> Any:
     """asyncpg's connection under SQLAlchemy's (its JSON codecs, set by SQLAlchemy, in place)."""
     raw = await conn.get_raw_connection()
     return raw.driver_connection
+
+
+def _ids() -> Any:
+    return any_(bindparam("ids", type_=ARRAY(sessions.c.request_id.type), required=False))
+
+
+SESSION_BY_REQUEST = compile_once(
+    select(sessions.c.id).where(sessions.c.request_id == _p("request_id")).limit(1)
+)
+LOCK_IDS = compile_once(LOCK_REQUEST_IDS)
+STORED = compile_once(
+    select(sessions.c.request_id, sessions.c.request_hash, sessions.c.request, sessions.c.received_at).where(
+        sessions.c.request_id == _ids()
+    )
+)
+SOURCE_TOPIC = compile_once(
+    update(sessions)
+    .where(sessions.c.request_id == _ids(), sessions.c.source_topic.is_(None))
+    .values(source_topic=_p("topic"))
+)
+SEEN = compile_once(
+    update(sessions)
+    .where(
+        sessions.c.request_id == _ids(),
+        sessions.c.status.in_(FINISHED),
+        sessions.c.received_at < _p("now"),
+        sessions.c.source_topic.is_not(None),
+    )
+    .values(published_at=None)
+    .returning(sessions.c.request_id)
+)
+_session_inserts: dict[tuple[str, ...], Compiled] = {}
+
+
+def _session_insert(keys: tuple[str, ...]) -> Compiled:
+    found = _session_inserts.get(keys)
+    if found is None:
+        found = _session_inserts[keys] = compile_once(
+            postgresql.insert(sessions).values({k: _p(k) for k in keys})
+        )
+    return found
+
+
+class HotInbox:
+    """The inbox's statements on the driver, in one driver transaction per batch (see
+    Store.receive_checked for what each does; dedup.py for the lock)."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+
+    async def session_exists(self, request_id: str) -> bool:
+        return (
+            await self.driver.fetchval(
+                SESSION_BY_REQUEST.sql, *SESSION_BY_REQUEST.args({"request_id": request_id})
+            )
+            is not None
+        )
+
+    async def insert_once(self, rows: list[dict[str, Any]], now: datetime) -> list[Any]:
+        """Lock the request_ids, read what is stored under them, insert the rows not stored yet
+        (the first of a batch's duplicates); returns the stored rows found before the insert."""
+        first: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            first.setdefault(row["request_id"], row)
+        await self.driver.execute(LOCK_IDS.sql, sorted({lock_key(rid) for rid in first}))
+        stored = await self.driver.fetch(STORED.sql, list(first))
+        have = {r["request_id"] for r in stored}
+        new = [row for rid, row in first.items() if rid not in have]
+        if new:
+            statement = _session_insert(tuple(new[0]))
+            await self.driver.executemany(
+                statement.sql, [_encoded(statement, r, SESSION_ENCODERS) for r in new]
+            )
+        return [r for r in stored if r["received_at"] < now]
+
+    async def set_source(self, topic: str, request_ids: list[str]) -> None:
+        await self.driver.execute(SOURCE_TOPIC.sql, *SOURCE_TOPIC.args({"ids": request_ids, "topic": topic}))
+
+    async def requeue_seen(self, request_ids: list[str], now: datetime) -> list[str]:
+        found = await self.driver.fetch(SEEN.sql, *SEEN.args({"ids": request_ids, "now": now}))
+        return [r["request_id"] for r in found]
+
+
+def _outbox(limit: int, deployment: str | None = None) -> Select[Any]:
+    """Finished sessions that came through Kafka and whose result Kafka has not acknowledged;
+    with `deployment`, only that deployment's (each publishes its own, to its recorded topic)."""
+    query = select(sessions.c.request_id, sessions.c.result, sessions.c.result_topic).where(
+        sessions.c.status.in_(FINISHED),
+        sessions.c.published_at.is_(None),
+        sessions.c.source_topic.is_not(None),
+    )
+    if deployment is not None:  # rows stored before sessions named their deployment: anyone's
+        query = query.where(or_(sessions.c.deployment == deployment, sessions.c.deployment.is_(None)))
+    return query.order_by(sessions.c.completed_at).limit(limit)
+
+
+def _outbox_select(deployment: bool) -> Compiled:
+    """The outbox's pick, locking its rows and skipping those another holds."""
+    return compile_once(
+        _outbox(0, _p("deployment") if deployment else None)
+        .limit(_p("limit"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+OUTBOX = {with_deployment: _outbox_select(with_deployment) for with_deployment in (False, True)}
+MARK_PUBLISHED = compile_once(
+    update(sessions).where(sessions.c.request_id == _ids()).values(published_at=_p("published_at"))
+)
+
+
+async def publish_batch(
+    conn: AsyncConnection,
+    send: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    limit: int,
+    deployment: str | None,
+    now: Callable[[], datetime],
+) -> int:
+    """Store.publish_batch on the driver: pick, send, mark published, in one transaction."""
+    driver = await _driver(conn)
+    statement = OUTBOX[deployment is not None]
+    async with driver.transaction():
+        found = await driver.fetch(statement.sql, *statement.args({"deployment": deployment, "limit": limit}))
+        if not found:
+            return 0
+        rows = [dict(r) for r in found]
+        await send(rows)
+        values = {"ids": [r["request_id"] for r in rows], "published_at": now()}
+        await driver.execute(MARK_PUBLISHED.sql, *MARK_PUBLISHED.args(values))
+    return len(rows)

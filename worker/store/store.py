@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -24,7 +24,8 @@ from .calls_codec import deflate_calls
 from .compact import pack_step, unpack_step
 from .dedup import insert_sessions_once
 from .faults import is_db_down
-from .hot import HotStatements, claim_update, json_text
+from .hot import HotInbox, HotStatements, _driver, _outbox, claim_update, json_text
+from .hot import publish_batch as hot_publish_batch
 from .parts import joined, split_calls, store_parts
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
 
@@ -142,96 +143,88 @@ class Store:
         starts = list(receipts) if receipts is not None else [None] * len(batch)
         texts = list(texts) if texts is not None else [None] * len(batch)
         hashes = {req.request_id: canonical_hash(req) for req, _ in batch}
-        async with self.engine.begin() as conn:
-            notes = None
-            if (
-                replay_of is not None
-                and (
-                    await conn.execute(select(sessions.c.id).where(sessions.c.request_id == replay_of))
-                ).first()
-                is None
-            ):
-                note = (
-                    f"replay-of {replay_of!r} names no session in this store; "
-                    "processed as an original request"
-                )
-                receipt.notes.append(note)
-                notes, replay_of, replay_mode = [note], None, None
-            rows = [  # the request is stored once, as its text (in SQL: request_text::jsonb)
-                {
-                    "request_id": req.request_id,
-                    "user_id": req.user.user_id,
-                    "goal": req.goal,
-                    "status": PENDING,
-                    "received_at": now,
-                    "attempts": 0,
-                    "replay_of": replay_of,
-                    "replay_mode": replay_mode,
-                    "request_hash": hashes[req.request_id],
-                    "request_text": text
-                    if text is not None
-                    else orjson.dumps(req.model_dump(mode="json", exclude_none=True)).decode(),
-                    "notes": notes,
-                    "source_topic": src.topic if src else None,
-                    "source_partition": src.partition if src else None,
-                    "source_offset": src.offset if src else None,
-                    "receipt_at": min(start, now) if start is not None else now,
-                    "run_config": run_config(req) if run_config is not None else None,
-                    "deployment": deployment,
-                    "result_topic": result_topic,
-                    "crashes": 0,
-                }
-                for (req, src), text, start in zip(batch, texts, starts, strict=True)
-            ]
-            await insert_sessions_once(conn, self._insert_session, rows)
-            if len(self._received) > RECEIVED_KEPT:
-                self._received.clear()
-            for fields, (req, _) in zip(rows, batch, strict=True):
-                self._received[str(fields["request_text"])] = req
-            stored = (
-                await conn.execute(
-                    select(
-                        sessions.c.request_id,
-                        sessions.c.request_hash,
-                        sessions.c.request,
-                        sessions.c.received_at,
-                    ).where(sessions.c.request_id.in_(list(hashes)), sessions.c.received_at < now)
-                )
-            ).all()
-            for row in stored:
-                first = row.request_hash or canonical_hash(RerankRequest.model_validate(row.request))
-                if first != hashes[row.request_id]:
-                    receipt.conflicts[row.request_id] = row.received_at
-            ids = [rid for rid in hashes if rid not in receipt.conflicts]
-            by_topic: dict[str, list[str]] = {}
-            for req, src in batch:
-                if src is not None and req.request_id in ids:
-                    by_topic.setdefault(src.topic, []).append(req.request_id)
-            for topic, arrived in by_topic.items():  # stored before without a source: now it has one
-                await conn.execute(
-                    update(sessions)
-                    .where(sessions.c.request_id.in_(arrived), sessions.c.source_topic.is_(None))
-                    .values(source_topic=topic)
-                )
-            if ids:
-                receipt.seen = list(
-                    (
-                        await conn.execute(
-                            update(sessions)
-                            .where(
-                                sessions.c.request_id.in_(ids),
-                                sessions.c.status.in_(FINISHED),
-                                sessions.c.received_at < now,
-                                sessions.c.source_topic.is_not(None),
-                            )
-                            .values(published_at=None)
-                            .returning(sessions.c.request_id)
-                        )
+        fields = {
+            "replay_of": replay_of,
+            "replay_mode": replay_mode,
+            "run_config": run_config,
+            "deployment": deployment,
+            "result_topic": result_topic,
+        }
+        if self.hot is not None:
+            async with self.engine.connect() as conn, _invalidating(conn):
+                driver = await _driver(conn)
+                async with driver.transaction():
+                    rows = await self._receive(
+                        HotInbox(driver), batch, texts, starts, hashes, now, receipt, fields
                     )
-                    .scalars()
-                    .all()
-                )
+        else:
+            async with self.engine.begin() as conn:
+                portable = _PortableInbox(conn, self._insert_session)
+                rows = await self._receive(portable, batch, texts, starts, hashes, now, receipt, fields)
+        if len(self._received) > RECEIVED_KEPT:
+            self._received.clear()
+        for row, (req, _) in zip(rows, batch, strict=True):
+            self._received[str(row["request_text"])] = req
         return receipt
+
+    async def _receive(
+        self,
+        inbox: Any,
+        batch: Sequence[tuple[RerankRequest, Source | None]],
+        texts: Sequence[str | None],
+        starts: Sequence[datetime | None],
+        hashes: dict[str, str],
+        now: datetime,
+        receipt: Receipt,
+        fields: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """receive_checked's statements, on the driver (HotInbox) or through SQLAlchemy."""
+        replay_of, replay_mode, run_config = fields["replay_of"], fields["replay_mode"], fields["run_config"]
+        notes = None
+        if replay_of is not None and not await inbox.session_exists(replay_of):
+            note = f"replay-of {replay_of!r} names no session in this store; processed as an original request"
+            receipt.notes.append(note)
+            notes, replay_of, replay_mode = [note], None, None
+        rows = [  # the request is stored once, as its text (in SQL: request_text::jsonb)
+            {
+                "request_id": req.request_id,
+                "user_id": req.user.user_id,
+                "goal": req.goal,
+                "status": PENDING,
+                "received_at": now,
+                "attempts": 0,
+                "replay_of": replay_of,
+                "replay_mode": replay_mode,
+                "request_hash": hashes[req.request_id],
+                "request_text": text
+                if text is not None
+                else orjson.dumps(req.model_dump(mode="json", exclude_none=True)).decode(),
+                "notes": notes,
+                "source_topic": src.topic if src else None,
+                "source_partition": src.partition if src else None,
+                "source_offset": src.offset if src else None,
+                "receipt_at": min(start, now) if start is not None else now,
+                "run_config": run_config(req) if run_config is not None else None,
+                "deployment": fields["deployment"],
+                "result_topic": fields["result_topic"],
+                "crashes": 0,
+            }
+            for (req, src), text, start in zip(batch, texts, starts, strict=True)
+        ]
+        for row in await inbox.insert_once(rows, now):
+            first = row["request_hash"] or canonical_hash(RerankRequest.model_validate(row["request"]))
+            if first != hashes[row["request_id"]]:
+                receipt.conflicts[row["request_id"]] = row["received_at"]
+        ids = [rid for rid in hashes if rid not in receipt.conflicts]
+        by_topic: dict[str, list[str]] = {}
+        for req, src in batch:
+            if src is not None and req.request_id in ids:
+                by_topic.setdefault(src.topic, []).append(req.request_id)
+        for topic, arrived in by_topic.items():  # stored before without a source: now it has one
+            await inbox.set_source(topic, arrived)
+        if ids:
+            receipt.seen = await inbox.requeue_seen(ids, now)
+        return rows
 
     # leases ----------------------------------------------------------------------------------
     async def claim(self, request_id: str, owner: str, lease_s: float) -> Claim | None:
@@ -245,7 +238,8 @@ class Store:
                 claimed = SimpleNamespace(**dict(found))
                 self._remember(claimed.id, claimed.received_at)
                 stored = await self._steps(conn, claimed.id, claimed.received_at) if claimed.has_steps else []
-                await conn.commit()
+                if conn.in_transaction():  # SQLAlchemy began one only to read the steps
+                    await conn.commit()
             return _claim(claimed, stored, self._received.pop(claimed.request_text or "", None))
         async with self.engine.begin() as conn:
             until = now + timedelta(seconds=lease_s)
@@ -329,7 +323,8 @@ class Store:
                 day = now.date()
                 upserts = [{"hash": h, "body": b, "last_used": day} for h, b in sorted(parts.items())]
                 await self.hot.write_steps(conn, upserts, rows)
-                await conn.commit()
+                if conn.in_transaction():  # only when a received_at had to be read
+                    await conn.commit()
             return
         async with self.engine.begin() as conn:
             times = await self._received_at(conn, {sid for sid, _ in batch})
@@ -406,6 +401,9 @@ class Store:
         """Outbox: lock a batch of unpublished results (skipping rows another worker has locked),
         `send` them and wait for Kafka's acks, then mark them published in the same transaction.
         A crash before the commit leaves them unpublished, to be sent again (at least once)."""
+        if self.hot is not None:
+            async with self.engine.connect() as conn, _invalidating(conn):
+                return await hot_publish_batch(conn, send, limit, deployment, utcnow)
         query = _outbox(limit, deployment)
         if self.engine.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
@@ -472,6 +470,46 @@ def _claim(row: Any, stored: list[StepRecord], received: RerankRequest | None = 
     )
 
 
+class _PortableInbox:
+    """The inbox's statements through SQLAlchemy, in the caller's transaction (SQLite included)."""
+
+    def __init__(self, conn: AsyncConnection, insert: Any) -> None:
+        self.conn, self.insert = conn, insert
+
+    async def session_exists(self, request_id: str) -> bool:
+        query = select(sessions.c.id).where(sessions.c.request_id == request_id)
+        return (await self.conn.execute(query)).first() is not None
+
+    async def insert_once(self, rows: list[dict[str, Any]], now: datetime) -> list[Any]:
+        """Insert the rows not stored yet; returns what was stored before under their request_ids."""
+        await insert_sessions_once(self.conn, self.insert, rows)
+        query = select(
+            sessions.c.request_id, sessions.c.request_hash, sessions.c.request, sessions.c.received_at
+        ).where(sessions.c.request_id.in_([r["request_id"] for r in rows]), sessions.c.received_at < now)
+        return list((await self.conn.execute(query)).mappings())
+
+    async def set_source(self, topic: str, request_ids: list[str]) -> None:
+        await self.conn.execute(
+            update(sessions)
+            .where(sessions.c.request_id.in_(request_ids), sessions.c.source_topic.is_(None))
+            .values(source_topic=topic)
+        )
+
+    async def requeue_seen(self, request_ids: list[str], now: datetime) -> list[str]:
+        found = await self.conn.execute(
+            update(sessions)
+            .where(
+                sessions.c.request_id.in_(request_ids),
+                sessions.c.status.in_(FINISHED),
+                sessions.c.received_at < now,
+                sessions.c.source_topic.is_not(None),
+            )
+            .values(published_at=None)
+            .returning(sessions.c.request_id)
+        )
+        return list(found.scalars().all())
+
+
 @asynccontextmanager
 async def _invalidating(conn: AsyncConnection) -> AsyncIterator[None]:
     """A connection error on the driver bypasses SQLAlchemy: drop the connection from the pool
@@ -483,19 +521,6 @@ async def _invalidating(conn: AsyncConnection) -> AsyncIterator[None]:
             with suppress(Exception):
                 await conn.invalidate()
         raise
-
-
-def _outbox(limit: int, deployment: str | None = None) -> Select[Any]:
-    """Finished sessions that came through Kafka and whose result Kafka has not acknowledged;
-    with `deployment`, only that deployment's (each publishes its own, to its recorded topic)."""
-    query = select(sessions.c.request_id, sessions.c.result, sessions.c.result_topic).where(
-        sessions.c.status.in_(FINISHED),
-        sessions.c.published_at.is_(None),
-        sessions.c.source_topic.is_not(None),
-    )
-    if deployment is not None:  # rows stored before sessions named their deployment: anyone's
-        query = query.where(or_(sessions.c.deployment == deployment, sessions.c.deployment.is_(None)))
-    return query.order_by(sessions.c.completed_at).limit(limit)
 
 
 def _utc(value: datetime | None) -> datetime | None:
