@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import sqltypes
-from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
 from .dedup import LOCK_REQUEST_IDS, lock_key
 from .tables import FINISHED, PENDING, RUNNING, prompt_parts, sessions, steps
@@ -284,31 +284,42 @@ def _ids() -> Any:
     return any_(bindparam("ids", type_=ARRAY(sessions.c.request_id.type), required=False))
 
 
-SESSION_BY_REQUEST = compile_once(
-    select(sessions.c.id).where(sessions.c.request_id == _p("request_id")).limit(1)
-)
+def session_by_request(request_id: Any) -> Select[Any]:
+    return select(sessions.c.id).where(sessions.c.request_id == request_id).limit(1)
+
+
+def stored_under(matching: ColumnElement[bool]) -> Select[Any]:
+    """What the inbox compares a request with: the sessions already stored under its request_id."""
+    return select(
+        sessions.c.request_id, sessions.c.request_hash, sessions.c.request, sessions.c.received_at
+    ).where(matching)
+
+
+def source_update(matching: ColumnElement[bool], topic: Any) -> Update:
+    """A session stored before without a source (offline, a live replay) gets the one it came by."""
+    return update(sessions).where(matching, sessions.c.source_topic.is_(None)).values(source_topic=topic)
+
+
+def seen_update(matching: ColumnElement[bool], now: Any) -> Update:
+    """A finished session that came through Kafka and is received again: its result goes out again."""
+    return (
+        update(sessions)
+        .where(
+            matching,
+            sessions.c.status.in_(FINISHED),
+            sessions.c.received_at < now,
+            sessions.c.source_topic.is_not(None),
+        )
+        .values(published_at=None)
+        .returning(sessions.c.request_id)
+    )
+
+
+SESSION_BY_REQUEST = compile_once(session_by_request(_p("request_id")))
 LOCK_IDS = compile_once(LOCK_REQUEST_IDS)
-STORED = compile_once(
-    select(sessions.c.request_id, sessions.c.request_hash, sessions.c.request, sessions.c.received_at).where(
-        sessions.c.request_id == _ids()
-    )
-)
-SOURCE_TOPIC = compile_once(
-    update(sessions)
-    .where(sessions.c.request_id == _ids(), sessions.c.source_topic.is_(None))
-    .values(source_topic=_p("topic"))
-)
-SEEN = compile_once(
-    update(sessions)
-    .where(
-        sessions.c.request_id == _ids(),
-        sessions.c.status.in_(FINISHED),
-        sessions.c.received_at < _p("now"),
-        sessions.c.source_topic.is_not(None),
-    )
-    .values(published_at=None)
-    .returning(sessions.c.request_id)
-)
+STORED = compile_once(stored_under(sessions.c.request_id == _ids()))
+SOURCE_TOPIC = compile_once(source_update(sessions.c.request_id == _ids(), _p("topic")))
+SEEN = compile_once(seen_update(sessions.c.request_id == _ids(), _p("now")))
 _session_inserts: dict[tuple[str, ...], Compiled] = {}
 
 

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import and_, or_, select, update
@@ -24,7 +24,18 @@ from .calls_codec import deflate_calls
 from .compact import pack_step, unpack_step
 from .dedup import insert_sessions_once
 from .faults import is_db_down
-from .hot import HotInbox, HotStatements, _driver, _outbox, claim_update, json_text
+from .hot import (
+    HotInbox,
+    HotStatements,
+    _driver,
+    _outbox,
+    claim_update,
+    json_text,
+    seen_update,
+    session_by_request,
+    source_update,
+    stored_under,
+)
 from .hot import publish_batch as hot_publish_batch
 from .parts import joined, split_calls, store_parts
 from .tables import FINISHED, PENDING, RUNNING, sessions, steps
@@ -169,7 +180,7 @@ class Store:
 
     async def _receive(
         self,
-        inbox: Any,
+        inbox: InboxStatements,
         batch: Sequence[tuple[RerankRequest, Source | None]],
         texts: Sequence[str | None],
         starts: Sequence[datetime | None],
@@ -470,6 +481,15 @@ def _claim(row: Any, stored: list[StepRecord], received: RerankRequest | None = 
     )
 
 
+class InboxStatements(Protocol):
+    """What receive_checked runs, on the driver (hot.HotInbox) or through SQLAlchemy (below)."""
+
+    async def session_exists(self, request_id: str) -> bool: ...
+    async def insert_once(self, rows: list[dict[str, Any]], now: datetime) -> list[Any]: ...
+    async def set_source(self, topic: str, request_ids: list[str]) -> None: ...
+    async def requeue_seen(self, request_ids: list[str], now: datetime) -> list[str]: ...
+
+
 class _PortableInbox:
     """The inbox's statements through SQLAlchemy, in the caller's transaction (SQLite included)."""
 
@@ -477,36 +497,19 @@ class _PortableInbox:
         self.conn, self.insert = conn, insert
 
     async def session_exists(self, request_id: str) -> bool:
-        query = select(sessions.c.id).where(sessions.c.request_id == request_id)
-        return (await self.conn.execute(query)).first() is not None
+        return (await self.conn.execute(session_by_request(request_id))).first() is not None
 
     async def insert_once(self, rows: list[dict[str, Any]], now: datetime) -> list[Any]:
         """Insert the rows not stored yet; returns what was stored before under their request_ids."""
         await insert_sessions_once(self.conn, self.insert, rows)
-        query = select(
-            sessions.c.request_id, sessions.c.request_hash, sessions.c.request, sessions.c.received_at
-        ).where(sessions.c.request_id.in_([r["request_id"] for r in rows]), sessions.c.received_at < now)
-        return list((await self.conn.execute(query)).mappings())
+        query = stored_under(sessions.c.request_id.in_([r["request_id"] for r in rows]))
+        return list((await self.conn.execute(query.where(sessions.c.received_at < now))).mappings())
 
     async def set_source(self, topic: str, request_ids: list[str]) -> None:
-        await self.conn.execute(
-            update(sessions)
-            .where(sessions.c.request_id.in_(request_ids), sessions.c.source_topic.is_(None))
-            .values(source_topic=topic)
-        )
+        await self.conn.execute(source_update(sessions.c.request_id.in_(request_ids), topic))
 
     async def requeue_seen(self, request_ids: list[str], now: datetime) -> list[str]:
-        found = await self.conn.execute(
-            update(sessions)
-            .where(
-                sessions.c.request_id.in_(request_ids),
-                sessions.c.status.in_(FINISHED),
-                sessions.c.received_at < now,
-                sessions.c.source_topic.is_not(None),
-            )
-            .values(published_at=None)
-            .returning(sessions.c.request_id)
-        )
+        found = await self.conn.execute(seen_update(sessions.c.request_id.in_(request_ids), now))
         return list(found.scalars().all())
 
 
