@@ -1,17 +1,22 @@
-"""The driver's one-statement step write (parts' upsert as a CTE, steps from unnest arrays) stores
-exactly the rows SQLAlchemy's portable insert stores: JSON null apart from SQL NULL, a column a
-row leaves out as NULL, the prompt parts once; a repeated step is left alone."""
+"""The driver's one-statement step write (parts' upsert as a CTE, steps from one JSON document)
+stores exactly the rows SQLAlchemy's portable insert stores: JSON null apart from SQL NULL, a
+column a row leaves out as NULL, any text the portable path takes, the prompt parts once; a
+repeated step is left alone; what one path refuses, the other refuses too."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from cases import cases
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 from sqlalchemy import select
 from stream_helpers import make_requests
 
 from worker.engine.steps import LLMCall, RepairCount, StepRecord
 from worker.schemas import RerankRequest
+from worker.store.faults import is_data_error
 from worker.store.store import Store
 from worker.store.tables import prompt_parts, sessions, steps
 
@@ -125,3 +130,35 @@ async def _request_ids(store: Store, session_id: int) -> tuple[str]:
             await conn.execute(select(sessions.c.request_id).where(sessions.c.id == session_id))
         ).scalar_one()
     return (rid,)
+
+
+_hostile = st.sampled_from(["\x00", "\ud800", "\udfff", '"', "\\", "\u2028", "é", "\U0001f600"])
+_text = st.text(_hostile | st.characters(codec=None), max_size=12)  # any plane, often hostile
+
+
+@cases(30, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    notes=st.lists(_text, max_size=3),
+    problem=st.none() | _text,
+    raw=_text,
+    latency=st.floats(min_value=0, max_value=1e9),
+)
+async def test_generated_text_is_stored_or_refused_alike(
+    store: Store, notes: list[str], problem: str | None, raw: str, latency: float
+) -> None:
+    call = LLMCall(messages=[{"role": "user", "content": raw}], raw=raw, latency_ms=latency)
+    record = StepRecord(step=1, node="accuracy", policy="llm", notes=notes, problem=problem, calls=[call])
+    hot_id, portable_id = await _ids(store, random.randrange(10**9))
+    outcomes = []
+    for sid, hot in ((hot_id, store.hot), (portable_id, None)):
+        kept, store.hot = store.hot, hot
+        try:
+            await store.add_steps([(sid, record)])
+            outcomes.append("stored")
+        except Exception as exc:  # the driver's error or SQLAlchemy's wrapper of it
+            assert is_data_error(exc), exc
+            outcomes.append("refused")
+        finally:
+            store.hot = kept
+    assert outcomes[0] == outcomes[1]
+    assert await _rows(store, hot_id) == await _rows(store, portable_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -85,9 +85,7 @@ def _p(name: str) -> Any:
     return bindparam(name, required=False)
 
 
-STEP_ENCODERS = {c.name: _encoder(c) for c in steps.columns}
 SESSION_ENCODERS = {c.name: _encoder(c) for c in sessions.columns}
-PART_ENCODERS = {c.name: _encoder(c) for c in prompt_parts.columns}
 
 # what `complete` writes besides the outcome's own columns
 RESULT_COLUMNS = (
@@ -178,22 +176,22 @@ def _encoded(statement: Compiled, values: Mapping[str, Any], encoders: Mapping[s
     return [v if enc is None else enc(v) for v, enc in zip(statement.args(values), encode, strict=True)]
 
 
-def _array_type(column: Column[Any]) -> str:
-    """The PostgreSQL array a column's values travel in: JSON as text (cast in SQL, so JSON null
-    and SQL NULL stay apart), strings as text, anything else as its own type."""
-    if _is_json(column) or isinstance(column.type, sqltypes.String):
-        return "text[]"  # a cast to varchar(n) would cut a long value; the insert refuses it
-    return f"{column.type.compile(dialect=DIALECT)}[]"
+def _pick(column: Column[Any], row: str) -> str:
+    """A column's value from a row of the JSON document: JSON values as they are (JSON null kept
+    apart from a missing key, which is SQL NULL), others as text cast to the column's type (a
+    string too long for its column is refused, as by the insert itself)."""
+    if _is_json(column):
+        return f"{row}->'{column.name}'"
+    text = f"{row}->>'{column.name}'"
+    if isinstance(column.type, sqltypes.String):
+        return text
+    return f"({text})::{column.type.compile(dialect=DIALECT)}"
 
 
-def _select_unnest(columns: Sequence[Column[Any]], first: int) -> str:
-    """SELECT of one row per array element from parameters $first.. (one array per column)."""
-    names = [c.name for c in columns]
-    picked = ", ".join(
-        f"u.{n}::jsonb" if _is_json(c) else f"u.{n}" for n, c in zip(names, columns, strict=True)
-    )
-    arrays = ", ".join(f"${first + i}::{_array_type(c)}" for i, c in enumerate(columns))
-    return f"SELECT {picked} FROM unnest({arrays}) AS u({', '.join(names)})"
+def _select_rows(columns: Sequence[Column[Any]], param: int) -> str:
+    """SELECT of one row per element of the JSON array in parameter $param (one object per row)."""
+    picked = ", ".join(_pick(c, "r") for c in columns)
+    return f"SELECT {picked} FROM jsonb_array_elements(${param}::text::jsonb) AS e(r)"
 
 
 STEP_COLUMNS: tuple[Column[Any], ...] = tuple(c for c in steps.columns if c.name != "id")
@@ -208,30 +206,45 @@ def _write_steps_sql() -> str:
     step_names = ", ".join(c.name for c in STEP_COLUMNS)
     return (
         f"WITH parts AS (INSERT INTO {prompt_parts.name} ({part_names}) "
-        f"{_select_unnest(PART_COLUMNS, 1)} "
+        f"{_select_rows(PART_COLUMNS, 1)} "
         "ON CONFLICT (hash) DO UPDATE SET last_used = excluded.last_used "
         f"WHERE {prompt_parts.name}.last_used < excluded.last_used) "
         f"INSERT INTO {steps.name} ({step_names}) "
-        f"{_select_unnest(STEP_COLUMNS, 1 + len(PART_COLUMNS))} "
+        f"{_select_rows(STEP_COLUMNS, 2)} "
         "ON CONFLICT (session_id, session_received_at, step) DO NOTHING"
     )
 
 
 WRITE_STEPS = _write_steps_sql()
+# JSON columns whose None is SQL NULL (none_as_null): left out of the document rather than null
+_NONE_AS_NULL = frozenset(
+    c.name
+    for c in (*STEP_COLUMNS, *PART_COLUMNS)
+    if _is_json(c) and getattr(c.type.dialect_impl(DIALECT), "none_as_null", False)
+)
 
 
-def _columns_of(
-    columns: Sequence[Column[Any]], rows: Sequence[Mapping[str, Any]], encoders: Mapping[str, Any]
-) -> list[list[Any]]:
-    """One array per column; a key a row lacks is SQL NULL, as a column left out of an INSERT."""
-    out: list[list[Any]] = []
-    for column in columns:
-        name, encode = column.name, encoders.get(column.name)
-        if encode is None:
-            out.append([row.get(name) for row in rows])
-        else:
-            out.append([encode(row[name]) if name in row else None for row in rows])
-    return out
+def rows_document(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as one JSON array, the statement's parameter: one encoding in C for the whole
+    batch (asyncpg would type-check every element of a dozen arrays). Naive datetimes are UTC, as
+    asyncpg takes them; what orjson refuses (lone surrogates, huge integers) goes through the
+    standard library, so the database judges the value."""
+    if _NONE_AS_NULL:
+        rows = [{k: v for k, v in r.items() if v is not None or k not in _NONE_AS_NULL} for r in rows]
+    try:
+        return orjson.dumps(rows, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC).decode()
+    except TypeError:
+        import json
+
+        return json.dumps(rows, default=_iso_utc)
+
+
+def _iso_utc(value: Any) -> str:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class HotStatements:
@@ -247,11 +260,7 @@ class HotStatements:
         transaction when it has begun one on this connection, else autocommitted (committed when
         this returns, in one round trip)."""
         driver = await _driver(conn)
-        args = [
-            *_columns_of(PART_COLUMNS, parts, PART_ENCODERS),
-            *_columns_of(STEP_COLUMNS, rows, STEP_ENCODERS),
-        ]
-        await driver.execute(WRITE_STEPS, *args)
+        await driver.execute(WRITE_STEPS, rows_document(parts), rows_document(rows))
 
     async def complete(self, conn: AsyncConnection, values: Mapping[str, Any]) -> bool:
         """The result's UPDATE as one autocommitted statement; True when this owner held it."""
@@ -338,6 +347,7 @@ class HotInbox:
 
     def __init__(self, driver: Any) -> None:
         self.driver = driver
+        self.inserted: set[str] = set()
 
     async def session_exists(self, request_id: str) -> bool:
         return (
@@ -357,6 +367,7 @@ class HotInbox:
         stored = await self.driver.fetch(STORED.sql, list(first))
         have = {r["request_id"] for r in stored}
         new = [row for rid, row in first.items() if rid not in have]
+        self.inserted = {row["request_id"] for row in new}
         if new:
             statement = _session_insert(tuple(new[0]))
             await self.driver.executemany(

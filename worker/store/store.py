@@ -6,8 +6,7 @@ that crashed at any point can run again over the same messages without duplicati
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -23,7 +22,7 @@ from ..schemas import RerankRequest, RerankResult, Source, canonical_hash, utcno
 from .calls_codec import deflate_calls
 from .compact import pack_step, unpack_step
 from .dedup import insert_sessions_once
-from .faults import is_db_down
+from .held import HeldConnection, invalidating
 from .hot import (
     HotInbox,
     HotStatements,
@@ -94,6 +93,7 @@ class Store:
         self.engine = engine or make_engine(url, pre_ping=False)
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         self.hot = HotStatements() if self.engine.dialect.driver == "asyncpg" else None
+        self._journal = HeldConnection(self.engine)  # the step writes' own connection (held.py)
         # one statement each, compiled once and executed with many parameter sets
         # PostgreSQL: sessions partitioned by time, request_id kept unique by worker/store/dedup.py
         pg = self.engine.dialect.name == "postgresql"
@@ -109,6 +109,7 @@ class Store:
         self._received: dict[str, RerankRequest] = {}
 
     async def close(self) -> None:
+        await self._journal.close()
         await self.engine.dispose()
 
     async def ping(self) -> None:
@@ -162,7 +163,7 @@ class Store:
             "result_topic": result_topic,
         }
         if self.hot is not None:
-            async with self.engine.connect() as conn, _invalidating(conn):
+            async with self.engine.connect() as conn, invalidating(conn):
                 driver = await _driver(conn)
                 async with driver.transaction():
                     rows = await self._receive(
@@ -227,14 +228,17 @@ class Store:
             if first != hashes[row["request_id"]]:
                 receipt.conflicts[row["request_id"]] = row["received_at"]
         ids = [rid for rid in hashes if rid not in receipt.conflicts]
+        # rows this batch inserted have their source and are pending: the updates below would
+        # change none of them, so they run only for request_ids stored before (a round trip each)
+        before = [rid for rid in ids if rid not in inbox.inserted]
         by_topic: dict[str, list[str]] = {}
         for req, src in batch:
-            if src is not None and req.request_id in ids:
+            if src is not None and req.request_id in before:
                 by_topic.setdefault(src.topic, []).append(req.request_id)
         for topic, arrived in by_topic.items():  # stored before without a source: now it has one
             await inbox.set_source(topic, arrived)
-        if ids:
-            receipt.seen = await inbox.requeue_seen(ids, now)
+        if before:
+            receipt.seen = await inbox.requeue_seen(before, now)
         return rows
 
     # leases ----------------------------------------------------------------------------------
@@ -242,7 +246,7 @@ class Store:
         """Take the session unless another live worker holds it (its lease not yet expired)."""
         now = utcnow()
         if self.hot is not None:
-            async with self.engine.connect() as conn, _invalidating(conn):
+            async with self.engine.connect() as conn, invalidating(conn):
                 found = await self.hot.claim(conn, request_id, owner, now, lease_s)
                 if found is None:
                     return None
@@ -327,7 +331,7 @@ class Store:
         parts: dict[str, Any] = {}
         rows = [step_row(sid, step, now, parts) for sid, step in batch]
         if self.hot is not None:
-            async with self.engine.connect() as conn, _invalidating(conn):
+            async with self._journal.use() as conn:
                 times = await self._received_at(conn, {sid for sid, _ in batch})
                 for row in rows:
                     row["session_received_at"] = times.get(row["session_id"])
@@ -391,7 +395,7 @@ class Store:
             **({"run_config": run_config} if run_config is not None else {}),
         }
         if self.hot is not None:
-            async with self.engine.connect() as conn, _invalidating(conn):
+            async with self.engine.connect() as conn, invalidating(conn):
                 return await self.hot.complete(conn, {**values, "session_id": session_id, "owner": owner})
         async with self.engine.begin() as conn:
             done = await conn.execute(
@@ -413,7 +417,7 @@ class Store:
         `send` them and wait for Kafka's acks, then mark them published in the same transaction.
         A crash before the commit leaves them unpublished, to be sent again (at least once)."""
         if self.hot is not None:
-            async with self.engine.connect() as conn, _invalidating(conn):
+            async with self.engine.connect() as conn, invalidating(conn):
                 return await hot_publish_batch(conn, send, limit, deployment, utcnow)
         query = _outbox(limit, deployment)
         if self.engine.dialect.name == "postgresql":
@@ -484,6 +488,8 @@ def _claim(row: Any, stored: list[StepRecord], received: RerankRequest | None = 
 class InboxStatements(Protocol):
     """What receive_checked runs, on the driver (hot.HotInbox) or through SQLAlchemy (below)."""
 
+    inserted: set[str]  # request_ids insert_once stored now (empty when it cannot tell)
+
     async def session_exists(self, request_id: str) -> bool: ...
     async def insert_once(self, rows: list[dict[str, Any]], now: datetime) -> list[Any]: ...
     async def set_source(self, topic: str, request_ids: list[str]) -> None: ...
@@ -495,6 +501,7 @@ class _PortableInbox:
 
     def __init__(self, conn: AsyncConnection, insert: Any) -> None:
         self.conn, self.insert = conn, insert
+        self.inserted: set[str] = set()
 
     async def session_exists(self, request_id: str) -> bool:
         return (await self.conn.execute(session_by_request(request_id))).first() is not None
@@ -511,19 +518,6 @@ class _PortableInbox:
     async def requeue_seen(self, request_ids: list[str], now: datetime) -> list[str]:
         found = await self.conn.execute(seen_update(sessions.c.request_id.in_(request_ids), now))
         return list(found.scalars().all())
-
-
-@asynccontextmanager
-async def _invalidating(conn: AsyncConnection) -> AsyncIterator[None]:
-    """A connection error on the driver bypasses SQLAlchemy: drop the connection from the pool
-    so the retry gets a fresh one."""
-    try:
-        yield
-    except Exception as exc:
-        if is_db_down(exc):
-            with suppress(Exception):
-                await conn.invalidate()
-        raise
 
 
 def _utc(value: datetime | None) -> datetime | None:
