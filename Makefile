@@ -68,6 +68,7 @@ bench: up
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/engine_bench.py
 	$(PY) benchmarks/worker_bench.py
+	$(PY) benchmarks/chat_bench.py
 	$(PY) benchmarks/store_bench.py
 	if [ -n "$(AUDIT_SESSIONS)" ]; then $(PY) benchmarks/audit_bench.py --sessions $(AUDIT_SESSIONS); fi
 
