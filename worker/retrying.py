@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -41,44 +41,86 @@ def waiting(
     attempts: int | None = None,
     first_s: float = FIRST_WAIT_S,
     max_s: float = MAX_WAIT_S,
+    failed: int = 0,
 ) -> AsyncRetrying:
     """The retry policy while waiting for `what` (the dependency, and who waits): exponential
     backoff from `first_s` to `max_s`, a warning per wait, `flag` raised while waiting; errors
     `retry_on` refuses (and the last of `attempts`) are raised to the caller. Only the errors
     `outage` accepts mean the dependency is away (flag and "waiting for"); the others are retried
-    failures of the work itself."""
+    failures of the work itself. `failed`: attempts already made (and waited after) before it."""
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
         wait = state.next_action.sleep if state.next_action is not None else 0.0
-        if exc is not None and not outage(exc):
-            log.warning("%s failed (%s); retrying in %.1fs", what, exc, wait)
-            return
-        if flag is not None:
-            flag.set(1)
-        log.warning("waiting for %s (%s); retrying in %.1fs", what, exc, wait)
+        _announce(what, exc, wait, outage, flag)
 
     return AsyncRetrying(
         # a cancellation (shutdown) ends the wait: it is never a failure to wait out
         retry=retry_if_exception(lambda exc: not isinstance(exc, asyncio.CancelledError) and retry_on(exc)),
-        wait=wait_exponential(multiplier=first_s, min=first_s, max=max_s),
-        stop=stop_after_attempt(attempts) if attempts is not None else stop_never,
+        wait=wait_exponential(multiplier=first_s * 2**failed, min=first_s, max=max_s),
+        stop=stop_after_attempt(attempts - failed) if attempts is not None else stop_never,
         before_sleep=before_sleep,
         reraise=True,
     )
 
 
-async def until_done(call: Callable[[], Awaitable[T]], what: str, **policy: Any) -> T:
-    """`call()` retried under `waiting(what, **policy)`; the flag is lowered once it is through,
-    whether it succeeded or gave up (then nothing waits any more)."""
+def _announce(
+    what: str,
+    exc: BaseException | None,
+    wait: float,
+    outage: Callable[[BaseException], bool],
+    flag: Flag | None,
+) -> None:
+    if exc is not None and not outage(exc):
+        log.warning("%s failed (%s); retrying in %.1fs", what, exc, wait)
+        return
+    if flag is not None:
+        flag.set(1)
+    log.warning("waiting for %s (%s); retrying in %.1fs", what, exc, wait)
+
+
+async def until_done(
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    retry_on: Callable[[BaseException], bool] = _always,
+    outage: Callable[[BaseException], bool] = _always,
+    flag: Flag | None = None,
+    attempts: int | None = None,
+    first_s: float = FIRST_WAIT_S,
+    max_s: float = MAX_WAIT_S,
+) -> T:
+    """`call()` retried under `waiting(what, ...)`; the flag is lowered once it is through,
+    whether it succeeded or gave up (then nothing waits any more).
+
+    The first attempt runs before any policy is built: nearly every call succeeds at once, and a
+    tenacity policy is a cluster of reference cycles (about forty objects) that only the garbage
+    collector frees. After a failure it waits `first_s`, the policy's first wait, and the policy
+    goes on from the second attempt with the same backoff and the same attempts in all."""
 
     async def attempt() -> T:  # tenacity would call a lambda returning a coroutine as sync code
         return await call()
 
     try:
-        result: T = await waiting(what, **policy)(attempt)
+        try:
+            return await attempt()
+        except Exception as exc:  # a cancellation is no Exception: it ends the wait, as below
+            if not retry_on(exc) or (attempts is not None and attempts <= 1):
+                raise
+            _announce(what, exc, first_s, outage, flag)
+        await asyncio.sleep(first_s)
+        policy = waiting(
+            what,
+            retry_on=retry_on,
+            outage=outage,
+            flag=flag,
+            attempts=attempts,
+            first_s=first_s,
+            max_s=max_s,
+            failed=1,
+        )
+        result: T = await policy(attempt)
+        return result
     finally:
-        flag = policy.get("flag")
         if flag is not None:
             flag.set(0)
-    return result

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from worker import retrying
 from worker.retrying import until_done
 
 
@@ -117,3 +118,33 @@ def test_a_cancelled_wait_ends_instead_of_retrying() -> None:
 
     asyncio.run(main())
     assert calls == [1]
+
+
+def test_the_backoff_goes_on_from_the_first_wait(caplog: pytest.LogCaptureFixture) -> None:
+    """The first failure is waited out before the policy exists; the policy's waits go on from
+    there: first_s, then doubling up to max_s, the attempts counted in all."""
+    calls = []
+
+    async def down() -> None:
+        calls.append(1)
+        raise ConnectionError("down")
+
+    with caplog.at_level("WARNING"), pytest.raises(ConnectionError):
+        asyncio.run(until_done(down, "the test", attempts=5, first_s=0.1, max_s=0.4))
+    assert len(calls) == 5
+    waits = [r.getMessage().rsplit("retrying in ", 1)[1] for r in caplog.records]
+    assert waits == ["0.1s", "0.2s", "0.4s", "0.4s"]
+
+
+def test_a_call_through_at_once_builds_no_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_policy(*_: object, **__: object) -> None:
+        raise AssertionError("a retry policy was built for a call that succeeded at once")
+
+    monkeypatch.setattr(retrying, "waiting", no_policy)
+    flag = Flag()
+
+    async def ok() -> str:
+        return "ok"
+
+    assert asyncio.run(until_done(ok, "the test", flag=flag)) == "ok"
+    assert flag.values == [0]
