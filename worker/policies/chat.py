@@ -14,7 +14,8 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import httpx
 import openai
@@ -180,14 +181,6 @@ class OpenAIChat:
         def left() -> float:
             return deadline - self.clock()
 
-        backoff = wait_exponential_jitter(multiplier=0.2, jitter=0.2, max=self.settings.llm_retry_max_wait_s)
-
-        def wait(state: RetryCallState) -> float:
-            return max(0.0, min(backoff(state), left() - LAST_ATTEMPT_S))
-
-        def stop(state: RetryCallState) -> bool:
-            return left() <= LAST_ATTEMPT_S
-
         def record(**update: Any) -> LLMCall:
             return LLMCall(
                 messages=messages,
@@ -202,11 +195,7 @@ class OpenAIChat:
         if response_format is not None:
             extra["response_format"] = response_format
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(is_retryable), wait=wait, stop=stop, reraise=True
-            ):
-                with attempt:
-                    response = await self._attempt(messages, extra, deadline, attempts, max_tokens)
+            response = await self._sent(messages, extra, deadline, attempts, max_tokens)
         except (DeadlineExceeded, EndpointDown) as exc:
             raise self._deadline(exc, record) from None
         except openai.APIStatusError as exc:
@@ -219,6 +208,42 @@ class OpenAIChat:
             return record(**completion_fields(response))
         except MalformedCompletion as exc:  # the walk repairs an unusable answer like any other
             return record(error=str(exc))
+
+    async def _sent(
+        self,
+        messages: list[dict[str, Any]],
+        extra: dict[str, Any],
+        deadline: float,
+        attempts: list[HTTPAttempt],
+        max_tokens: int | None,
+    ) -> Any:
+        """The answer, retried (tenacity) while the deadline leaves time for another attempt.
+        The first attempt goes out before the policy is built: nearly every call needs none, and
+        a policy is reference cycles only the garbage collector frees (see retrying.until_done)."""
+
+        def left() -> float:
+            return deadline - self.clock()
+
+        backoff = wait_exponential_jitter(multiplier=0.2, jitter=0.2, max=self.settings.llm_retry_max_wait_s)
+
+        def wait(failed: int) -> float:
+            return max(0.0, min(backoff(cast(RetryCallState, _Failed(failed))), left() - LAST_ATTEMPT_S))
+
+        try:
+            return await self._attempt(messages, extra, deadline, attempts, max_tokens)
+        except Exception as exc:
+            if not is_retryable(exc) or left() <= LAST_ATTEMPT_S:
+                raise
+        await asyncio.sleep(wait(1))
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_retryable),
+            wait=lambda state: wait(state.attempt_number + 1),  # the first was made before it
+            stop=lambda _: left() <= LAST_ATTEMPT_S,
+            reraise=True,
+        ):
+            with attempt:
+                response = await self._attempt(messages, extra, deadline, attempts, max_tokens)
+        return response
 
     async def _attempt(
         self,
@@ -386,6 +411,13 @@ def _describe(exc: BaseException) -> str:
         return f"HTTP {exc.status_code}: {exc.message}"
     cause = exc.__cause__
     return f"{type(exc).__name__}: {exc}" + (f" ({cause})" if cause else "")
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """What a tenacity wait strategy reads of a retry state: attempts made so far."""
+
+    attempt_number: int
 
 
 class RecordedChat:
