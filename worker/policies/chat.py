@@ -178,9 +178,6 @@ class OpenAIChat:
         started = self.clock()
         attempts: list[HTTPAttempt] = []
 
-        def left() -> float:
-            return deadline - self.clock()
-
         def record(**update: Any) -> LLMCall:
             return LLMCall(
                 messages=messages,

@@ -225,10 +225,10 @@ _NONE_AS_NULL = frozenset(
 
 
 def rows_document(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as one JSON array, the statement's parameter: one encoding in C for the whole
-    batch (asyncpg would type-check every element of a dozen arrays). Naive datetimes are UTC, as
-    asyncpg takes them; what orjson refuses (lone surrogates, huge integers) goes through the
-    standard library, so the database judges the value."""
+    """The rows as one JSON array, one parameter per table (PostgreSQL takes it apart with
+    jsonb_array_elements) instead of one array per column. Naive datetimes are UTC, as asyncpg
+    takes them; what orjson refuses (lone surrogates, huge integers) goes through the standard
+    library, so the database judges the value."""
     if _NONE_AS_NULL:
         rows = [{k: v for k, v in r.items() if v is not None or k not in _NONE_AS_NULL} for r in rows]
     try:
