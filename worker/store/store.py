@@ -155,13 +155,7 @@ class Store:
         starts = list(receipts) if receipts is not None else [None] * len(batch)
         texts = list(texts) if texts is not None else [None] * len(batch)
         hashes = {req.request_id: canonical_hash(req) for req, _ in batch}
-        fields = {
-            "replay_of": replay_of,
-            "replay_mode": replay_mode,
-            "run_config": run_config,
-            "deployment": deployment,
-            "result_topic": result_topic,
-        }
+        fields = _BatchFields(replay_of, replay_mode, run_config, deployment, result_topic)
         if self.hot is not None:
             async with self.engine.connect() as conn, invalidating(conn):
                 driver = await _driver(conn)
@@ -188,10 +182,10 @@ class Store:
         hashes: dict[str, str],
         now: datetime,
         receipt: Receipt,
-        fields: dict[str, Any],
+        fields: _BatchFields,
     ) -> list[dict[str, Any]]:
         """receive_checked's statements, on the driver (HotInbox) or through SQLAlchemy."""
-        replay_of, replay_mode, run_config = fields["replay_of"], fields["replay_mode"], fields["run_config"]
+        replay_of, replay_mode, run_config = fields.replay_of, fields.replay_mode, fields.run_config
         notes = None
         if replay_of is not None and not await inbox.session_exists(replay_of):
             note = f"replay-of {replay_of!r} names no session in this store; processed as an original request"
@@ -217,8 +211,8 @@ class Store:
                 "source_offset": src.offset if src else None,
                 "receipt_at": min(start, now) if start is not None else now,
                 "run_config": run_config(req) if run_config is not None else None,
-                "deployment": fields["deployment"],
-                "result_topic": fields["result_topic"],
+                "deployment": fields.deployment,
+                "result_topic": fields.result_topic,
                 "crashes": 0,
             }
             for (req, src), text, start in zip(batch, texts, starts, strict=True)
@@ -483,6 +477,17 @@ def _claim(row: Any, stored: list[StepRecord], received: RerankRequest | None = 
         row.crashes or 0,
         row.last_error,
     )
+
+
+@dataclass(frozen=True)
+class _BatchFields:
+    """What receive_checked stores alike for every session of one batch."""
+
+    replay_of: str | None
+    replay_mode: str | None
+    run_config: Callable[[RerankRequest], dict[str, Any]] | None
+    deployment: str | None
+    result_topic: str | None
 
 
 class InboxStatements(Protocol):
