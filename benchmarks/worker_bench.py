@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from worker.samples import sample_requests
 from worker.store.calls_codec import inflate_calls
@@ -55,6 +57,17 @@ TARGET_ADDED_P99_MS = 100.0
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gc_counts(port: int) -> tuple[float, float]:
+    """(objects the cycle collector freed, collections) so far in a worker, from its metrics
+    (prometheus-client's default process collector)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    totals = {"python_gc_objects_collected": 0.0, "python_gc_collections": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name in totals:
+            totals[family.name] += sum(sample.value for sample in family.samples)
+    return totals["python_gc_objects_collected"], totals["python_gc_collections"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -105,12 +118,13 @@ async def run_case(
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/v1/models", proc=sim)
         logs = [workdir / f"worker-{tag}-{i}.log" for i in range(workers)]
-        for path in logs:
+        ports = [free_port() for _ in logs]
+        for path, port in zip(logs, ports, strict=True):
             log = open(path, "wb")
             procs.append(
                 subprocess.Popen(
                     [CLI, "worker"],
-                    env={**env, "LLM4RERANK_METRICS_PORT": str(free_port())},
+                    env={**env, "LLM4RERANK_METRICS_PORT": str(port)},
                     stdout=log,
                     stderr=log,
                 )
@@ -128,6 +142,7 @@ async def run_case(
             await asyncio.sleep(5)  # the group's rebalance settles before the clock starts
         requests = [orjson.dumps(r) for r in sample_requests(n, seed=3, prefix=f"b{tag}")]
         cpu0 = [cpu_seconds(p.pid) for p in procs]
+        gc0 = [gc_counts(port) for port in ports]
         producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092", linger_ms=0 if rate else 5)
         await producer.start()
         started = time.monotonic()
@@ -165,6 +180,8 @@ async def run_case(
                 raise RuntimeError(f"only {len(published)} of {n} results after 600 s")
         elapsed = time.monotonic() - started
         cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
+        gc1 = [gc_counts(port) for port in ports]
+        collected = sum(b[0] - a[0] for a, b in zip(gc0, gc1, strict=True))
         await producing
         await producer.stop()
         await consumer.stop()
@@ -191,6 +208,7 @@ async def run_case(
             "calls": calls,
             "steps": steps,
             "cpu": cpu,
+            "gc_collected": collected,
             "n": n,
             "steady_calls_per_s": steady_n * (calls / n),
             "steady_requests_per_s": steady_n,
@@ -298,7 +316,8 @@ async def main() -> None:
                 f"zero latency, {workers} worker(s): {rps:.1f} requests/s "
                 f"(target >= {TARGET_RPS:.0f}{' per worker alone' if workers > 1 else ''}), "
                 f"{per_step:.2f} worker CPU ms per node step (target <= {TARGET_CPU_MS}) "
-                f"({fast['steps']} steps, {fast['cpu']:.2f} CPU s in all workers)"
+                f"({fast['steps']} steps, {fast['cpu']:.2f} CPU s in all workers; the cycle "
+                f"collector freed {fast['gc_collected'] / fast['steps']:.0f} objects per step)"
             )
         if args.profile is not None and args.profile.exists():
             print(report(args.profile))
