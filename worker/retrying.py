@@ -77,29 +77,46 @@ def waiting(what: str, policy: Policy, failed: int = 0) -> AsyncRetrying:
     )
 
 
+async def first_then_retry(
+    attempt: Callable[[], Awaitable[T]],
+    after_failure: Callable[[Exception], float | None],
+    loop: Callable[[], AsyncRetrying],
+) -> T:
+    """`attempt()` once, then, if it failed and `after_failure` gives a wait (None: raise the
+    failure), that wait and the tenacity loop `loop()` from the second attempt on.
+
+    The first attempt runs before the loop is built: nearly every call succeeds at once, and a
+    tenacity loop is a cluster of reference cycles (about forty objects) that only the garbage
+    collector frees. `loop()` must count its attempts and waits from the second attempt."""
+    try:
+        return await attempt()
+    except Exception as exc:  # a cancellation is no Exception: it is never retried
+        wait = after_failure(exc)
+        if wait is None:
+            raise
+    await asyncio.sleep(wait)
+    result: T = await loop()(attempt)
+    return result
+
+
 async def until_done(call: Callable[[], Awaitable[T]], what: str, **options: Any) -> T:
     """`call()` retried under `Policy(**options)`; the flag is lowered once it is through,
-    whether it succeeded or gave up (then nothing waits any more).
-
-    The first attempt runs before the tenacity loop is built: nearly every call succeeds at
-    once, and a loop is a cluster of reference cycles (about forty objects) that only the garbage
-    collector frees. After a failure it waits `first_s`, the loop's first wait, and the loop goes
-    on from the second attempt with the same backoff and the same attempts in all."""
+    whether it succeeded or gave up (then nothing waits any more). After a first failure it waits
+    `first_s`, the policy's first wait, and the loop goes on with the same backoff and the same
+    attempts in all (first_then_retry)."""
     policy = Policy(**options)
 
     async def attempt() -> T:  # tenacity would call a lambda returning a coroutine as sync code
         return await call()
 
+    def after_failure(exc: Exception) -> float | None:
+        if not policy.retry_on(exc) or (policy.attempts is not None and policy.attempts <= 1):
+            return None
+        policy.announce(what, exc, policy.first_s)
+        return policy.first_s
+
     try:
-        try:
-            return await attempt()
-        except Exception as exc:  # a cancellation is no Exception: it ends the wait, as below
-            if not policy.retry_on(exc) or (policy.attempts is not None and policy.attempts <= 1):
-                raise
-            policy.announce(what, exc, policy.first_s)
-        await asyncio.sleep(policy.first_s)
-        result: T = await waiting(what, policy, failed=1)(attempt)
-        return result
+        return await first_then_retry(attempt, after_failure, lambda: waiting(what, policy, failed=1))
     finally:
         if policy.flag is not None:
             policy.flag.set(0)

@@ -27,6 +27,7 @@ from typing_extensions import TypedDict
 from ..config import Settings
 from ..engine.steps import HTTPAttempt, LLMCall
 from ..errors import ConfigError, DeadlineExceeded, ReplayExhausted
+from ..retrying import first_then_retry
 from .breaker import Breaker, EndpointDown
 from .formats import SETTING as FORMAT_SETTING
 from .formats import probe_format
@@ -214,9 +215,8 @@ class OpenAIChat:
         attempts: list[HTTPAttempt],
         max_tokens: int | None,
     ) -> Any:
-        """The answer, retried (tenacity) while the deadline leaves time for another attempt.
-        The first attempt goes out before the policy is built: nearly every call needs none, and
-        a policy is reference cycles only the garbage collector frees (see retrying.until_done)."""
+        """The answer, retried (tenacity) while the deadline leaves time for another attempt;
+        the first attempt goes out before the loop is built (retrying.first_then_retry)."""
 
         def left() -> float:
             return deadline - self.clock()
@@ -226,21 +226,21 @@ class OpenAIChat:
         def wait(failed: int) -> float:
             return max(0.0, min(backoff(cast(RetryCallState, _Failed(failed))), left() - LAST_ATTEMPT_S))
 
-        try:
+        async def attempt() -> Any:
             return await self._attempt(messages, extra, deadline, attempts, max_tokens)
-        except Exception as exc:
-            if not is_retryable(exc) or left() <= LAST_ATTEMPT_S:
-                raise
-        await asyncio.sleep(wait(1))
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_retryable),
-            wait=lambda state: wait(state.attempt_number + 1),  # the first was made before it
-            stop=lambda _: left() <= LAST_ATTEMPT_S,
-            reraise=True,
-        ):
-            with attempt:
-                response = await self._attempt(messages, extra, deadline, attempts, max_tokens)
-        return response
+
+        def after_failure(exc: Exception) -> float | None:
+            return wait(1) if is_retryable(exc) and left() > LAST_ATTEMPT_S else None
+
+        def loop() -> AsyncRetrying:
+            return AsyncRetrying(
+                retry=retry_if_exception(is_retryable),
+                wait=lambda state: wait(state.attempt_number + 1),  # the first was made before it
+                stop=lambda _: left() <= LAST_ATTEMPT_S,
+                reraise=True,
+            )
+
+        return await first_then_retry(attempt, after_failure, loop)
 
     async def _attempt(
         self,
