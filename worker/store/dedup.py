@@ -24,6 +24,7 @@ SQLite stores (offline runs, tests) keep the unique index and ON CONFLICT DO NOT
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import BigInteger, Insert, bindparam, func, select
@@ -46,16 +47,27 @@ def lock_key(request_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def first_of_each(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each request_id's first row: a batch's later duplicates are never inserted."""
+    first: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        first.setdefault(row["request_id"], row)
+    return first
+
+
+def lock_keys(request_ids: Iterable[str]) -> list[int]:
+    """The advisory locks for these request_ids, sorted so two batches never deadlock."""
+    return sorted({lock_key(rid) for rid in request_ids})
+
+
 async def insert_sessions_once(conn: AsyncConnection, statement: Insert, rows: list[dict[str, Any]]) -> None:
     """Insert the rows whose request_id is not stored yet (the first of a batch's duplicates),
     in the caller's transaction. `statement` is the dialect's insert of `sessions`."""
     if conn.dialect.name != "postgresql":
         await conn.execute(statement, rows)  # SQLite: unique index + ON CONFLICT DO NOTHING
         return
-    first: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        first.setdefault(row["request_id"], row)
-    await conn.execute(LOCK_REQUEST_IDS, {"keys": sorted({lock_key(rid) for rid in first})})
+    first = first_of_each(rows)
+    await conn.execute(LOCK_REQUEST_IDS, {"keys": lock_keys(first)})
     stored = set(
         (
             await conn.execute(select(sessions.c.request_id).where(sessions.c.request_id.in_(list(first))))

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
-from .dedup import LOCK_REQUEST_IDS, lock_key
+from .dedup import LOCK_REQUEST_IDS, first_of_each, lock_keys
 from .tables import FINISHED, PENDING, RUNNING, prompt_parts, sessions, steps
 
 DIALECT: Dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
@@ -360,10 +360,8 @@ class HotInbox:
     async def insert_once(self, rows: list[dict[str, Any]], now: datetime) -> list[Any]:
         """Lock the request_ids, read what is stored under them, insert the rows not stored yet
         (the first of a batch's duplicates); returns the stored rows found before the insert."""
-        first: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            first.setdefault(row["request_id"], row)
-        await self.driver.execute(LOCK_IDS.sql, sorted({lock_key(rid) for rid in first}))
+        first = first_of_each(rows)
+        await self.driver.execute(LOCK_IDS.sql, lock_keys(first))
         stored = await self.driver.fetch(STORED.sql, list(first))
         have = {r["request_id"] for r in stored}
         new = [row for rid, row in first.items() if rid not in have]

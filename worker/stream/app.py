@@ -327,10 +327,10 @@ class BoundedWorker(faust.Worker):
 
 
 def freeze_startup_objects() -> int:
-    """Move what start-up left alive (modules, the openai and pydantic types: about 190,000
-    objects) out of the collector's reach, so a full collection scans only what requests made:
-    measured, the worker's full collections fell from 1.5 s to 0.45 s of CPU over 4,900 steps and
-    the longest pause from 300 ms to 70 ms. Returns how many objects are frozen."""
+    """Move what start-up left alive (modules, the openai and pydantic types: about 240,000
+    objects) out of the collector's reach, so a full collection scans only what requests made
+    (about 20,000 objects): measured over 4,900 steps, the worker's full collections fell from
+    1.5 s to 0.42 s of CPU. Returns how many objects are frozen."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
