@@ -10,8 +10,8 @@
    (the request's Kafka timestamp) to publish (the result's) minus the time its LLM calls took,
    p50 and p99. Target: tens of milliseconds (p99 under 100 ms).
 
-`--profile FILE` records the one-worker zero-latency run with py-spy (the bench extra) and prints
-its top frames (benchmarks/profile_top.py).
+`--profile FILE` records the one-worker zero-latency run (with `--latency-rate`, the paced run)
+with py-spy (the bench extra) and prints its top frames (benchmarks/profile_top.py).
 
 Needs Kafka and PostgreSQL running (`make up`). Usage: .venv/bin/python benchmarks/worker_bench.py
 """
@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,15 +60,55 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def gc_counts(port: int) -> tuple[float, float]:
-    """(objects the cycle collector freed, collections) so far in a worker, from its metrics
-    (prometheus-client's default process collector)."""
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def machine_cpu() -> dict[str, float]:
+    """CPU seconds so far of what shares the machine with the workers: Kafka's broker, PostgreSQL
+    (server and backends alive now) and this benchmark process; `busy` is all CPUs' non-idle time."""
+    out = {"kafka": 0.0, "postgresql": 0.0, "bench": time.process_time()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        cmd = _cmdline(entry.name)
+        group = "kafka" if b"kafka.Kafka" in cmd else "postgresql" if cmd.startswith(b"postgres") else None
+        if group is None and b"/bin/postgres" not in cmd:
+            continue
+        with suppress(OSError, IndexError, ValueError):
+            out[group or "postgresql"] += cpu_seconds(int(entry.name))
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    out["busy"] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+COUNTED = (
+    "python_gc_objects_collected_total",
+    "llm4rerank_step_commit_size_count",
+    "llm4rerank_step_commit_size_sum",
+    "llm4rerank_event_loop_lag_seconds_count",
+    "llm4rerank_event_loop_lag_seconds_sum",
+    "llm4rerank_event_loop_lag_seconds_bucket:0.01",
+)
+
+
+def worker_counters(port: int) -> dict[str, float]:
+    """Totals so far in a worker, from its metrics: objects the cycle collector freed
+    (prometheus-client's default process collector), and group commits of steps with the steps
+    they carried (the journal's histogram), and how late the event loop ran its timers (a
+    histogram bucket is named `name:le`)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    totals = {"python_gc_objects_collected": 0.0, "python_gc_collections": 0.0}
+    totals = dict.fromkeys(COUNTED, 0.0)
     for family in text_string_to_metric_families(text):
-        if family.name in totals:
-            totals[family.name] += sum(sample.value for sample in family.samples)
-    return totals["python_gc_objects_collected"], totals["python_gc_collections"]
+        for sample in family.samples:
+            key = sample.name + (f":{sample.labels['le']}" if "le" in sample.labels else "")
+            if key in totals:
+                totals[key] += sample.value
+    return totals
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -85,8 +126,12 @@ async def run_case(
     workers: int = 1,
     rate: float | None = None,
     profile: Path | None = None,
+    warmup: int = 0,
 ) -> dict[str, Any]:
-    """Run `workers` processes over `n` requests (all at once, or `rate` per second)."""
+    """Run `workers` processes over `n` requests (all at once, or `rate` per second). With
+    `warmup`, the CPU and the latencies count only after that many results, and only for the
+    requests after the first `warmup` (a fresh worker's first requests pay for its connections
+    and caches, and PostgreSQL's backends for theirs)."""
     tag = uuid.uuid4().hex[:8]
     db = f"llm4rerank_bench_{tag}"
     conn = await asyncpg.connect(f"{PG}/postgres")
@@ -141,8 +186,16 @@ async def run_case(
         if workers > 1:
             await asyncio.sleep(5)  # the group's rebalance settles before the clock starts
         requests = [orjson.dumps(r) for r in sample_requests(n, seed=3, prefix=f"b{tag}")]
-        cpu0 = [cpu_seconds(p.pid) for p in procs]
-        gc0 = [gc_counts(port) for port in ports]
+
+        def snapshot() -> dict[str, Any]:
+            return {
+                "at": time.monotonic(),
+                "workers": sum(cpu_seconds(p.pid) for p in procs),
+                "shared": machine_cpu() | {"sim-llm": cpu_seconds(sim.pid)},
+                "counted": [worker_counters(port) for port in ports],
+            }
+
+        base = snapshot() if not warmup else None
         producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092", linger_ms=0 if rate else 5)
         await producer.start()
         started = time.monotonic()
@@ -162,6 +215,8 @@ async def run_case(
         published: dict[bytes, int] = {}
         arrivals: list[float] = []
         while len(published) < n:
+            if base is None and len(published) >= warmup:
+                base = snapshot()
             batch = await consumer.getmany(timeout_ms=200)
             for part in batch.values():
                 for record in part:
@@ -179,9 +234,12 @@ async def run_case(
             if time.monotonic() - started > 600:
                 raise RuntimeError(f"only {len(published)} of {n} results after 600 s")
         elapsed = time.monotonic() - started
-        cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
-        gc1 = [gc_counts(port) for port in ports]
-        collected = sum(b[0] - a[0] for a, b in zip(gc0, gc1, strict=True))
+        end = snapshot()
+        assert base is not None
+        cpu = end["workers"] - base["workers"]
+        split = {k: end["shared"][k] - base["shared"][k] for k in base["shared"]}
+        pairs = list(zip(base["counted"], end["counted"], strict=True))
+        counted = {k: sum(b[k] - a[k] for a, b in pairs) for k in COUNTED}
         await producing
         await producer.stop()
         await consumer.stop()
@@ -198,6 +256,8 @@ async def run_case(
             waited = sum(float(c.get("latency_ms") or 0) for c in step_calls)
             key = row["request_id"].encode()
             llm_ms[key] = llm_ms.get(key, 0.0) + waited
+        for r in requests[:warmup]:
+            published.pop(orjson.loads(r)["request_id"].encode(), None)
         phases = await _phases(conn, published, llm_ms) if rate else {}
         await conn.close()
         added = [published[k] - sent_at[k] - llm_ms.get(k, 0.0) for k in published if k in sent_at]
@@ -208,8 +268,14 @@ async def run_case(
             "calls": calls,
             "steps": steps,
             "cpu": cpu,
-            "gc_collected": collected,
+            "gc_collected": counted["python_gc_objects_collected_total"],
+            "step_commits": counted["llm4rerank_step_commit_size_count"],
+            "steps_committed": counted["llm4rerank_step_commit_size_sum"],
+            "lag": {k.removeprefix("llm4rerank_event_loop_lag_seconds_"): v for k, v in counted.items()},
+            "split": split,
+            "measured_s": end["at"] - base["at"],
             "n": n,
+            "measured_n": n - warmup,
             "steady_calls_per_s": steady_n * (calls / n),
             "steady_requests_per_s": steady_n,
             "added_ms": added,
@@ -280,7 +346,9 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.latency_rate:
-            await added_latency(args.latency_rate, args.concurrency, Path(tmp))
+            await added_latency(args.latency_rate, args.concurrency, Path(tmp), profile=args.profile)
+            if args.profile is not None and args.profile.exists():
+                print(report(args.profile))
             return
         if not args.skip_loaded:
             loaded = await run_case(
@@ -317,22 +385,47 @@ async def main() -> None:
                 f"(target >= {TARGET_RPS:.0f}{' per worker alone' if workers > 1 else ''}), "
                 f"{per_step:.2f} worker CPU ms per node step (target <= {TARGET_CPU_MS}) "
                 f"({fast['steps']} steps, {fast['cpu']:.2f} CPU s in all workers; the cycle "
-                f"collector freed {fast['gc_collected'] / fast['steps']:.0f} objects per step)"
+                f"collector freed {fast['gc_collected'] / fast['steps']:.0f} objects per step; "
+                f"{fast['steps_committed'] / max(1.0, fast['step_commits']):.1f} steps per group commit)"
             )
+            print(cpu_split(fast, workers))
         if args.profile is not None and args.profile.exists():
             print(report(args.profile))
         if one is not None:
             await added_latency(one["steady_requests_per_s"] / 2, args.concurrency, Path(tmp), "half of")
 
 
-async def added_latency(rate: float, concurrency: int, workdir: Path, what: str = "set by") -> None:
-    paced = await run_case(max(200, int(rate * 10)), 0.0, 64, concurrency, workdir, rate=rate)
+def cpu_split(case: dict[str, Any], workers: int) -> str:
+    """Where the machine's CPU went during a run, and what one worker would do with a core of its
+    own: the worker's requests/s per CPU second, at its measured CPU per request."""
+    split, elapsed = case["split"], case["measured_s"]
+    cores = os.cpu_count() or 1
+    parts = [("workers", case["cpu"])] + [(k, split[k]) for k in ("sim-llm", "kafka", "postgresql", "bench")]
+    parts.append(("the rest (kernel, other processes)", split["busy"] - sum(seconds for _, seconds in parts)))
+    shown = ", ".join(f"{name} {seconds / elapsed:.2f}" for name, seconds in parts)
+    per_request = case["cpu"] / case["measured_n"]
+    return (
+        f"  CPU in cores over the run: {shown}; machine busy {split['busy'] / elapsed:.2f} of {cores} "
+        f"(what stops before the run's end is not counted). {workers} worker(s) at "
+        f"{1000 * per_request:.1f} CPU ms per request: {1 / per_request:.0f} requests/s per core of "
+        "their own"
+    )
+
+
+async def added_latency(
+    rate: float, concurrency: int, workdir: Path, what: str = "set by", profile: Path | None = None
+) -> None:
+    warmup = max(50, int(rate * 5))
+    paced = await run_case(
+        warmup + max(200, int(rate * 10)), 0.0, 64, concurrency, workdir, rate=rate, profile=profile,
+        warmup=warmup,
+    )  # fmt: skip
     added = paced["added_ms"]
     p50, p99 = statistics.median(added), percentile(added, 0.99)
     print(
         f"worker-added latency at {rate:.0f} requests/s ({what} one worker's capacity), "
-        f"receipt to publish minus LLM time, {len(added)} requests: p50 {p50:.1f} ms, "
-        f"p99 {p99:.1f} ms (target: tens of ms, p99 <= {TARGET_ADDED_P99_MS:.0f})"
+        f"receipt to publish minus LLM time, {len(added)} requests after {warmup} to warm up: "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (target: tens of ms, p99 <= {TARGET_ADDED_P99_MS:.0f})"
     )
     for phase, values in paced["phases"].items():
         if values:
@@ -340,6 +433,18 @@ async def added_latency(rate: float, concurrency: int, workdir: Path, what: str 
                 f"  {phase:>18}: p50 {statistics.median(values):6.1f} ms, "
                 f"p99 {percentile(values, 0.99):6.1f} ms"
             )
+    print(loop_lag(paced["lag"]))
+    print(cpu_split(paced, 1))
+
+
+def loop_lag(lag: dict[str, float]) -> str:
+    """The worker's own event-loop lag over the run: what every request waited on top of its work
+    because the process was busy or short of CPU."""
+    timers = max(1.0, lag["count"])
+    return (
+        f"  event loop: its 100 ms timers fired {1000 * lag['sum'] / timers:.1f} ms late on average, "
+        f"{1 - lag['bucket:0.01'] / timers:.1%} of them more than 10 ms late"
+    )
 
 
 if __name__ == "__main__":

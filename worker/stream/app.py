@@ -36,6 +36,7 @@ from ..store.journal import GroupCommitWriter
 from ..store.store import Store
 from . import metrics
 from .budget import ByteBudget
+from .idle_stream import IdleStream
 from .inbox import Inbox, Message
 from .outbox import Publisher
 from .runner import DB_DOWN, Runner
@@ -79,6 +80,7 @@ def create_app(settings: Settings, datadir: Path) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=max(settings.kafka_session_timeout_s / 5, 0.5),
         broker_rebalance_timeout=max(settings.kafka_session_timeout_s * 2, 10.0),
+        Stream=IdleStream,
     )
 
 
@@ -163,6 +165,7 @@ class WorkerService(Service):
             asyncio.create_task(self._leases(), name="leases"),
             asyncio.create_task(self._orphans(), name="orphans"),
             asyncio.create_task(self._partitions(), name="partitions"),
+            asyncio.create_task(metrics.watch_loop_lag(), name="loop-lag"),
         ]
         log.info(
             "worker %s: %d walks at once, metrics on :%d, LLM %s (%s); %d start-up objects frozen",

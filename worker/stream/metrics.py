@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from ..engine.walk import WalkOutcome
@@ -39,6 +41,11 @@ CRASH_FAILED = Counter(
 STEP_COMMITS = Histogram(
     "llm4rerank_step_commit_size", "Steps per group commit", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500)
 )
+LOOP_LAG = Histogram(
+    "llm4rerank_event_loop_lag_seconds",
+    "How late the event loop ran a timer: blocking code or a machine short of CPU",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 BACKPRESSURE = Gauge("llm4rerank_backpressure", "1 while a dependency is down", ["dependency"])
 
 
@@ -62,3 +69,13 @@ def observe(result: RerankResult, outcome: WalkOutcome, replayed_calls: int) -> 
             LLM_SECONDS.observe(call.latency_ms / 1000)
             TOKENS.labels("prompt").inc(call.prompt_tokens)
             TOKENS.labels("completion").inc(call.completion_tokens)
+
+
+async def watch_loop_lag(interval_s: float = 0.1) -> None:
+    """Observe how late each timer fires: the latency every request in the process pays on top
+    of its own work, which no per-request figure shows on its own."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval_s)
+        LOOP_LAG.observe(max(0.0, loop.time() - start - interval_s))
