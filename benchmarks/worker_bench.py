@@ -53,6 +53,7 @@ PG = "postgresql://postgres@127.0.0.1:5432"
 TARGET_RPS = 140.0
 TARGET_CPU_MS = 1.5
 TARGET_ADDED_P99_MS = 100.0
+IDLE_S = 5.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -195,6 +196,9 @@ async def run_case(
                 "counted": [worker_counters(port) for port in ports],
             }
 
+        idle = snapshot()
+        await asyncio.sleep(IDLE_S)  # no requests yet: what a waiting worker costs
+        idle_cores = (snapshot()["workers"] - idle["workers"]) / IDLE_S / workers
         base = snapshot() if not warmup else None
         producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092", linger_ms=0 if rate else 5)
         await producer.start()
@@ -274,6 +278,7 @@ async def run_case(
             "lag": {k.removeprefix("llm4rerank_event_loop_lag_seconds_"): v for k, v in counted.items()},
             "split": split,
             "measured_s": end["at"] - base["at"],
+            "idle_cores": idle_cores,
             "n": n,
             "measured_n": n - warmup,
             "steady_calls_per_s": steady_n * (calls / n),
@@ -403,9 +408,11 @@ def cpu_split(case: dict[str, Any], workers: int) -> str:
     parts = [("workers", case["cpu"])] + [(k, split[k]) for k in ("sim-llm", "kafka", "postgresql", "bench")]
     parts.append(("the rest (kernel, other processes)", split["busy"] - sum(seconds for _, seconds in parts)))
     shown = ", ".join(f"{name} {seconds / elapsed:.2f}" for name, seconds in parts)
+    idle = f"each worker idle (the {IDLE_S:.0f} s before the run) {case['idle_cores']:.3f} cores"
     per_request = case["cpu"] / case["measured_n"]
     return (
-        f"  CPU in cores over the run: {shown}; machine busy {split['busy'] / elapsed:.2f} of {cores} "
+        f"  CPU in cores over the run: {shown}; {idle}; "
+        f"machine busy {split['busy'] / elapsed:.2f} of {cores} "
         f"(what stops before the run's end is not counted). {workers} worker(s) at "
         f"{1000 * per_request:.1f} CPU ms per request: {1 / per_request:.0f} requests/s per core of "
         "their own"
