@@ -53,6 +53,14 @@ async def test_an_arrival_before_the_wait_is_not_waited_for_again() -> None:
     assert not await _batch_wait_ended(stream, before_s=0.1)  # nothing since: asleep again
 
 
+async def test_a_full_buffer_is_not_left_waiting_for_an_arrival() -> None:
+    """A batch of one fills the buffer before any later processor sees the event."""
+    full = asyncio.Event()
+    full.set()
+    stream = _stream(IdleStream)
+    assert await asyncio.wait_for(stream.wait_for_stopped(full, timeout=WITHIN_S), timeout=5) is False
+
+
 @pytest.mark.parametrize("stream_class", [faust.Stream, IdleStream])
 async def test_an_untimed_wait_is_faust_own(stream_class: type[Any]) -> None:
     stream = _stream(stream_class)

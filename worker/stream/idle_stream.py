@@ -27,11 +27,12 @@ class IdleStream(faust.Stream[Any]):
         return value
 
     async def wait_for_stopped(self, *coros: Any, timeout: Any = None) -> bool:  # noqa: ASYNC109
-        """A timed wait for a batch (take_events') first sleeps until something arrives; True
-        when the stream stopped meanwhile."""
+        """A timed wait for a batch (take_events') first sleeps until something arrives or the
+        batch is full, whichever order the stream's processors run in; True when the stream
+        stopped meanwhile."""
         if coros and timeout is not None and not self._arrived.is_set():
-            # an asyncio.Event, as take_events passes its own: mode waits on anything with .wait()
-            if await super().wait_for_stopped(self._arrived):  # type: ignore[arg-type]
+            # asyncio.Events, as take_events passes its own: mode waits on anything with .wait()
+            if (await self.wait_first(self._arrived, *coros)).stopped:  # type: ignore[arg-type]
                 return True
         self._arrived.clear()
         return bool(await super().wait_for_stopped(*coros, timeout=timeout))
