@@ -13,10 +13,6 @@
     .venv/bin/python benchmarks/audit_bench.py --db NAME     # reuse a store generated before (--keep)
 
 `--explain` prints EXPLAIN ANALYZE of the list queries (the SQL the API runs) instead of timing.
-
-3. Times the worker's outbox pick (the oldest results still to publish) on the same store, with
-   its partial index (migration 0011_outbox_index) and, in a transaction rolled back, with the
-   index it replaced.
 """
 
 from __future__ import annotations
@@ -427,39 +423,6 @@ async def explain(db: str, named: list[tuple[str, str]]) -> None:
         await engine.dispose()
 
 
-async def outbox_pick(db: str, repeat: int) -> None:
-    """The worker's outbox pick (its SQL, worker/store/hot.py), p50/p95 ms on this store."""
-    from worker.store.hot import OUTBOX
-
-    statement = OUTBOX[False]
-    args = statement.args({"deployment": None, "limit": 500})
-    conn = await asyncpg.connect(f"{PG}/{db}")
-
-    async def times() -> list[float]:
-        out = []
-        for _ in range(repeat + 2):
-            start = time.perf_counter()
-            await conn.fetch(statement.sql, *args)
-            out.append(1000 * (time.perf_counter() - start))
-        return out[2:]
-
-    try:
-        async with conn.transaction():
-            report("outbox pick, partial index (0011)", 0, await times())
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            await conn.execute(
-                "CREATE INDEX ix_sessions_unpublished ON sessions (completed_at, published_at); "
-                "DROP INDEX ix_sessions_outbox"
-            )
-            report("outbox pick, the index before 0011", 0, await times())
-        finally:
-            await tx.rollback()
-    finally:
-        await conn.close()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=1_000_000)
@@ -506,7 +469,6 @@ async def main() -> None:
                 "per query after 2 warm-up requests; limit 50 per page"
             )
             measure(f"http://127.0.0.1:{port}", token, named, args.repeat)
-            await outbox_pick(db, args.repeat)
         finally:
             api.terminate()
             api.wait(10)

@@ -388,7 +388,6 @@ def _outbox(limit: int, deployment: str | None = None) -> Select[Any]:
         sessions.c.status.in_(FINISHED),
         sessions.c.published_at.is_(None),
         sessions.c.source_topic.is_not(None),
-        sessions.c.completed_at.is_not(None),  # implies the partial index's predicate (0011)
     )
     if deployment is not None:  # rows stored before sessions named their deployment: anyone's
         query = query.where(or_(sessions.c.deployment == deployment, sessions.c.deployment.is_(None)))

@@ -30,8 +30,6 @@ from sqlalchemy.dialects.postgresql import JSONB
 from ..status import Status
 
 metadata = MetaData()
-# the outbox's rows: finished, came through Kafka, not yet acknowledged (migration 0011)
-TO_PUBLISH = "completed_at IS NOT NULL AND published_at IS NULL AND source_topic IS NOT NULL"
 Json = JSON().with_variant(JSONB(), "postgresql")
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -101,11 +99,11 @@ sessions = Table(
     ),
     Index("ix_sessions_goal_trgm", "goal", postgresql_using="gin", postgresql_ops={"goal": "gin_trgm_ops"}),
     Index("ix_sessions_replay_of", "replay_of"),
-    Index(
+    Index(  # the outbox's pick (migration 0011)
         "ix_sessions_outbox",
         "completed_at",
-        postgresql_where=text(TO_PUBLISH),
-        sqlite_where=text(TO_PUBLISH),
+        postgresql_where=text("published_at IS NULL AND source_topic IS NOT NULL"),
+        sqlite_where=text("published_at IS NULL AND source_topic IS NOT NULL"),
     ),
     Index("ix_sessions_deployment_status", "deployment", "status"),
 )

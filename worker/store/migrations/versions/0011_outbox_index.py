@@ -18,8 +18,7 @@ down_revision = "0010_node_visits"
 branch_labels = None
 depends_on = None
 
-# finished (every finished session has its completed_at), came through Kafka, not yet acknowledged
-TO_PUBLISH = "completed_at IS NOT NULL AND published_at IS NULL AND source_topic IS NOT NULL"
+TO_PUBLISH = "published_at IS NULL AND source_topic IS NOT NULL"
 
 
 def upgrade() -> None:
