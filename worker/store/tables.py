@@ -99,12 +99,7 @@ sessions = Table(
     ),
     Index("ix_sessions_goal_trgm", "goal", postgresql_using="gin", postgresql_ops={"goal": "gin_trgm_ops"}),
     Index("ix_sessions_replay_of", "replay_of"),
-    Index(  # the outbox's pick (migration 0011)
-        "ix_sessions_outbox",
-        "completed_at",
-        postgresql_where=text("published_at IS NULL AND source_topic IS NOT NULL"),
-        sqlite_where=text("published_at IS NULL AND source_topic IS NOT NULL"),
-    ),
+    Index("ix_sessions_unpublished", "completed_at", "published_at"),
     Index("ix_sessions_deployment_status", "deployment", "status"),
 )
 
