@@ -68,6 +68,14 @@ def _cmdline(pid: str) -> bytes:
         return b""
 
 
+def _group(cmd: bytes) -> str | None:
+    if b"kafka.Kafka" in cmd:
+        return "kafka"
+    if cmd.startswith(b"postgres") or b"/bin/postgres" in cmd:  # backends, then the server
+        return "postgresql"
+    return None
+
+
 def machine_cpu() -> dict[str, float]:
     """CPU seconds so far of what shares the machine with the workers: Kafka's broker, PostgreSQL
     (server and backends alive now) and this benchmark process; `busy` is all CPUs' non-idle time."""
@@ -75,18 +83,18 @@ def machine_cpu() -> dict[str, float]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        cmd = _cmdline(entry.name)
-        group = "kafka" if b"kafka.Kafka" in cmd else "postgresql" if cmd.startswith(b"postgres") else None
-        if group is None and b"/bin/postgres" not in cmd:
+        group = _group(_cmdline(entry.name))
+        if group is None:
             continue
         with suppress(OSError, IndexError, ValueError):
-            out[group or "postgresql"] += cpu_seconds(int(entry.name))
+            out[group] += cpu_seconds(int(entry.name))
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     ticks = [int(f) for f in fields]
     out["busy"] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
     return out
 
 
+LAG = "llm4rerank_event_loop_lag_seconds_"
 COUNTED = (
     "python_gc_objects_collected_total",
     "llm4rerank_step_commit_size_count",
@@ -275,7 +283,7 @@ async def run_case(
             "gc_collected": counted["python_gc_objects_collected_total"],
             "step_commits": counted["llm4rerank_step_commit_size_count"],
             "steps_committed": counted["llm4rerank_step_commit_size_sum"],
-            "lag": {k.removeprefix("llm4rerank_event_loop_lag_seconds_"): v for k, v in counted.items()},
+            "lag": {k.removeprefix(LAG): v for k, v in counted.items() if k.startswith(LAG)},
             "split": split,
             "measured_s": end["at"] - base["at"],
             "idle_cores": idle_cores,

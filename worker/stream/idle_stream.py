@@ -4,9 +4,8 @@
 anything arrived or not. With the inbox's 5 ms linger an idle worker woke 200 times a second and
 spent about a tenth of a core on it (12% of a core idle, 2% without those wake-ups); at 25
 requests/s the event loop ran late more often (timers 10 ms late: 0 to 4% of them, none now).
-Here the timed wait for a batch starts
-only once an event has arrived since the previous one began; a batch still goes out at most
-`within` after its first event.
+Here the timed wait for a batch starts only once an event has arrived since the previous one
+began; a batch still goes out at most `within` after its first event.
 """
 
 from __future__ import annotations
